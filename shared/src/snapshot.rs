@@ -1,0 +1,487 @@
+//! The domain snapshot: what a proxy serves. Converted from the wire type with validation
+//! (`TryFrom<pb::Snapshot>`, whose errors name the object) and to it deterministically
+//! (`From<&Snapshot>`), so the version hash is stable.
+
+use thiserror::Error;
+
+use crate::{
+    pb,
+    rule::{Expr, Matcher},
+};
+
+/// A compiled routing configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Sorted by name.
+    pub entry_points: Vec<EntryPoint>,
+    /// Sorted by name.
+    pub routers: Vec<Router>,
+    /// Sorted by name.
+    pub services: Vec<Service>,
+    /// Sorted by name.
+    pub middlewares: Vec<Middleware>,
+}
+
+/// A listening address declared centrally (a proxy may override it locally).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryPoint {
+    pub name: String,
+    /// `[host]:port`; an empty host means every interface.
+    pub address: String,
+}
+
+/// An HTTP router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Router {
+    /// Qualified `name@provider`.
+    pub name: String,
+    pub provider: String,
+    /// Entry point names; never empty after compilation.
+    pub entry_points: Vec<String>,
+    pub rule: Expr,
+    pub priority: i64,
+    /// Qualified middleware names, in order.
+    pub middlewares: Vec<String>,
+    /// Qualified service name.
+    pub service: String,
+    /// The rule as written (for humans).
+    pub rule_text: String,
+}
+
+/// A named HTTP service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub kind: ServiceKind,
+}
+
+/// The service types the proxy implements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    LoadBalancer(LoadBalancer),
+    /// Weighted round robin over other services.
+    Weighted(Vec<WeightedService>),
+}
+
+/// `loadBalancer` with its servers in provider order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadBalancer {
+    pub servers: Vec<Server>,
+    /// Forward the client's `Host` (Traefik default `true`).
+    pub pass_host_header: bool,
+}
+
+/// One upstream server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub url: String,
+    pub weight: u32,
+}
+
+/// A child of a weighted service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightedService {
+    /// Qualified service name.
+    pub name: String,
+    pub weight: u32,
+}
+
+/// A named middleware.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Middleware {
+    pub name: String,
+    pub kind: MiddlewareKind,
+}
+
+/// The middleware types the proxy implements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MiddlewareKind {
+    StripPrefix {
+        prefixes: Vec<String>,
+    },
+    AddPrefix {
+        prefix: String,
+    },
+    Headers {
+        /// `(name, value)`; an empty value removes the header.
+        request: Vec<(String, String)>,
+        response: Vec<(String, String)>,
+    },
+    RedirectScheme {
+        scheme: String,
+        port: Option<String>,
+        permanent: bool,
+    },
+    /// Qualified names of other middlewares, in order.
+    Chain(Vec<String>),
+}
+
+/// A wire snapshot that cannot be turned into a domain snapshot. Names the object.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("router {router}: {reason}")]
+    Router { router: String, reason: String },
+    #[error("service {service}: {reason}")]
+    Service { service: String, reason: String },
+    #[error("middleware {middleware}: {reason}")]
+    Middleware { middleware: String, reason: String },
+    #[error("entry point {entry_point}: {reason}")]
+    EntryPoint { entry_point: String, reason: String },
+}
+
+/// Maximum nesting of a rule tree accepted from the wire (guards the proxy's stack).
+pub const MAX_RULE_DEPTH: usize = 64;
+
+impl From<&Snapshot> for pb::Snapshot {
+    fn from(s: &Snapshot) -> Self {
+        pb::Snapshot {
+            entry_points: s
+                .entry_points
+                .iter()
+                .map(|e| pb::EntryPoint {
+                    name: e.name.clone(),
+                    address: e.address.clone(),
+                })
+                .collect(),
+            routers: s.routers.iter().map(router_to_pb).collect(),
+            services: s.services.iter().map(service_to_pb).collect(),
+            middlewares: s.middlewares.iter().map(middleware_to_pb).collect(),
+        }
+    }
+}
+
+fn router_to_pb(r: &Router) -> pb::Router {
+    pb::Router {
+        name: r.name.clone(),
+        provider: r.provider.clone(),
+        entry_points: r.entry_points.clone(),
+        rule: Some(expr_to_pb(&r.rule)),
+        priority: r.priority,
+        middlewares: r.middlewares.clone(),
+        service: r.service.clone(),
+        rule_text: r.rule_text.clone(),
+    }
+}
+
+/// Encodes a rule tree.
+pub fn expr_to_pb(e: &Expr) -> pb::Expr {
+    use pb::expr::Kind;
+    let kind = match e {
+        Expr::All(items) => Kind::All(pb::ExprList {
+            items: items.iter().map(expr_to_pb).collect(),
+        }),
+        Expr::Any(items) => Kind::Any(pb::ExprList {
+            items: items.iter().map(expr_to_pb).collect(),
+        }),
+        Expr::Not(inner) => Kind::Not(Box::new(expr_to_pb(inner))),
+        Expr::Matcher(m) => Kind::Matcher(matcher_to_pb(m)),
+    };
+    pb::Expr { kind: Some(kind) }
+}
+
+fn matcher_to_pb(m: &Matcher) -> pb::Matcher {
+    use pb::MatcherKind as K;
+    let kind = match m {
+        Matcher::Host(_) => K::Host,
+        Matcher::HostRegexp(_) => K::HostRegexp,
+        Matcher::Path(_) => K::Path,
+        Matcher::PathPrefix(_) => K::PathPrefix,
+        Matcher::PathRegexp(_) => K::PathRegexp,
+        Matcher::Method(_) => K::Method,
+        Matcher::Header(..) => K::Header,
+        Matcher::HeaderRegexp(..) => K::HeaderRegexp,
+        Matcher::Query(..) => K::Query,
+        Matcher::QueryRegexp(..) => K::QueryRegexp,
+        Matcher::ClientIp(_) => K::ClientIp,
+    };
+    pb::Matcher {
+        kind: kind as i32,
+        args: m.args().into_iter().map(str::to_owned).collect(),
+    }
+}
+
+fn service_to_pb(s: &Service) -> pb::Service {
+    use pb::service::Kind;
+    let kind = match &s.kind {
+        ServiceKind::LoadBalancer(lb) => Kind::LoadBalancer(pb::LoadBalancer {
+            servers: lb
+                .servers
+                .iter()
+                .map(|s| pb::Server {
+                    url: s.url.clone(),
+                    weight: s.weight,
+                })
+                .collect(),
+            pass_host_header: lb.pass_host_header,
+        }),
+        ServiceKind::Weighted(children) => Kind::Weighted(pb::Weighted {
+            services: children
+                .iter()
+                .map(|c| pb::WeightedService {
+                    name: c.name.clone(),
+                    weight: c.weight,
+                })
+                .collect(),
+        }),
+    };
+    pb::Service {
+        name: s.name.clone(),
+        kind: Some(kind),
+    }
+}
+
+fn header_values(list: &[(String, String)]) -> Vec<pb::HeaderValue> {
+    list.iter()
+        .map(|(name, value)| pb::HeaderValue {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn middleware_to_pb(m: &Middleware) -> pb::Middleware {
+    use pb::middleware::Kind;
+    let kind = match &m.kind {
+        MiddlewareKind::StripPrefix { prefixes } => Kind::StripPrefix(pb::StripPrefix {
+            prefixes: prefixes.clone(),
+        }),
+        MiddlewareKind::AddPrefix { prefix } => Kind::AddPrefix(pb::AddPrefix {
+            prefix: prefix.clone(),
+        }),
+        MiddlewareKind::Headers { request, response } => Kind::Headers(pb::Headers {
+            custom_request_headers: header_values(request),
+            custom_response_headers: header_values(response),
+        }),
+        MiddlewareKind::RedirectScheme {
+            scheme,
+            port,
+            permanent,
+        } => Kind::RedirectScheme(pb::RedirectScheme {
+            scheme: scheme.clone(),
+            port: port.clone().unwrap_or_default(),
+            permanent: *permanent,
+        }),
+        MiddlewareKind::Chain(names) => Kind::Chain(pb::Chain {
+            middlewares: names.clone(),
+        }),
+    };
+    pb::Middleware {
+        name: m.name.clone(),
+        kind: Some(kind),
+    }
+}
+
+impl TryFrom<pb::Snapshot> for Snapshot {
+    type Error = SnapshotError;
+
+    fn try_from(s: pb::Snapshot) -> Result<Self, Self::Error> {
+        let entry_points = s
+            .entry_points
+            .into_iter()
+            .map(|e| {
+                if e.name.is_empty() || e.address.is_empty() {
+                    return Err(SnapshotError::EntryPoint {
+                        entry_point: e.name,
+                        reason: "name and address are required".into(),
+                    });
+                }
+                Ok(EntryPoint {
+                    name: e.name,
+                    address: e.address,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let routers = s
+            .routers
+            .into_iter()
+            .map(router_from_pb)
+            .collect::<Result<_, _>>()?;
+        let services = s
+            .services
+            .into_iter()
+            .map(service_from_pb)
+            .collect::<Result<_, _>>()?;
+        let middlewares = s
+            .middlewares
+            .into_iter()
+            .map(middleware_from_pb)
+            .collect::<Result<_, _>>()?;
+        Ok(Snapshot {
+            entry_points,
+            routers,
+            services,
+            middlewares,
+        })
+    }
+}
+
+fn router_from_pb(r: pb::Router) -> Result<Router, SnapshotError> {
+    let fail = |reason: String| SnapshotError::Router {
+        router: r.name.clone(),
+        reason,
+    };
+    let rule = r
+        .rule
+        .as_ref()
+        .ok_or_else(|| fail("has no rule".into()))
+        .and_then(|e| expr_from_pb(e, 0).map_err(fail))?;
+    if r.service.is_empty() {
+        return Err(fail("has no service".into()));
+    }
+    Ok(Router {
+        name: r.name,
+        provider: r.provider,
+        entry_points: r.entry_points,
+        rule,
+        priority: r.priority,
+        middlewares: r.middlewares,
+        service: r.service,
+        rule_text: r.rule_text,
+    })
+}
+
+/// Decodes a rule tree, rejecting empty nodes, unknown matchers, wrong arity and excessive depth.
+pub fn expr_from_pb(e: &pb::Expr, depth: usize) -> Result<Expr, String> {
+    use pb::expr::Kind;
+    if depth > MAX_RULE_DEPTH {
+        return Err(format!("rule is nested deeper than {MAX_RULE_DEPTH}"));
+    }
+    match e.kind.as_ref() {
+        None => Err("rule has an empty expression node".into()),
+        Some(Kind::All(list)) | Some(Kind::Any(list)) if list.items.is_empty() => {
+            Err("rule has an empty operator node".into())
+        }
+        Some(Kind::All(list)) => Ok(Expr::All(
+            list.items
+                .iter()
+                .map(|i| expr_from_pb(i, depth + 1))
+                .collect::<Result<_, _>>()?,
+        )),
+        Some(Kind::Any(list)) => Ok(Expr::Any(
+            list.items
+                .iter()
+                .map(|i| expr_from_pb(i, depth + 1))
+                .collect::<Result<_, _>>()?,
+        )),
+        Some(Kind::Not(inner)) => Ok(Expr::Not(Box::new(expr_from_pb(inner, depth + 1)?))),
+        Some(Kind::Matcher(m)) => matcher_from_pb(m).map(Expr::Matcher),
+    }
+}
+
+fn matcher_from_pb(m: &pb::Matcher) -> Result<Matcher, String> {
+    use pb::MatcherKind as K;
+    let kind = K::try_from(m.kind).map_err(|_| format!("unknown matcher kind {}", m.kind))?;
+    let args = &m.args;
+    let one = |name: &str| -> Result<String, String> {
+        match args.as_slice() {
+            [a] => Ok(a.clone()),
+            _ => Err(format!("{name} takes 1 argument, got {}", args.len())),
+        }
+    };
+    let two = |name: &str| -> Result<(String, String), String> {
+        match args.as_slice() {
+            [a, b] => Ok((a.clone(), b.clone())),
+            _ => Err(format!("{name} takes 2 arguments, got {}", args.len())),
+        }
+    };
+    let one_or_two = |name: &str| -> Result<(String, Option<String>), String> {
+        match args.as_slice() {
+            [a] => Ok((a.clone(), None)),
+            [a, b] => Ok((a.clone(), Some(b.clone()))),
+            _ => Err(format!("{name} takes 1 or 2 arguments, got {}", args.len())),
+        }
+    };
+    Ok(match kind {
+        K::Unspecified => return Err("matcher kind is unspecified".into()),
+        K::Host => Matcher::Host(one("Host")?),
+        K::HostRegexp => Matcher::HostRegexp(one("HostRegexp")?),
+        K::Path => Matcher::Path(one("Path")?),
+        K::PathPrefix => Matcher::PathPrefix(one("PathPrefix")?),
+        K::PathRegexp => Matcher::PathRegexp(one("PathRegexp")?),
+        K::Method => Matcher::Method(one("Method")?),
+        K::Header => {
+            let (k, v) = two("Header")?;
+            Matcher::Header(k, v)
+        }
+        K::HeaderRegexp => {
+            let (k, v) = two("HeaderRegexp")?;
+            Matcher::HeaderRegexp(k, v)
+        }
+        K::Query => {
+            let (k, v) = one_or_two("Query")?;
+            Matcher::Query(k, v)
+        }
+        K::QueryRegexp => {
+            let (k, v) = one_or_two("QueryRegexp")?;
+            Matcher::QueryRegexp(k, v)
+        }
+        K::ClientIp => Matcher::ClientIp(one("ClientIP")?),
+    })
+}
+
+fn service_from_pb(s: pb::Service) -> Result<Service, SnapshotError> {
+    use pb::service::Kind;
+    let kind = match s.kind {
+        None => {
+            return Err(SnapshotError::Service {
+                service: s.name,
+                reason: "has no type".into(),
+            });
+        }
+        Some(Kind::LoadBalancer(lb)) => ServiceKind::LoadBalancer(LoadBalancer {
+            servers: lb
+                .servers
+                .into_iter()
+                .map(|s| Server {
+                    url: s.url,
+                    weight: s.weight,
+                })
+                .collect(),
+            pass_host_header: lb.pass_host_header,
+        }),
+        Some(Kind::Weighted(w)) => ServiceKind::Weighted(
+            w.services
+                .into_iter()
+                .map(|c| WeightedService {
+                    name: c.name,
+                    weight: c.weight,
+                })
+                .collect(),
+        ),
+    };
+    Ok(Service { name: s.name, kind })
+}
+
+fn header_pairs(list: Vec<pb::HeaderValue>) -> Vec<(String, String)> {
+    list.into_iter().map(|h| (h.name, h.value)).collect()
+}
+
+fn middleware_from_pb(m: pb::Middleware) -> Result<Middleware, SnapshotError> {
+    use pb::middleware::Kind;
+    let kind = match m.kind {
+        None => {
+            return Err(SnapshotError::Middleware {
+                middleware: m.name,
+                reason: "has no type".into(),
+            });
+        }
+        Some(Kind::StripPrefix(s)) => MiddlewareKind::StripPrefix {
+            prefixes: s.prefixes,
+        },
+        Some(Kind::AddPrefix(a)) => MiddlewareKind::AddPrefix { prefix: a.prefix },
+        Some(Kind::Headers(h)) => MiddlewareKind::Headers {
+            request: header_pairs(h.custom_request_headers),
+            response: header_pairs(h.custom_response_headers),
+        },
+        Some(Kind::RedirectScheme(r)) => MiddlewareKind::RedirectScheme {
+            scheme: r.scheme,
+            port: (!r.port.is_empty()).then_some(r.port),
+            permanent: r.permanent,
+        },
+        Some(Kind::Chain(c)) => MiddlewareKind::Chain(c.middlewares),
+    };
+    Ok(Middleware { name: m.name, kind })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::version::snapshot_version;
+
+fn arb_matcher() -> impl Strategy<Value = Matcher> {
+    let s = "[a-z/.*]{1,8}";
+    prop_oneof![
+        s.prop_map(Matcher::Host),
+        s.prop_map(Matcher::HostRegexp),
+        s.prop_map(Matcher::Path),
+        s.prop_map(Matcher::PathPrefix),
+        s.prop_map(Matcher::PathRegexp),
+        s.prop_map(Matcher::Method),
+        (s, s).prop_map(|(k, v)| Matcher::Header(k, v)),
+        (s, s).prop_map(|(k, v)| Matcher::HeaderRegexp(k, v)),
+        (s, proptest::option::of(s)).prop_map(|(k, v)| Matcher::Query(k, v)),
+        (s, proptest::option::of(s)).prop_map(|(k, v)| Matcher::QueryRegexp(k, v)),
+        s.prop_map(Matcher::ClientIp),
+    ]
+}
+
+fn arb_expr() -> impl Strategy<Value = Expr> {
+    arb_matcher()
+        .prop_map(Expr::Matcher)
+        .prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 1..4).prop_map(Expr::All),
+                proptest::collection::vec(inner.clone(), 1..4).prop_map(Expr::Any),
+                inner.prop_map(|e| Expr::Not(Box::new(e))),
+            ]
+        })
+}
+
+fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
+    let router =
+        (arb_expr(), "[a-z]{1,6}", any::<i64>()).prop_map(|(rule, name, priority)| Router {
+            name: format!("{name}@file"),
+            provider: "file".into(),
+            entry_points: vec!["web".into()],
+            rule,
+            priority,
+            middlewares: vec!["m@file".into()],
+            service: "s@file".into(),
+            rule_text: String::new(),
+        });
+    let service = ("[a-z]{1,6}", 0u32..5).prop_map(|(name, weight)| Service {
+        name: format!("{name}@file"),
+        kind: ServiceKind::LoadBalancer(LoadBalancer {
+            servers: vec![Server {
+                url: "http://127.0.0.1:1".into(),
+                weight,
+            }],
+            pass_host_header: weight % 2 == 0,
+        }),
+    });
+    let middleware = prop_oneof![
+        Just(MiddlewareKind::StripPrefix {
+            prefixes: vec!["/a".into()]
+        }),
+        Just(MiddlewareKind::AddPrefix {
+            prefix: "/b".into()
+        }),
+        Just(MiddlewareKind::Headers {
+            request: vec![("X-A".into(), "1".into())],
+            response: vec![("X-B".into(), String::new())],
+        }),
+        Just(MiddlewareKind::RedirectScheme {
+            scheme: "https".into(),
+            port: Some("8443".into()),
+            permanent: true,
+        }),
+        Just(MiddlewareKind::Chain(vec!["x@file".into()])),
+    ]
+    .prop_map(|kind| Middleware {
+        name: "m@file".into(),
+        kind,
+    });
+    (
+        proptest::collection::vec(router, 0..5),
+        proptest::collection::vec(service, 0..5),
+        proptest::collection::vec(middleware, 0..3),
+    )
+        .prop_map(|(routers, services, middlewares)| Snapshot {
+            entry_points: vec![EntryPoint {
+                name: "web".into(),
+                address: ":8080".into(),
+            }],
+            routers,
+            services,
+            middlewares,
+        })
+}
+
+proptest! {
+    #[test]
+    fn snapshot_round_trips_through_the_wire(snapshot in arb_snapshot()) {
+        let wire = pb::Snapshot::from(&snapshot);
+        let back = Snapshot::try_from(wire).expect("valid snapshot decodes");
+        prop_assert_eq!(back, snapshot);
+    }
+
+    #[test]
+    fn version_is_a_function_of_content(snapshot in arb_snapshot()) {
+        let a = snapshot_version(&pb::Snapshot::from(&snapshot));
+        let b = snapshot_version(&pb::Snapshot::from(&snapshot.clone()));
+        prop_assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn missing_rule_names_the_router() {
+    let wire = pb::Snapshot {
+        routers: vec![pb::Router {
+            name: "web@file".into(),
+            service: "s@file".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let err = Snapshot::try_from(wire).unwrap_err();
+    assert_eq!(err.to_string(), "router web@file: has no rule");
+}
+
+#[test]
+fn wrong_arity_is_rejected() {
+    let expr = pb::Expr {
+        kind: Some(pb::expr::Kind::Matcher(pb::Matcher {
+            kind: pb::MatcherKind::Header as i32,
+            args: vec!["X".into()],
+        })),
+    };
+    assert_eq!(
+        expr_from_pb(&expr, 0).unwrap_err(),
+        "Header takes 2 arguments, got 1"
+    );
+}
+
+#[test]
+fn deep_rules_are_rejected() {
+    let mut e = pb::Expr {
+        kind: Some(pb::expr::Kind::Matcher(pb::Matcher {
+            kind: pb::MatcherKind::Path as i32,
+            args: vec!["/".into()],
+        })),
+    };
+    for _ in 0..100 {
+        e = pb::Expr {
+            kind: Some(pb::expr::Kind::Not(Box::new(e))),
+        };
+    }
+    assert!(expr_from_pb(&e, 0).is_err());
+}
