@@ -1,1 +1,102 @@
-fn main() {}
+//! `switchyard-proxy run …` | `switchyard-proxy status --admin ADDR`.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use switchyard_proxy::{
+    app::{App, ProxyConfig},
+    listener::parse_listen_address,
+    status,
+};
+
+#[derive(Parser)]
+#[command(name = "switchyard-proxy", version, about = "Switchyard edge proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic from the controller's snapshots (and the persisted one while it is away).
+    Run {
+        /// Controller gRPC URL; repeat to give fallbacks, tried in turn.
+        #[arg(long = "controller")]
+        controllers: Vec<String>,
+        #[arg(long)]
+        node_id: String,
+        /// Where the last snapshots are persisted.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Admin gRPC listen address (ProxyAdmin).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        /// Local listen address for an entry point: NAME=ADDR (repeatable).
+        #[arg(long = "entrypoint")]
+        entry_points: Vec<String>,
+    },
+    /// Show which snapshot this proxy serves.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Run {
+            controllers,
+            node_id,
+            state_dir,
+            admin,
+            entry_points,
+        } => run(controllers, node_id, state_dir, admin, entry_points).await,
+        Command::Status { admin, json } => {
+            status::run(&admin, json).await.map(|text| print!("{text}"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    controllers: Vec<String>,
+    node_id: String,
+    state_dir: PathBuf,
+    admin: SocketAddr,
+    entry_points: Vec<String>,
+) -> anyhow::Result<()> {
+    if node_id.trim().is_empty() {
+        bail!("--node-id must not be empty");
+    }
+    let mut overrides = BTreeMap::new();
+    for spec in entry_points {
+        let (name, addr) = spec
+            .split_once('=')
+            .with_context(|| format!("--entrypoint `{spec}`: expected NAME=ADDR"))?;
+        let addr = parse_listen_address(addr)
+            .map_err(|e| anyhow::anyhow!("--entrypoint `{spec}`: {e}"))?;
+        overrides.insert(name.to_owned(), addr);
+    }
+    switchyard_shared::telemetry::init();
+    let config = ProxyConfig {
+        controllers,
+        node_id,
+        state_dir,
+        admin,
+        entry_point_overrides: overrides,
+    };
+    App::build(config)
+        .await?
+        .run(switchyard_shared::shutdown::signal())
+        .await
+}

@@ -4,8 +4,10 @@
 //! Traefik's configuration language stops at the controller.
 
 pub mod backoff;
+pub mod drain;
 pub mod pb;
 pub mod rule;
+pub mod shutdown;
 pub mod snapshot;
 pub mod telemetry;
 pub mod time;

@@ -1,0 +1,130 @@
+//! The aggregator: keeps the last good configuration of every provider, debounces changes (a quiet
+//! period plus a maximum delay so a busy provider cannot starve updates), runs one compile at a
+//! time with the latest input, and hands the result to the publisher.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use switchyard_shared::{snapshot::EntryPoint, time::now_unix_ms};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+
+use crate::{
+    compile::{self, Diagnostic},
+    dynamic::DynamicConfig,
+    provider::ProviderEvent,
+    publish::Publisher,
+};
+
+/// What the controller knows about one provider (served by `GetVersion`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProviderState {
+    pub healthy: bool,
+    pub error: Option<String>,
+    pub updated_at_unix_ms: i64,
+}
+
+/// Shared, read-mostly view of provider states.
+pub type ProviderStates = Arc<Mutex<BTreeMap<String, ProviderState>>>;
+
+/// Debounce settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Debounce {
+    /// Compile once no change arrived for this long.
+    pub quiet: Duration,
+    /// …but never wait longer than this after the first pending change.
+    pub max_delay: Duration,
+}
+
+impl Debounce {
+    /// Quiet period `throttle`, maximum delay ten times that (at least one second).
+    pub fn from_throttle(throttle: Duration) -> Self {
+        Self {
+            quiet: throttle,
+            max_delay: (throttle * 10).max(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Runs until every provider sender is dropped or `shutdown` fires.
+pub async fn run(
+    entry_points: Vec<EntryPoint>,
+    expected_providers: Vec<String>,
+    mut events: mpsc::Receiver<ProviderEvent>,
+    debounce: Debounce,
+    publisher: Publisher,
+    states: ProviderStates,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut configs: BTreeMap<String, DynamicConfig> = BTreeMap::new();
+    let mut warnings: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
+    let mut heard: BTreeMap<String, bool> = expected_providers
+        .iter()
+        .map(|p| (p.clone(), false))
+        .collect();
+    // The first compile waits until every provider has spoken once (or a grace period passed), so
+    // proxies are not sent a snapshot missing a slow provider's routes (Traefik #10151).
+    let first_deadline = Instant::now() + Duration::from_secs(5);
+    let mut first_done = false;
+    let mut pending_since: Option<Instant> = None;
+    let mut last_event = Instant::now();
+    if expected_providers.is_empty() {
+        pending_since = Some(Instant::now());
+    }
+    loop {
+        let wake = match pending_since {
+            Some(since) => {
+                let mut at = (last_event + debounce.quiet).min(since + debounce.max_delay);
+                if !first_done && heard.values().any(|h| !h) {
+                    at = at.max(first_deadline);
+                }
+                at
+            }
+            None => Instant::now() + Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                let now_ms = now_unix_ms();
+                let mut states = states.lock().unwrap_or_else(|p| p.into_inner());
+                match event {
+                    ProviderEvent::Update { provider, config, warnings: w } => {
+                        heard.insert(provider.clone(), true);
+                        states.insert(provider.clone(), ProviderState { healthy: true, error: None, updated_at_unix_ms: now_ms });
+                        configs.insert(provider.clone(), config);
+                        warnings.insert(provider, w);
+                    }
+                    ProviderEvent::Error { provider, error } => {
+                        heard.insert(provider.clone(), true);
+                        states.insert(provider, ProviderState { healthy: false, error: Some(error), updated_at_unix_ms: now_ms });
+                    }
+                }
+                drop(states);
+                last_event = Instant::now();
+                pending_since.get_or_insert(last_event);
+            }
+            _ = tokio::time::sleep_until(wake), if pending_since.is_some() => {
+                pending_since = None;
+                first_done = true;
+                let input = configs.clone();
+                let eps = entry_points.clone();
+                let extra: Vec<Diagnostic> = warnings.values().flatten().cloned().collect();
+                let compiled = tokio::task::spawn_blocking(move || compile::compile(&eps, &input)).await;
+                match compiled {
+                    Ok((snapshot, mut diags)) => {
+                        diags.extend(extra);
+                        diags.sort();
+                        publisher.publish(snapshot, diags);
+                    }
+                    Err(e) => tracing::error!(error = %e, "compile task failed; keeping the current snapshot"),
+                }
+            }
+        }
+    }
+}

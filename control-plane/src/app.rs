@@ -1,0 +1,116 @@
+//! The controller process: binds the gRPC socket up front (a port conflict is a startup error),
+//! then runs providers → aggregator → publisher → gRPC until shutdown.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use switchyard_shared::{pb, snapshot::EntryPoint};
+use tokio::{net::TcpListener, sync::mpsc, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{
+    aggregate::{self, Debounce, ProviderStates},
+    config::{StaticConfig, parse_entry_point_address},
+    provider::{Provider, ProviderSink, file::FileProvider},
+    publish::Publisher,
+    server::{ControlPlaneService, MAX_MESSAGE_BYTES, fleet::Fleet},
+};
+
+/// A built controller, sockets bound.
+pub struct App {
+    config: StaticConfig,
+    listener: TcpListener,
+}
+
+impl App {
+    /// Binds the gRPC address.
+    pub async fn build(config: StaticConfig) -> anyhow::Result<Self> {
+        let addr: SocketAddr = config
+            .grpc_address()
+            .map_err(|e| anyhow::anyhow!("invalid static configuration: {e}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on controller.grpc.address {addr}"))?;
+        Ok(Self { config, listener })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_address(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let entry_points = self
+            .config
+            .entry_points
+            .iter()
+            .map(|(name, ep)| {
+                Ok(EntryPoint {
+                    name: name.clone(),
+                    address: parse_entry_point_address(&ep.address)
+                        .map_err(|e| anyhow::anyhow!("entryPoints.{name}.address: {e}"))?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+
+        let mut providers: Vec<Box<dyn Provider>> = Vec::new();
+        if let Some(file) = &self.config.providers.file {
+            providers.push(Box::new(FileProvider::new(file)));
+        }
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
+        for provider in providers {
+            let sink = ProviderSink::new(provider.name(), events_tx.clone());
+            tokio::spawn(provider.run(sink, stop_rx.clone()));
+        }
+        drop(events_tx);
+
+        let (publisher, snapshots) = Publisher::new();
+        let states: ProviderStates = Default::default();
+        tokio::spawn(aggregate::run(
+            entry_points,
+            names,
+            events_rx,
+            Debounce::from_throttle(self.config.throttle()),
+            publisher,
+            states.clone(),
+            stop_rx.clone(),
+        ));
+
+        let service = ControlPlaneService::new(
+            snapshots,
+            Arc::new(Fleet::default()),
+            states,
+            stop_rx.clone(),
+        );
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("cannot build the gRPC reflection service")?;
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "controller gRPC listening");
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        };
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .add_service(
+                pb::control_plane_server::ControlPlaneServer::new(service)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
+            .await
+            .context("gRPC server failed")?;
+        Ok(())
+    }
+}

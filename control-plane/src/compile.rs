@@ -1,0 +1,256 @@
+//! The compiler: a pure function from every provider's last good configuration (plus the static
+//! entry points) to one deterministic [`Snapshot`] and the list of [`Diagnostic`]s explaining what
+//! was left out. Validation is per object, as in Traefik: a bad router, service or middleware
+//! costs only itself and what depends on it.
+
+#[path = "compile/rule_stub.rs"]
+pub mod rule;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use switchyard_shared::{
+    rule::{MAX_USER_PRIORITY, default_priority},
+    snapshot::{EntryPoint, Middleware, Router, Service, Snapshot},
+};
+
+use crate::dynamic::DynamicConfig;
+
+/// How serious a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The object is left out of the snapshot.
+    Error,
+    /// The object is kept; something about it was ignored.
+    Warning,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+/// One finding about one object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Diagnostic {
+    pub provider: String,
+    /// `router/name@provider`, `service/…`, `middleware/…`, `file/path`.
+    pub object: String,
+    pub message: String,
+    pub severity: Severity,
+}
+
+impl Diagnostic {
+    pub fn error(
+        provider: impl Into<String>,
+        object: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            provider: provider.into(),
+            object: object.into(),
+            message: message.into(),
+            severity: Severity::Error,
+        }
+    }
+
+    pub fn warning(
+        provider: impl Into<String>,
+        object: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            provider: provider.into(),
+            object: object.into(),
+            message: message.into(),
+            severity: Severity::Warning,
+        }
+    }
+}
+
+/// Qualifies a reference the way Traefik does: `x@p` stays, `x` becomes `x@<provider>`.
+pub fn qualify(reference: &str, provider: &str) -> String {
+    if reference.contains('@') {
+        reference.to_owned()
+    } else {
+        format!("{reference}@{provider}")
+    }
+}
+
+/// Compiles the providers' configurations (keyed by provider name) into a snapshot.
+pub fn compile(
+    entry_points: &[EntryPoint],
+    providers: &BTreeMap<String, DynamicConfig>,
+) -> (Snapshot, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let mut entry_points = entry_points.to_vec();
+    entry_points.sort_by(|a, b| a.name.cmp(&b.name));
+    let ep_names: BTreeSet<&str> = entry_points.iter().map(|e| e.name.as_str()).collect();
+
+    // Pass 1: every middleware and service on its own.
+    let mut middlewares: BTreeMap<String, Middleware> = BTreeMap::new();
+    let mut services: BTreeMap<String, Service> = BTreeMap::new();
+    for (provider, config) in providers {
+        validate::report_unsupported_root(provider, config, &mut diags);
+        let Some(http) = &config.http else { continue };
+        for (name, m) in &http.middlewares {
+            if let Some(m) = validate::middleware(provider, name, m, &mut diags) {
+                middlewares.insert(m.name.clone(), m);
+            }
+        }
+        for (name, s) in &http.services {
+            if let Some(s) = validate::service(provider, name, s, &mut diags) {
+                services.insert(s.name.clone(), s);
+            }
+        }
+    }
+    // Pass 2: references between them (chains, weighted services), to a fixed point.
+    validate::resolve_middleware_refs(&mut middlewares, &mut diags);
+    validate::resolve_service_refs(&mut services, &mut diags);
+
+    // Pass 3: routers.
+    let mut routers = Vec::new();
+    for (provider, config) in providers {
+        let Some(http) = &config.http else { continue };
+        for (name, r) in &http.routers {
+            let object = format!("router/{}", qualify(name, provider));
+            let mut fail = |message: String| {
+                diags.push(Diagnostic::error(
+                    provider.as_str(),
+                    object.as_str(),
+                    message,
+                ));
+            };
+            if name.contains('@') {
+                fail("`@` is not allowed in a router name".into());
+                continue;
+            }
+            validate::report_extra(provider, &object, &r.other, &mut diags);
+            if r.other.contains_key("tls") {
+                diags.push(Diagnostic::error(
+                    provider.as_str(),
+                    object.as_str(),
+                    "TLS routers are not supported yet (serving it on plain HTTP would change its meaning)",
+                ));
+                continue;
+            }
+            if r.rule_syntax.as_deref().is_some_and(|s| s != "v3") {
+                diags.push(Diagnostic::error(
+                    provider.as_str(),
+                    object.as_str(),
+                    format!(
+                        "ruleSyntax `{}` is not supported; only v3 rules are",
+                        r.rule_syntax.as_deref().unwrap_or_default()
+                    ),
+                ));
+                continue;
+            }
+            let mut fail = |message: String| {
+                diags.push(Diagnostic::error(
+                    provider.as_str(),
+                    object.as_str(),
+                    message,
+                ));
+            };
+            if r.rule.trim().is_empty() {
+                fail("rule is required".into());
+                continue;
+            }
+            let expr = match rule::parse_rule(&r.rule) {
+                Ok(e) => e,
+                Err(e) => {
+                    fail(format!("error while parsing rule {}: {e}", r.rule));
+                    continue;
+                }
+            };
+            let priority = if r.priority == 0 {
+                default_priority(&r.rule)
+            } else {
+                r.priority
+            };
+            if priority > MAX_USER_PRIORITY {
+                fail(format!(
+                    "the router priority {priority} exceeds the max user-defined priority {MAX_USER_PRIORITY}"
+                ));
+                continue;
+            }
+            if r.service.is_empty() {
+                fail("the router has no service".into());
+                continue;
+            }
+            let service = qualify(&r.service, provider);
+            if !services.contains_key(&service) {
+                fail(format!("the service \"{service}\" does not exist"));
+                continue;
+            }
+            let mut mws = Vec::with_capacity(r.middlewares.len());
+            let mut missing = None;
+            for m in &r.middlewares {
+                let q = qualify(m, provider);
+                if !middlewares.contains_key(&q) {
+                    missing = Some(q);
+                    break;
+                }
+                mws.push(q);
+            }
+            if let Some(q) = missing {
+                fail(format!("middleware \"{q}\" does not exist"));
+                continue;
+            }
+            let eps = if r.entry_points.is_empty() {
+                ep_names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()
+            } else {
+                let mut eps = Vec::new();
+                for ep in &r.entry_points {
+                    if ep_names.contains(ep.as_str()) {
+                        eps.push(ep.clone());
+                    } else {
+                        diags.push(Diagnostic::warning(
+                            provider.as_str(),
+                            object.as_str(),
+                            format!("entryPoint \"{ep}\" doesn't exist"),
+                        ));
+                    }
+                }
+                eps.sort();
+                eps.dedup();
+                eps
+            };
+            if eps.is_empty() {
+                diags.push(Diagnostic::error(
+                    provider.as_str(),
+                    object.as_str(),
+                    "no valid entryPoint for this router",
+                ));
+                continue;
+            }
+            routers.push(Router {
+                name: qualify(name, provider),
+                provider: provider.clone(),
+                entry_points: eps,
+                rule: expr,
+                priority,
+                middlewares: mws,
+                service,
+                rule_text: r.rule.clone(),
+            });
+        }
+    }
+    routers.sort_by(|a, b| a.name.cmp(&b.name));
+    diags.sort();
+    diags.dedup();
+    let snapshot = Snapshot {
+        entry_points,
+        routers,
+        services: services.into_values().collect(),
+        middlewares: middlewares.into_values().collect(),
+    };
+    (snapshot, diags)
+}
+
+#[cfg(test)]
+mod tests;

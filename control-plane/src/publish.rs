@@ -1,0 +1,102 @@
+//! The publisher: versions compiled snapshots (content hash + generation + timestamp) and fans the
+//! current one out through a `watch` channel. A snapshot whose version equals the current one is
+//! not published again.
+
+use std::sync::Arc;
+
+use switchyard_shared::{pb, snapshot::Snapshot, time::now_unix_ms, version::snapshot_version};
+use tokio::sync::watch;
+
+use crate::compile::{Diagnostic, Severity};
+
+/// A published snapshot with its identity and the diagnostics of its compile.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub snapshot: pb::VersionedSnapshot,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Published {
+    pub fn version(&self) -> &str {
+        &self.snapshot.version
+    }
+}
+
+/// Sending side; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    tx: Arc<watch::Sender<Arc<Published>>>,
+}
+
+impl Publisher {
+    /// A publisher and the receiver every stream subscribes from. The initial value has an empty
+    /// version: nothing compiled yet.
+    pub fn new() -> (Self, watch::Receiver<Arc<Published>>) {
+        let (tx, rx) = watch::channel(Arc::new(Published::default()));
+        (Self { tx: Arc::new(tx) }, rx)
+    }
+
+    /// Versions and publishes a compiled snapshot unless it equals the current one (diagnostics
+    /// are refreshed in any case).
+    pub fn publish(&self, snapshot: Snapshot, diagnostics: Vec<Diagnostic>) {
+        let wire = pb::Snapshot::from(&snapshot);
+        let version = snapshot_version(&wire);
+        for d in &diagnostics {
+            match d.severity {
+                Severity::Error => {
+                    tracing::warn!(provider = %d.provider, object = %d.object, "left out: {}", d.message)
+                }
+                Severity::Warning => {
+                    tracing::info!(provider = %d.provider, object = %d.object, "warning: {}", d.message)
+                }
+            }
+        }
+        self.tx.send_if_modified(|current| {
+            if current.snapshot.version == version {
+                if current.diagnostics != diagnostics {
+                    *current = Arc::new(Published {
+                        snapshot: current.snapshot.clone(),
+                        diagnostics,
+                    });
+                }
+                // Same content: streams must not resend it.
+                return false;
+            }
+            let generation = current.snapshot.generation + 1;
+            tracing::info!(
+                %version,
+                generation,
+                routers = wire.routers.len(),
+                "publishing snapshot"
+            );
+            *current = Arc::new(Published {
+                snapshot: pb::VersionedSnapshot {
+                    version: version.clone(),
+                    generation,
+                    created_at_unix_ms: now_unix_ms(),
+                    snapshot: Some(wire.clone()),
+                },
+                diagnostics,
+            });
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_content_is_not_republished() {
+        let (p, mut rx) = Publisher::new();
+        rx.mark_unchanged();
+        p.publish(Snapshot::default(), vec![]);
+        assert!(rx.has_changed().unwrap());
+        let first = rx.borrow_and_update().snapshot.clone();
+        assert_eq!(first.generation, 1);
+        p.publish(Snapshot::default(), vec![]);
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(rx.borrow().snapshot.version, first.version);
+    }
+}

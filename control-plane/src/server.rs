@@ -1,0 +1,244 @@
+//! The gRPC `switchyard.v1.ControlPlane` service: one `Subscribe` stream per proxy (snapshots down,
+//! ACK/NACK up) and the operator RPCs. A proxy that already holds the current version is told so
+//! instead of being sent the snapshot; a NACKed version is parked for that proxy until the content
+//! changes, so a bad snapshot is never resent in a loop (go-control-plane #962).
+
+pub mod fleet;
+
+use std::{pin::Pin, sync::Arc};
+
+use switchyard_shared::pb::{
+    self, control_plane_server::ControlPlane, subscribe_request, subscribe_response,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{aggregate::ProviderStates, publish::Published};
+use fleet::Fleet;
+
+/// Largest message accepted or sent (tonic's 4 MiB default is too small for big fleets'
+/// snapshots: ~420 B per route puts 10 k routes at ~4 MB).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The service state, shared by every stream.
+#[derive(Clone)]
+pub struct ControlPlaneService {
+    snapshots: watch::Receiver<Arc<Published>>,
+    fleet: Arc<Fleet>,
+    providers: ProviderStates,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ControlPlaneService {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Published>>,
+        fleet: Arc<Fleet>,
+        providers: ProviderStates,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            snapshots,
+            fleet,
+            providers,
+            shutdown,
+        }
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlPlane for ControlPlaneService {
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(pb::SubscribeRequest {
+                kind: Some(subscribe_request::Kind::Hello(hello)),
+            })) => hello,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a Subscribe stream must be Hello",
+                ));
+            }
+        };
+        if hello.node_id.is_empty() {
+            return Err(Status::invalid_argument("Hello.node_id is required"));
+        }
+        if hello.protocol != pb::PROTOCOL {
+            return Err(Status::failed_precondition(format!(
+                "proxy {} speaks protocol {} but this controller serves protocol {}; upgrade the older side",
+                hello.node_id,
+                hello.protocol,
+                pb::PROTOCOL
+            )));
+        }
+        let session = self.fleet.connect(
+            &hello.node_id,
+            peer.clone(),
+            hello.build_info.clone(),
+            &hello.held_version,
+        );
+        tracing::info!(node = %hello.node_id, %peer, held = %hello.held_version, "proxy subscribed");
+        let (tx, rx) = mpsc::channel(4);
+        let stream = ProxyStream {
+            node_id: hello.node_id,
+            session,
+            held: hello.held_version,
+            snapshots: self.snapshots.clone(),
+            fleet: self.fleet.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(stream.run(inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_version(
+        &self,
+        _request: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::GetVersionResponse>, Status> {
+        let current = self.snapshots.borrow().clone();
+        let providers = self
+            .providers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, s)| pb::ProviderStatus {
+                name: name.clone(),
+                healthy: s.healthy,
+                error: s.error.clone().unwrap_or_default(),
+                updated_at_unix_ms: s.updated_at_unix_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::GetVersionResponse {
+            version: current.snapshot.version.clone(),
+            generation: current.snapshot.generation,
+            created_at_unix_ms: current.snapshot.created_at_unix_ms,
+            diagnostics: current
+                .diagnostics
+                .iter()
+                .map(|d| pb::Diagnostic {
+                    provider: d.provider.clone(),
+                    object: d.object.clone(),
+                    message: d.message.clone(),
+                    severity: d.severity.as_str().to_owned(),
+                })
+                .collect(),
+            providers,
+        }))
+    }
+
+    async fn list_proxies(
+        &self,
+        _request: Request<pb::ListProxiesRequest>,
+    ) -> Result<Response<pb::ListProxiesResponse>, Status> {
+        Ok(Response::new(pb::ListProxiesResponse {
+            proxies: self.fleet.list(),
+            current_version: self.snapshots.borrow().snapshot.version.clone(),
+        }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        _request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::VersionedSnapshot>, Status> {
+        let current = self.snapshots.borrow().clone();
+        if current.snapshot.version.is_empty() {
+            return Err(Status::unavailable("no snapshot compiled yet"));
+        }
+        // Snapshots carry no private keys yet; redaction belongs here once TLS lands.
+        Ok(Response::new(current.snapshot.clone()))
+    }
+}
+
+/// One proxy's stream.
+struct ProxyStream {
+    node_id: String,
+    session: u64,
+    /// The version the proxy serves.
+    held: String,
+    snapshots: watch::Receiver<Arc<Published>>,
+    fleet: Arc<Fleet>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ProxyStream {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::SubscribeRequest>,
+        tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+    ) {
+        // The last version offered on this stream (sent, or reported up to date). Never offered
+        // twice in a row: a NACKed version stays parked until the content changes.
+        let mut offered = String::new();
+        loop {
+            let current = self.snapshots.borrow_and_update().clone();
+            let version = current.version();
+            if !version.is_empty() && version != offered {
+                let kind = if version == self.held {
+                    subscribe_response::Kind::UpToDate(pb::UpToDate {
+                        version: version.to_owned(),
+                        generation: current.snapshot.generation,
+                    })
+                } else {
+                    subscribe_response::Kind::Snapshot(current.snapshot.clone())
+                };
+                let is_snapshot = matches!(kind, subscribe_response::Kind::Snapshot(_));
+                if tx
+                    .send(Ok(pb::SubscribeResponse { kind: Some(kind) }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                if is_snapshot {
+                    self.fleet.sent(&self.node_id);
+                }
+                offered = version.to_owned();
+            }
+            tokio::select! {
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() { break; }
+                }
+                message = inbound.next() => match message {
+                    Some(Ok(m)) => self.on_message(m),
+                    Some(Err(status)) => {
+                        tracing::info!(node = %self.node_id, %status, "proxy stream ended with an error");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = self.shutdown.changed() => break,
+            }
+        }
+        self.fleet.disconnect(&self.node_id, self.session);
+        tracing::info!(node = %self.node_id, "proxy disconnected");
+    }
+
+    fn on_message(&mut self, message: pb::SubscribeRequest) {
+        match message.kind {
+            Some(subscribe_request::Kind::Ack(ack)) => {
+                tracing::info!(node = %self.node_id, version = %ack.version, "proxy acknowledged");
+                self.fleet.ack(&self.node_id, &ack.version);
+                self.held = ack.version;
+            }
+            Some(subscribe_request::Kind::Nack(nack)) => {
+                tracing::warn!(node = %self.node_id, version = %nack.version, error = %nack.error, "proxy rejected snapshot");
+                self.fleet.nack(&self.node_id, &nack.version, &nack.error);
+            }
+            Some(subscribe_request::Kind::Hello(_)) | None => {
+                tracing::debug!(node = %self.node_id, "ignoring unexpected message on stream");
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Entry-point listeners, reconciled per snapshot in two phases: `prepare` binds every new address
+//! (a bind failure fails the apply → NACK, nothing live touched), `commit` starts the new accept
+//! loops and stops accepting on removed ones. Stopping a listener never cuts its connections:
+//! they finish on their own, and only process shutdown drains them (with a deadline).
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use switchyard_shared::drain;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::proxy::Handler;
+
+/// Parses an entry-point address (`:80`, `0.0.0.0:80`, `[::1]:8080`, `localhost:80`).
+pub fn parse_listen_address(address: &str) -> Result<SocketAddr, String> {
+    let address = address.trim();
+    let address = address.strip_suffix("/tcp").unwrap_or(address);
+    if let Some(port) = address.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{address}`: invalid port"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    if let Some(port) = address.strip_prefix("localhost:") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{address}`: invalid port"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    address
+        .parse()
+        .map_err(|_| format!("`{address}` is not an IP:port listen address"))
+}
+
+struct Active {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// Listeners bound but not yet accepting.
+pub struct Prepared {
+    new: Vec<(String, SocketAddr, TcpListener)>,
+    keep: Vec<String>,
+}
+
+/// The set of live entry-point listeners.
+pub struct Listeners {
+    active: HashMap<String, Active>,
+    make_handler: Arc<dyn Fn(&str, u16) -> Handler + Send + Sync>,
+    /// Taken at shutdown so the drain can complete.
+    drain: Option<drain::Watch>,
+}
+
+impl Listeners {
+    pub fn new(
+        make_handler: Arc<dyn Fn(&str, u16) -> Handler + Send + Sync>,
+        drain: drain::Watch,
+    ) -> Self {
+        Self {
+            active: HashMap::new(),
+            make_handler,
+            drain: Some(drain),
+        }
+    }
+
+    /// Binds what `desired` adds or moves. Nothing live changes.
+    pub async fn prepare(&self, desired: &[(String, SocketAddr)]) -> Result<Prepared, String> {
+        let mut prepared = Prepared {
+            new: Vec::new(),
+            keep: Vec::new(),
+        };
+        for (name, addr) in desired {
+            match self.active.get(name) {
+                Some(a) if a.addr == *addr || (addr.port() == 0 && a.addr.ip() == addr.ip()) => {
+                    prepared.keep.push(name.clone());
+                }
+                _ => {
+                    let listener = TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| format!("entry point {name}: cannot listen on {addr}: {e}"))?;
+                    let bound = listener.local_addr().unwrap_or(*addr);
+                    prepared.new.push((name.clone(), bound, listener));
+                }
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Starts the prepared listeners and stops accepting on the others.
+    pub fn commit(&mut self, prepared: Prepared) {
+        let wanted: Vec<&String> = prepared
+            .keep
+            .iter()
+            .chain(prepared.new.iter().map(|(n, _, _)| n))
+            .collect();
+        let removed: Vec<String> = self
+            .active
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(a) = self.active.remove(&name) {
+                tracing::info!(entry_point = %name, addr = %a.addr, "entry point removed; no longer accepting");
+                let _ = a.stop.send(true);
+            }
+        }
+        let Some(drain) = self.drain.clone() else {
+            return; // shutting down
+        };
+        for (name, addr, listener) in prepared.new {
+            if let Some(old) = self.active.remove(&name) {
+                let _ = old.stop.send(true);
+            }
+            let (stop, stop_rx) = watch::channel(false);
+            let handler = (self.make_handler)(&name, addr.port());
+            tracing::info!(entry_point = %name, %addr, "listening");
+            tokio::spawn(accept_loop(listener, handler, stop_rx, drain.clone()));
+            self.active.insert(name, Active { addr, stop });
+        }
+    }
+
+    /// `name=addr` of every live listener, sorted.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .active
+            .iter()
+            .map(|(n, a)| format!("{n}={}", a.addr))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Stops accepting everywhere (process shutdown).
+    pub fn stop_all(&mut self) {
+        self.drain = None;
+        for (_, a) in self.active.drain() {
+            let _ = a.stop.send(true);
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    handler: Handler,
+    mut stop: watch::Receiver<bool>,
+    drain: drain::Watch,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let mut drain = drain.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.serve(req, peer).await) }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = drain.signaled() => {
+                    // Finish the request in flight, then close (HTTP/2: GOAWAY).
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_forms() {
+        assert_eq!(
+            parse_listen_address(":80").unwrap().to_string(),
+            "0.0.0.0:80"
+        );
+        assert_eq!(
+            parse_listen_address("localhost:81").unwrap().to_string(),
+            "127.0.0.1:81"
+        );
+        assert_eq!(
+            parse_listen_address("[::1]:82/tcp").unwrap().to_string(),
+            "[::1]:82"
+        );
+        assert!(parse_listen_address("example.com:80").is_err());
+        assert!(parse_listen_address(":http").is_err());
+    }
+}

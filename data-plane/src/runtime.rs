@@ -1,0 +1,194 @@
+//! The proxy's live state and the one way to change it: [`Runtime::apply`]. Build the table (can
+//! fail → NACK) → bind new listeners (can fail → NACK) → persist (a disk error is reported, never
+//! blocks serving) → swap the table → start/stop listeners. The request path only ever reads the
+//! `ArcSwap<Table>`.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use switchyard_shared::{pb, time::now_unix_ms};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::{
+    listener::{Listeners, parse_listen_address},
+    state::Table,
+    store::Store,
+};
+
+/// Where the applied snapshot came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    None,
+    Disk,
+    Controller,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::None => "none",
+            Source::Disk => "disk",
+            Source::Controller => "controller",
+        }
+    }
+}
+
+/// Status served by `ProxyAdmin/GetStatus`.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub source: Source,
+    pub applied_at_unix_ms: i64,
+    pub controller_connected: bool,
+    pub controller: String,
+    pub last_error: String,
+    pub snapshots_received: u64,
+    pub nacks_sent: u64,
+}
+
+/// Shared proxy state.
+pub struct Runtime {
+    pub node_id: String,
+    pub table: Arc<ArcSwap<Table>>,
+    pub status: std::sync::Mutex<Status>,
+    store: Store,
+    /// Local listen-address overrides (`--entrypoint NAME=ADDR`).
+    overrides: BTreeMap<String, SocketAddr>,
+    /// Serialises applies; held across awaits, so an async mutex.
+    listeners: AsyncMutex<Listeners>,
+}
+
+impl Runtime {
+    pub fn new(
+        node_id: String,
+        table: Arc<ArcSwap<Table>>,
+        store: Store,
+        overrides: BTreeMap<String, SocketAddr>,
+        listeners: Listeners,
+    ) -> Self {
+        Self {
+            node_id,
+            table,
+            status: std::sync::Mutex::new(Status {
+                source: Source::None,
+                applied_at_unix_ms: 0,
+                controller_connected: false,
+                controller: String::new(),
+                last_error: String::new(),
+                snapshots_received: 0,
+                nacks_sent: 0,
+            }),
+            store,
+            overrides,
+            listeners: AsyncMutex::new(listeners),
+        }
+    }
+
+    pub fn with_status<R>(&self, f: impl FnOnce(&mut Status) -> R) -> R {
+        let mut guard = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// The version being served ("" when none).
+    pub fn version(&self) -> String {
+        self.table.load().version.clone()
+    }
+
+    /// Desired listeners: the snapshot's entry points with local overrides, plus overridden entry
+    /// points the snapshot does not (yet) declare, so `--entrypoint` ports are bound from boot.
+    fn desired(&self, table: &Table) -> Result<Vec<(String, SocketAddr)>, String> {
+        let mut out: BTreeMap<String, SocketAddr> = self.overrides.clone();
+        for (name, address) in &table.entry_points {
+            if !out.contains_key(name) {
+                let addr = parse_listen_address(address)
+                    .map_err(|e| format!("entry point {name}: {e}"))?;
+                out.insert(name.clone(), addr);
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Binds the listeners for the current table (boot).
+    pub async fn start_listeners(&self) -> Result<(), String> {
+        let table = self.table.load_full();
+        let desired = self.desired(&table)?;
+        let mut listeners = self.listeners.lock().await;
+        let prepared = listeners.prepare(&desired).await?;
+        listeners.commit(prepared);
+        Ok(())
+    }
+
+    /// Validates and applies a snapshot. `Err` carries the NACK reason; nothing changed then.
+    pub async fn apply(
+        &self,
+        snapshot: pb::VersionedSnapshot,
+        source: Source,
+    ) -> Result<(), String> {
+        let mut listeners = self.listeners.lock().await;
+        let previous = self.table.load_full();
+        let (table, snapshot) = tokio::task::spawn_blocking(move || {
+            let built = Table::build(&snapshot, Some(&previous));
+            (built, snapshot)
+        })
+        .await
+        .map_err(|e| format!("apply task failed: {e}"))?;
+        let table = table.map_err(|e| e.to_string())?;
+        let desired = self.desired(&table)?;
+        let prepared = listeners.prepare(&desired).await?;
+        if source == Source::Controller {
+            let store = self.store.clone();
+            let saved = tokio::task::spawn_blocking(move || store.save(&snapshot))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            if let Err(e) = saved {
+                tracing::error!(error = %e, "cannot persist snapshot; serving it anyway");
+                self.with_status(|s| s.last_error = format!("cannot persist snapshot: {e}"));
+            }
+        }
+        let version = table.version.clone();
+        let routers = table.router_count;
+        self.table.store(Arc::new(table));
+        listeners.commit(prepared);
+        self.with_status(|s| {
+            s.source = source;
+            s.applied_at_unix_ms = now_unix_ms();
+        });
+        tracing::info!(%version, routers, source = source.as_str(), "snapshot applied");
+        Ok(())
+    }
+
+    /// Loads the newest valid persisted snapshot (boot). Corrupt generations are reported and
+    /// skipped, never served.
+    pub async fn load_from_disk(&self) {
+        let mut errors = Vec::new();
+        for candidate in self.store.load_all() {
+            match candidate {
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping state file");
+                    errors.push(e.to_string());
+                }
+                Ok(snapshot) => {
+                    let version = snapshot.version.clone();
+                    match self.apply(snapshot, Source::Disk).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::error!(%version, error = %e, "persisted snapshot cannot be applied");
+                            errors.push(format!("persisted snapshot {version}: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            self.with_status(|s| s.last_error = errors.join("; "));
+        }
+    }
+
+    pub async fn listening(&self) -> Vec<String> {
+        self.listeners.lock().await.describe()
+    }
+
+    pub async fn stop_listeners(&self) {
+        self.listeners.lock().await.stop_all();
+    }
+}

@@ -1,0 +1,360 @@
+//! The applier's core: turns a snapshot into a [`Table`] — per-entry-point route tables with
+//! compiled matchers, flattened middleware chains and load balancers — *before* anything live is
+//! touched. Any failure is an error that the subscriber NACKs; the previous table keeps serving.
+//! Load balancers whose definition did not change are carried over, so rotation continues.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use http::{HeaderValue, uri::Authority};
+use switchyard_shared::{
+    pb,
+    snapshot::{self, LoadBalancer, MiddlewareKind, ServiceKind, Snapshot},
+};
+use thiserror::Error;
+
+use crate::{
+    balance::Wrr,
+    middleware::Middleware,
+    router::{RouteInput, RouteTable},
+};
+
+/// Why a snapshot cannot be applied. The message is what the NACK carries.
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("snapshot {version} has no content")]
+    Empty { version: String },
+    #[error(transparent)]
+    Decode(#[from] snapshot::SnapshotError),
+    #[error("router {router}: {reason}")]
+    Router { router: String, reason: String },
+    #[error("service {service}: {reason}")]
+    Service { service: String, reason: String },
+    #[error("middleware {middleware}: {reason}")]
+    Middleware { middleware: String, reason: String },
+    #[error("entry point {entry_point}: {reason}")]
+    EntryPoint { entry_point: String, reason: String },
+}
+
+/// Maximum depth of chains and weighted services (the controller already rejects cycles).
+const MAX_DEPTH: usize = 32;
+
+/// How to reach one upstream server.
+#[derive(Debug)]
+pub struct Upstream {
+    pub url: String,
+    /// Talk HTTP/2 without TLS (`h2c://`).
+    pub h2c: bool,
+    pub authority: Authority,
+    /// The server URL's authority as a Host header (when `passHostHeader` is false).
+    pub host_header: HeaderValue,
+    /// The server URL's path without a trailing slash, prepended to the request path.
+    pub base_path: String,
+}
+
+/// A load balancer over servers.
+#[derive(Debug)]
+pub struct Balancer {
+    spec: LoadBalancer,
+    pub servers: Vec<Upstream>,
+    wrr: Wrr,
+    pub pass_host_header: bool,
+}
+
+/// A service the handler can pick a server from.
+#[derive(Debug)]
+pub enum ServiceHandle {
+    LoadBalancer(Balancer),
+    Weighted {
+        children: Vec<Arc<ServiceHandle>>,
+        wrr: Wrr,
+    },
+}
+
+impl ServiceHandle {
+    /// Picks a server; `None` when the service has no usable server (→ 503).
+    pub fn pick(&self) -> Option<(&Balancer, &Upstream)> {
+        let mut current = self;
+        for _ in 0..=MAX_DEPTH {
+            match current {
+                ServiceHandle::LoadBalancer(lb) => {
+                    let i = lb.wrr.pick()?;
+                    return lb.servers.get(i).map(|s| (lb, s));
+                }
+                ServiceHandle::Weighted { children, wrr } => {
+                    current = children.get(wrr.pick()?)?;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A matched router's work: middlewares in order, then the service.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub middlewares: Vec<Arc<Middleware>>,
+    pub service: Arc<ServiceHandle>,
+}
+
+/// Everything the request path needs, swapped atomically per snapshot.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub version: String,
+    pub generation: u64,
+    /// Entry points declared by the snapshot: `(name, address)`.
+    pub entry_points: Vec<(String, String)>,
+    routes: HashMap<String, RouteTable<Arc<Route>>>,
+    services: HashMap<String, Arc<ServiceHandle>>,
+    pub router_count: usize,
+}
+
+impl Table {
+    /// The route table of an entry point.
+    #[inline]
+    pub fn entry_point(&self, name: &str) -> Option<&RouteTable<Arc<Route>>> {
+        self.routes.get(name)
+    }
+
+    /// Builds a table from a versioned snapshot, reusing unchanged balancers from `previous`.
+    pub fn build(
+        versioned: &pb::VersionedSnapshot,
+        previous: Option<&Table>,
+    ) -> Result<Self, ApplyError> {
+        let wire = versioned
+            .snapshot
+            .clone()
+            .ok_or_else(|| ApplyError::Empty {
+                version: versioned.version.clone(),
+            })?;
+        let snapshot = Snapshot::try_from(wire)?;
+        for ep in &snapshot.entry_points {
+            crate::listener::parse_listen_address(&ep.address).map_err(|reason| {
+                ApplyError::EntryPoint {
+                    entry_point: ep.name.clone(),
+                    reason,
+                }
+            })?;
+        }
+
+        let services = build_services(&snapshot, previous)?;
+        let middlewares = build_middlewares(&snapshot)?;
+
+        let mut per_ep: HashMap<&str, Vec<RouteInput<'_, Arc<Route>>>> = HashMap::new();
+        let ep_names: HashSet<&str> = snapshot
+            .entry_points
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        for r in &snapshot.routers {
+            let fail = |reason: String| ApplyError::Router {
+                router: r.name.clone(),
+                reason,
+            };
+            let service = services
+                .get(&r.service)
+                .cloned()
+                .ok_or_else(|| fail(format!("unknown service {}", r.service)))?;
+            let mut chain = Vec::new();
+            for m in &r.middlewares {
+                flatten(m, &middlewares, &mut chain, 0).map_err(fail)?;
+            }
+            let route = Arc::new(Route {
+                name: Arc::from(r.name.as_str()),
+                middlewares: chain,
+                service,
+            });
+            for ep in &r.entry_points {
+                if !ep_names.contains(ep.as_str()) {
+                    return Err(fail(format!("unknown entry point {ep}")));
+                }
+                per_ep.entry(ep.as_str()).or_default().push(RouteInput {
+                    name: &r.name,
+                    rule: &r.rule,
+                    priority: r.priority,
+                    payload: route.clone(),
+                });
+            }
+        }
+        let mut routes = HashMap::new();
+        for ep in &snapshot.entry_points {
+            let inputs = per_ep.remove(ep.name.as_str()).unwrap_or_default();
+            let table = RouteTable::build(inputs).map_err(|e| ApplyError::EntryPoint {
+                entry_point: ep.name.clone(),
+                reason: e.to_string(),
+            })?;
+            routes.insert(ep.name.clone(), table);
+        }
+        Ok(Table {
+            version: versioned.version.clone(),
+            generation: versioned.generation,
+            entry_points: snapshot
+                .entry_points
+                .iter()
+                .map(|e| (e.name.clone(), e.address.clone()))
+                .collect(),
+            routes,
+            services,
+            router_count: snapshot.routers.len(),
+        })
+    }
+}
+
+fn flatten(
+    name: &str,
+    all: &HashMap<String, (MiddlewareKind, Option<Arc<Middleware>>)>,
+    out: &mut Vec<Arc<Middleware>>,
+    depth: usize,
+) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "middleware chain through {name} is too deep or cyclic"
+        ));
+    }
+    match all.get(name) {
+        None => Err(format!("unknown middleware {name}")),
+        Some((MiddlewareKind::Chain(children), _)) => {
+            for c in children {
+                flatten(c, all, out, depth + 1)?;
+            }
+            Ok(())
+        }
+        Some((_, Some(built))) => {
+            out.push(built.clone());
+            Ok(())
+        }
+        Some((_, None)) => Err(format!("middleware {name} could not be built")),
+    }
+}
+
+fn build_middlewares(
+    snapshot: &Snapshot,
+) -> Result<HashMap<String, (MiddlewareKind, Option<Arc<Middleware>>)>, ApplyError> {
+    snapshot
+        .middlewares
+        .iter()
+        .map(|m| {
+            let built = Middleware::build(&m.kind).map_err(|e| ApplyError::Middleware {
+                middleware: m.name.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok((m.name.clone(), (m.kind.clone(), built.map(Arc::new))))
+        })
+        .collect()
+}
+
+fn build_services(
+    snapshot: &Snapshot,
+    previous: Option<&Table>,
+) -> Result<HashMap<String, Arc<ServiceHandle>>, ApplyError> {
+    let specs: HashMap<&str, &ServiceKind> = snapshot
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), &s.kind))
+        .collect();
+    let mut built: HashMap<String, Arc<ServiceHandle>> = HashMap::new();
+    for s in &snapshot.services {
+        build_service(&s.name, &specs, previous, &mut built, 0)?;
+    }
+    Ok(built)
+}
+
+fn build_service(
+    name: &str,
+    specs: &HashMap<&str, &ServiceKind>,
+    previous: Option<&Table>,
+    built: &mut HashMap<String, Arc<ServiceHandle>>,
+    depth: usize,
+) -> Result<Arc<ServiceHandle>, ApplyError> {
+    let fail = |reason: String| ApplyError::Service {
+        service: name.to_owned(),
+        reason,
+    };
+    if let Some(done) = built.get(name) {
+        return Ok(done.clone());
+    }
+    if depth > MAX_DEPTH {
+        return Err(fail(
+            "weighted services nest too deep or form a cycle".into(),
+        ));
+    }
+    let spec = specs
+        .get(name)
+        .ok_or_else(|| fail("unknown service".into()))?;
+    let handle = match spec {
+        ServiceKind::LoadBalancer(lb) => {
+            let reusable = previous
+                .and_then(|p| p.services.get(name))
+                .filter(|old| matches!(&***old, ServiceHandle::LoadBalancer(b) if b.spec == *lb));
+            match reusable {
+                Some(old) => old.clone(),
+                None => Arc::new(ServiceHandle::LoadBalancer(
+                    build_balancer(lb).map_err(fail)?,
+                )),
+            }
+        }
+        ServiceKind::Weighted(children) => {
+            let mut handles = Vec::with_capacity(children.len());
+            for c in children {
+                handles.push(build_service(&c.name, specs, previous, built, depth + 1)?);
+            }
+            let weights: Vec<u32> = children.iter().map(|c| c.weight).collect();
+            Arc::new(ServiceHandle::Weighted {
+                children: handles,
+                wrr: Wrr::new(&weights),
+            })
+        }
+    };
+    built.insert(name.to_owned(), handle.clone());
+    Ok(handle)
+}
+
+fn build_balancer(lb: &LoadBalancer) -> Result<Balancer, String> {
+    let servers = lb
+        .servers
+        .iter()
+        .map(|s| upstream(&s.url))
+        .collect::<Result<Vec<_>, _>>()?;
+    let weights: Vec<u32> = lb.servers.iter().map(|s| s.weight).collect();
+    Ok(Balancer {
+        spec: lb.clone(),
+        servers,
+        wrr: Wrr::new(&weights),
+        pass_host_header: lb.pass_host_header,
+    })
+}
+
+fn upstream(url: &str) -> Result<Upstream, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("server url `{url}`: {e}"))?;
+    let h2c = match uri.scheme_str() {
+        Some("http") => false,
+        Some("h2c") => true,
+        other => {
+            return Err(format!(
+                "server url `{url}`: unsupported scheme {}",
+                other.unwrap_or("(none)")
+            ));
+        }
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("server url `{url}` has no host"))?;
+    let host_header = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| format!("server url `{url}`: host is not a valid header value"))?;
+    Ok(Upstream {
+        url: url.to_owned(),
+        h2c,
+        authority,
+        host_header,
+        base_path: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

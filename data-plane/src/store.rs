@@ -1,0 +1,201 @@
+//! Last-known-good snapshots on disk, so a proxy restarted while the controller is away serves at
+//! once. Two generations are kept: `snapshot.current` and `snapshot.previous`.
+//!
+//! Lifecycle of a save: write `snapshot.tmp` (mode 0600, fsync) → rename `current` to `previous`
+//! → rename `tmp` to `current` → fsync the directory. A crash at any point leaves at least one
+//! complete file. Each file is `MAGIC`, the hex SHA-256 of the payload, a newline, and the payload
+//! (an encoded `VersionedSnapshot`); a file whose checksum does not match is reported and never
+//! served.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use switchyard_shared::pb;
+use thiserror::Error;
+
+const MAGIC: &[u8] = b"SWITCHYARD-SNAPSHOT 1\n";
+const CURRENT: &str = "snapshot.current";
+const PREVIOUS: &str = "snapshot.previous";
+const TMP: &str = "snapshot.tmp";
+
+/// A state file that cannot be used.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt state file: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// The state directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (and creates, mode 0700) the state directory.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every stored generation, newest first, each decoded or with the reason it cannot be.
+    /// Missing files are skipped silently.
+    pub fn load_all(&self) -> Vec<Result<pb::VersionedSnapshot, StoreError>> {
+        [CURRENT, PREVIOUS]
+            .iter()
+            .filter_map(|name| {
+                let path = self.dir.join(name);
+                match fs::read(&path) {
+                    Ok(bytes) => Some(decode(&path, &bytes)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(source) => Some(Err(StoreError::Io { path, source })),
+                }
+            })
+            .collect()
+    }
+
+    /// Persists a snapshot as the new current generation.
+    pub fn save(&self, snapshot: &pb::VersionedSnapshot) -> Result<(), StoreError> {
+        let payload = snapshot.encode_to_vec();
+        let tmp = self.dir.join(TMP);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        {
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp).map_err(io(&tmp))?;
+            file.write_all(MAGIC).map_err(io(&tmp))?;
+            file.write_all(hex::encode(Sha256::digest(&payload)).as_bytes())
+                .map_err(io(&tmp))?;
+            file.write_all(b"\n").map_err(io(&tmp))?;
+            file.write_all(&payload).map_err(io(&tmp))?;
+            file.sync_all().map_err(io(&tmp))?;
+        }
+        let current = self.dir.join(CURRENT);
+        let previous = self.dir.join(PREVIOUS);
+        if current.exists() {
+            fs::rename(&current, &previous).map_err(io(&previous))?;
+        }
+        fs::rename(&tmp, &current).map_err(io(&current))?;
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<pb::VersionedSnapshot, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| corrupt("not a switchyard snapshot file (bad header)"))?;
+    if rest.len() < 65 || rest[64] != b'\n' {
+        return Err(corrupt("truncated checksum"));
+    }
+    let (sum, payload) = (&rest[..64], &rest[65..]);
+    if hex::encode(Sha256::digest(payload)).as_bytes() != sum {
+        return Err(corrupt("checksum mismatch"));
+    }
+    pb::VersionedSnapshot::decode(payload).map_err(|e| corrupt(&format!("undecodable: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(version: &str) -> pb::VersionedSnapshot {
+        pb::VersionedSnapshot {
+            version: version.into(),
+            generation: 1,
+            created_at_unix_ms: 0,
+            snapshot: Some(pb::Snapshot::default()),
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sy-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn keeps_two_generations_newest_first() {
+        let dir = temp_dir("gen");
+        let store = Store::open(&dir).unwrap();
+        assert!(store.load_all().is_empty());
+        store.save(&snapshot("a")).unwrap();
+        store.save(&snapshot("b")).unwrap();
+        store.save(&snapshot("c")).unwrap();
+        let all: Vec<_> = store
+            .load_all()
+            .into_iter()
+            .map(|r| r.unwrap().version)
+            .collect();
+        assert_eq!(all, vec!["c", "b"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join(CURRENT))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn flipped_byte_is_detected() {
+        let dir = temp_dir("flip");
+        let store = Store::open(&dir).unwrap();
+        store.save(&snapshot("a")).unwrap();
+        store.save(&snapshot("b")).unwrap();
+        let path = dir.join(CURRENT);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        let all = store.load_all();
+        let err = all[0].as_ref().unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        assert_eq!(all[1].as_ref().unwrap().version, "a");
+        fs::write(&path, b"garbage").unwrap();
+        assert!(store.load_all()[0].as_ref().is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,133 @@
+//! The controller client. Lifecycle: pick the next controller URL → connect → `Hello` with the
+//! held version → for each snapshot: apply → ACK or NACK; `UpToDate` means nothing to do → on
+//! any stream end, wait a full-jitter exponential backoff (100 ms → 30 s, reset after a stream
+//! that delivered something) and try the next URL. Losing the controller changes nothing on the
+//! data path.
+
+use std::{sync::Arc, time::Duration};
+
+use switchyard_shared::{
+    backoff::Backoff,
+    pb::{self, control_plane_client::ControlPlaneClient, subscribe_request, subscribe_response},
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::transport::Endpoint;
+
+use crate::runtime::{Runtime, Source};
+
+/// Largest snapshot message accepted (see the controller's limit).
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Runs until `shutdown` turns true.
+pub async fn run(
+    runtime: Arc<Runtime>,
+    controllers: Vec<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if controllers.is_empty() {
+        return;
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut index = 0usize;
+    loop {
+        let url = &controllers[index % controllers.len()];
+        index = index.wrapping_add(1);
+        runtime.with_status(|s| s.controller = url.clone());
+        let healthy = tokio::select! {
+            _ = shutdown.changed() => return,
+            result = session(&runtime, url) => match result {
+                Ok(healthy) => healthy,
+                Err(e) => {
+                    tracing::warn!(controller = %url, error = %e, "controller stream failed");
+                    false
+                }
+            },
+        };
+        runtime.with_status(|s| s.controller_connected = false);
+        if healthy {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        tracing::debug!(?delay, "reconnecting after backoff");
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One stream. `Ok(true)` when the stream delivered at least one message.
+async fn session(runtime: &Arc<Runtime>, url: &str) -> Result<bool, String> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("invalid controller URL {url}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut client = ControlPlaneClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel(8);
+    let hello = pb::SubscribeRequest {
+        kind: Some(subscribe_request::Kind::Hello(pb::Hello {
+            node_id: runtime.node_id.clone(),
+            held_version: runtime.version(),
+            build_info: concat!("switchyard-proxy ", env!("CARGO_PKG_VERSION")).to_owned(),
+            labels: Vec::new(),
+            protocol: pb::PROTOCOL,
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| "stream closed".to_owned())?;
+    let mut inbound = client
+        .subscribe(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("subscribe refused: {}", s.message()))?
+        .into_inner();
+    tracing::info!(controller = %url, "connected to controller");
+    runtime.with_status(|s| s.controller_connected = true);
+    let mut delivered = false;
+    while let Some(message) = inbound.next().await {
+        let message = message.map_err(|s| format!("stream error: {}", s.message()))?;
+        delivered = true;
+        match message.kind {
+            Some(subscribe_response::Kind::Snapshot(snapshot)) => {
+                runtime.with_status(|s| s.snapshots_received += 1);
+                let version = snapshot.version.clone();
+                let reply = if version == runtime.version() {
+                    subscribe_request::Kind::Ack(pb::Ack { version })
+                } else {
+                    match runtime.apply(snapshot, Source::Controller).await {
+                        Ok(()) => {
+                            runtime.with_status(|s| s.last_error.clear());
+                            subscribe_request::Kind::Ack(pb::Ack { version })
+                        }
+                        Err(error) => {
+                            tracing::warn!(%version, %error, "rejecting snapshot; keeping the current one");
+                            runtime.with_status(|s| {
+                                s.nacks_sent += 1;
+                                s.last_error = format!("snapshot {version} rejected: {error}");
+                            });
+                            subscribe_request::Kind::Nack(pb::Nack { version, error })
+                        }
+                    }
+                };
+                tx.send(pb::SubscribeRequest { kind: Some(reply) })
+                    .await
+                    .map_err(|_| "stream closed".to_owned())?;
+            }
+            Some(subscribe_response::Kind::UpToDate(up)) => {
+                tracing::info!(version = %up.version, "already up to date");
+                runtime.with_status(|s| s.source = Source::Controller);
+            }
+            None => {}
+        }
+    }
+    Ok(delivered)
+}
