@@ -298,7 +298,7 @@ mod tests {
         let text = "[entryPoints.web]\naddress = \":8000\"\n[providers.file]\nfilename = \"/tmp/x.toml\"\nwatch = false\n";
         let c = StaticConfig::parse(Path::new("s.toml"), text).unwrap();
         c.validate().unwrap();
-        assert!(!c.providers.file.unwrap().watch);
+        assert!(!c.providers.file.as_ref().unwrap().watch);
         assert_eq!(c.grpc_address().unwrap().to_string(), DEFAULT_GRPC_ADDRESS);
     }
 

@@ -1,1 +1,289 @@
+use std::collections::BTreeMap;
 
+use switchyard_shared::{
+    pb,
+    snapshot::{EntryPoint, MiddlewareKind, ServiceKind},
+    version::snapshot_version,
+};
+
+use super::*;
+use crate::provider::file::parse_file;
+
+fn eps() -> Vec<EntryPoint> {
+    vec![
+        EntryPoint {
+            name: "web".into(),
+            address: ":80".into(),
+        },
+        EntryPoint {
+            name: "admin".into(),
+            address: ":81".into(),
+        },
+    ]
+}
+
+fn compile_yaml(files: &[(&str, &str)]) -> (Snapshot, Vec<Diagnostic>) {
+    let mut providers = BTreeMap::new();
+    for (provider, text) in files {
+        let config = parse_file(std::path::Path::new("t.yml"), text).expect("valid yaml");
+        providers.insert((*provider).to_owned(), config);
+    }
+    compile(&eps(), &providers)
+}
+
+fn errors(diags: &[Diagnostic]) -> Vec<(String, String)> {
+    diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.object.clone(), d.message.clone()))
+        .collect()
+}
+
+const GOOD: &str = r#"
+http:
+  routers:
+    app:
+      rule: Host(`app.example`)
+      service: app
+      middlewares: [strip, chain1]
+    other:
+      rule: PathPrefix(`/x`)
+      priority: 5
+      entryPoints: [admin]
+      service: weighted
+  middlewares:
+    strip:
+      stripPrefix:
+        prefixes: [/api]
+    add:
+      addPrefix:
+        prefix: /v1
+    chain1:
+      chain:
+        middlewares: [add]
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: http://127.0.0.1:9001/
+          - url: http://127.0.0.1:9002
+            weight: 3
+    weighted:
+      weighted:
+        services:
+          - name: app
+            weight: 2
+"#;
+
+#[test]
+fn names_are_qualified_and_references_resolved() {
+    let (s, diags) = compile_yaml(&[("file", GOOD)]);
+    assert!(errors(&diags).is_empty(), "{diags:?}");
+    let names: Vec<_> = s.routers.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["app@file", "other@file"]);
+    let app = &s.routers[0];
+    assert_eq!(app.service, "app@file");
+    assert_eq!(app.middlewares, vec!["strip@file", "chain1@file"]);
+    assert_eq!(app.entry_points, vec!["admin", "web"], "absent = all entry points");
+    assert_eq!(app.priority, "Host(`app.example`)".len() as i64);
+    assert_eq!(s.routers[1].priority, 5);
+    let chain = s.middlewares.iter().find(|m| m.name == "chain1@file").unwrap();
+    assert_eq!(chain.kind, MiddlewareKind::Chain(vec!["add@file".into()]));
+    let lb = s.services.iter().find(|m| m.name == "app@file").unwrap();
+    match &lb.kind {
+        ServiceKind::LoadBalancer(lb) => {
+            assert!(lb.pass_host_header, "Traefik default");
+            assert_eq!(lb.servers[0].url, "http://127.0.0.1:9001");
+            assert_eq!(lb.servers[0].weight, 1);
+            assert_eq!(lb.servers[1].weight, 3);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn same_name_in_two_providers_is_not_a_conflict() {
+    let other = r#"
+http:
+  routers:
+    app:
+      rule: Host(`b.example`)
+      service: app@file
+"#;
+    let (s, diags) = compile_yaml(&[("file", GOOD), ("etcd", other)]);
+    assert!(errors(&diags).is_empty(), "{diags:?}");
+    let r = s.routers.iter().find(|r| r.name == "app@etcd").unwrap();
+    assert_eq!(r.service, "app@file");
+}
+
+#[test]
+fn a_bad_router_costs_only_itself() {
+    let text = r#"
+http:
+  routers:
+    good:
+      rule: Host(`a.example`)
+      service: s
+    badrule:
+      rule: Host(`a.example`
+      service: s
+    nosvc:
+      rule: Host(`c.example`)
+      service: missing
+    nomw:
+      rule: Host(`d.example`)
+      service: s
+      middlewares: [ghost]
+    noep:
+      rule: Host(`e.example`)
+      service: s
+      entryPoints: [nope]
+    norule:
+      service: s
+    toohigh:
+      rule: Host(`f.example`)
+      priority: 9223372036854775000
+      service: s
+  services:
+    s:
+      loadBalancer:
+        servers: [{url: "http://127.0.0.1:1"}]
+"#;
+    let (s, diags) = compile_yaml(&[("file", text)]);
+    let names: Vec<_> = s.routers.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["good@file"]);
+    let errs = errors(&diags);
+    let msg = |object: &str| {
+        errs.iter()
+            .find(|(o, _)| o == object)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| panic!("no error for {object}: {errs:?}"))
+    };
+    assert!(msg("router/badrule@file").starts_with("error while parsing rule"));
+    assert_eq!(
+        msg("router/nosvc@file"),
+        "the service \"missing@file\" does not exist"
+    );
+    assert_eq!(
+        msg("router/nomw@file"),
+        "middleware \"ghost@file\" does not exist"
+    );
+    assert_eq!(msg("router/noep@file"), "no valid entryPoint for this router");
+    assert_eq!(msg("router/norule@file"), "rule is required");
+    assert!(msg("router/toohigh@file").contains("exceeds the max user-defined priority"));
+}
+
+#[test]
+fn bad_services_and_middlewares_cascade() {
+    let text = r#"
+http:
+  routers:
+    r1:
+      rule: Path(`/1`)
+      service: w
+    r2:
+      rule: Path(`/2`)
+      service: s
+      middlewares: [c]
+  middlewares:
+    c:
+      chain:
+        middlewares: [bad]
+    bad:
+      redirectScheme:
+        port: "443"
+    loop1:
+      chain:
+        middlewares: [loop2]
+    loop2:
+      chain:
+        middlewares: [loop1]
+    unsupported:
+      rateLimit:
+        average: 10
+  services:
+    s:
+      loadBalancer:
+        servers: [{url: "not a url"}]
+    w:
+      weighted:
+        services: [{name: s}]
+    two:
+      loadBalancer: {servers: []}
+      weighted: {services: []}
+"#;
+    let (s, diags) = compile_yaml(&[("file", text)]);
+    assert!(s.routers.is_empty(), "{:?}", s.routers);
+    let errs = errors(&diags);
+    let has = |object: &str, needle: &str| {
+        assert!(
+            errs.iter().any(|(o, m)| o == object && m.contains(needle)),
+            "no `{needle}` for {object}: {errs:?}"
+        );
+    };
+    has("middleware/bad@file", "must provide a target scheme");
+    has("middleware/c@file", "middleware \"bad@file\" does not exist");
+    has("middleware/loop1@file", "recursion");
+    has("middleware/unsupported@file", "`rateLimit` is not supported");
+    has("service/s@file", "servers[0].url");
+    has("service/w@file", "the service \"s@file\" does not exist");
+    has("service/two@file", "multi-types service not supported");
+    has("router/r1@file", "the service \"w@file\" does not exist");
+    has("router/r2@file", "middleware \"c@file\" does not exist");
+}
+
+#[test]
+fn compile_is_deterministic() {
+    let (a, _) = compile_yaml(&[("file", GOOD)]);
+    let (b, _) = compile_yaml(&[("file", GOOD)]);
+    let va = snapshot_version(&pb::Snapshot::from(&a));
+    let vb = snapshot_version(&pb::Snapshot::from(&b));
+    assert_eq!(va, vb);
+    let (c, _) = compile_yaml(&[("file", &GOOD.replace("9002", "9003"))]);
+    assert_ne!(va, snapshot_version(&pb::Snapshot::from(&c)));
+}
+
+#[test]
+fn unsupported_options_are_warnings_not_errors() {
+    let text = r#"
+http:
+  routers:
+    r:
+      rule: Path(`/`)
+      service: s
+      observability: {accessLogs: false}
+  services:
+    s:
+      loadBalancer:
+        servers: [{url: "http://127.0.0.1:1"}]
+        healthCheck: {path: /health}
+tcp:
+  routers: {}
+"#;
+    let (s, diags) = compile_yaml(&[("file", text)]);
+    assert_eq!(s.routers.len(), 1);
+    assert!(errors(&diags).is_empty());
+    let warnings: Vec<_> = diags.iter().map(|d| d.message.as_str()).collect();
+    assert!(warnings.iter().any(|m| m.contains("observability")), "{warnings:?}");
+    assert!(warnings.iter().any(|m| m.contains("healthCheck")), "{warnings:?}");
+    assert!(warnings.iter().any(|m| m.contains("`tcp`")), "{warnings:?}");
+}
+
+#[test]
+fn tls_routers_are_left_out_with_a_reason() {
+    let text = r#"
+http:
+  routers:
+    r:
+      rule: Path(`/`)
+      service: s
+      tls: {}
+  services:
+    s:
+      loadBalancer:
+        servers: [{url: "http://127.0.0.1:1"}]
+"#;
+    let (s, diags) = compile_yaml(&[("file", text)]);
+    assert!(s.routers.is_empty());
+    assert!(errors(&diags)[0].1.contains("TLS routers are not supported yet"));
+}

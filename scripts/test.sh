@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's test command (CI runs exactly this through .ci/run): formatting, lints, build, then
+# every unit and integration test. Integration tests start the real binaries on loopback ports;
+# services they need (etcd, dockerd, pebble…) are installed and started by scripts/services.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  # nextest runs every test (and every integration-test binary) in parallel.
+  cargo nextest run --workspace --no-fail-fast --failure-output final
+else
+  cargo test --workspace --no-fail-fast
+fi
