@@ -88,9 +88,14 @@ impl App {
             states,
             stop_rx.clone(),
         );
+        // Both reflection revisions: grpcurl and older tools still ask for v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()
+            .context("cannot build the gRPC reflection service")?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
             .context("cannot build the gRPC reflection service")?;
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "controller gRPC listening");
@@ -108,6 +113,7 @@ impl App {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
             .await
             .context("gRPC server failed")?;

@@ -97,9 +97,14 @@ impl App {
             self.config.controllers.clone(),
             stop_rx.clone(),
         ));
+        // Both reflection revisions: grpcurl and older tools still ask for v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()
+            .context("cannot build the gRPC reflection service")?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
             .context("cannot build the gRPC reflection service")?;
         let mut admin_stop = stop_rx.clone();
         let admin = tonic::transport::Server::builder()
@@ -107,6 +112,7 @@ impl App {
                 AdminService::new(self.runtime.clone()),
             ))
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.admin), async move {
                 let _ = admin_stop.changed().await;
             });

@@ -84,10 +84,18 @@ fn names_are_qualified_and_references_resolved() {
     let app = &s.routers[0];
     assert_eq!(app.service, "app@file");
     assert_eq!(app.middlewares, vec!["strip@file", "chain1@file"]);
-    assert_eq!(app.entry_points, vec!["admin", "web"], "absent = all entry points");
+    assert_eq!(
+        app.entry_points,
+        vec!["admin", "web"],
+        "absent = all entry points"
+    );
     assert_eq!(app.priority, "Host(`app.example`)".len() as i64);
     assert_eq!(s.routers[1].priority, 5);
-    let chain = s.middlewares.iter().find(|m| m.name == "chain1@file").unwrap();
+    let chain = s
+        .middlewares
+        .iter()
+        .find(|m| m.name == "chain1@file")
+        .unwrap();
     assert_eq!(chain.kind, MiddlewareKind::Chain(vec!["add@file".into()]));
     let lb = s.services.iter().find(|m| m.name == "app@file").unwrap();
     match &lb.kind {
@@ -168,7 +176,10 @@ http:
         msg("router/nomw@file"),
         "middleware \"ghost@file\" does not exist"
     );
-    assert_eq!(msg("router/noep@file"), "no valid entryPoint for this router");
+    assert_eq!(
+        msg("router/noep@file"),
+        "no valid entryPoint for this router"
+    );
     assert_eq!(msg("router/norule@file"), "rule is required");
     assert!(msg("router/toohigh@file").contains("exceeds the max user-defined priority"));
 }
@@ -222,9 +233,15 @@ http:
         );
     };
     has("middleware/bad@file", "must provide a target scheme");
-    has("middleware/c@file", "middleware \"bad@file\" does not exist");
+    has(
+        "middleware/c@file",
+        "middleware \"bad@file\" does not exist",
+    );
     has("middleware/loop1@file", "recursion");
-    has("middleware/unsupported@file", "`rateLimit` is not supported");
+    has(
+        "middleware/unsupported@file",
+        "`rateLimit` is not supported",
+    );
     has("service/s@file", "servers[0].url");
     has("service/w@file", "the service \"s@file\" does not exist");
     has("service/two@file", "multi-types service not supported");
@@ -264,8 +281,14 @@ tcp:
     assert_eq!(s.routers.len(), 1);
     assert!(errors(&diags).is_empty());
     let warnings: Vec<_> = diags.iter().map(|d| d.message.as_str()).collect();
-    assert!(warnings.iter().any(|m| m.contains("observability")), "{warnings:?}");
-    assert!(warnings.iter().any(|m| m.contains("healthCheck")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|m| m.contains("observability")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|m| m.contains("healthCheck")),
+        "{warnings:?}"
+    );
     assert!(warnings.iter().any(|m| m.contains("`tcp`")), "{warnings:?}");
 }
 
@@ -285,5 +308,9 @@ http:
 "#;
     let (s, diags) = compile_yaml(&[("file", text)]);
     assert!(s.routers.is_empty());
-    assert!(errors(&diags)[0].1.contains("TLS routers are not supported yet"));
+    assert!(
+        errors(&diags)[0]
+            .1
+            .contains("TLS routers are not supported yet")
+    );
 }

@@ -100,9 +100,7 @@ fn builds_routes_and_flattens_chains() {
 fn weighted_service_reaches_both_children() {
     let t = Table::build(&versioned(&base(), "v1"), None).unwrap();
     let w = t.services.get("w@file").unwrap();
-    let mut urls: Vec<String> = (0..6)
-        .map(|_| w.pick().unwrap().1.url.clone())
-        .collect();
+    let mut urls: Vec<String> = (0..6).map(|_| w.pick().unwrap().1.url.clone()).collect();
     urls.sort();
     urls.dedup();
     assert_eq!(urls.len(), 3, "{urls:?}");
