@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use switchyard_shared::{pb, snapshot::Snapshot, time::now_unix_ms, version::snapshot_version};
+use switchyard_shared::{
+    chunk, pb, snapshot::Snapshot, time::now_unix_ms, version::snapshot_version,
+};
 use tokio::sync::watch;
 
 use crate::compile::{Diagnostic, Severity};
@@ -13,6 +15,8 @@ use crate::compile::{Diagnostic, Severity};
 #[derive(Debug, Default)]
 pub struct Published {
     pub snapshot: pb::VersionedSnapshot,
+    /// The stream messages carrying `snapshot` (chunked when large), built once for every proxy.
+    pub messages: Vec<pb::SubscribeResponse>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -56,6 +60,7 @@ impl Publisher {
                 if current.diagnostics != diagnostics {
                     *current = Arc::new(Published {
                         snapshot: current.snapshot.clone(),
+                        messages: current.messages.clone(),
                         diagnostics,
                     });
                 }
@@ -69,13 +74,15 @@ impl Publisher {
                 routers = wire.routers.len(),
                 "publishing snapshot"
             );
+            let snapshot = pb::VersionedSnapshot {
+                version: version.clone(),
+                generation,
+                created_at_unix_ms: now_unix_ms(),
+                snapshot: Some(wire.clone()),
+            };
             *current = Arc::new(Published {
-                snapshot: pb::VersionedSnapshot {
-                    version: version.clone(),
-                    generation,
-                    created_at_unix_ms: now_unix_ms(),
-                    snapshot: Some(wire.clone()),
-                },
+                messages: chunk::messages(&snapshot),
+                snapshot,
                 diagnostics,
             });
             true

@@ -185,23 +185,27 @@ impl ProxyStream {
             let current = self.snapshots.borrow_and_update().clone();
             let version = current.version();
             if !version.is_empty() && version != offered {
-                let kind = if version == self.held {
-                    subscribe_response::Kind::UpToDate(pb::UpToDate {
-                        version: version.to_owned(),
-                        generation: current.snapshot.generation,
-                    })
+                if version == self.held {
+                    let up = pb::SubscribeResponse {
+                        kind: Some(subscribe_response::Kind::UpToDate(pb::UpToDate {
+                            version: version.to_owned(),
+                            generation: current.snapshot.generation,
+                        })),
+                    };
+                    if tx.send(Ok(up)).await.is_err() {
+                        break;
+                    }
                 } else {
-                    subscribe_response::Kind::Snapshot(current.snapshot.clone())
-                };
-                let is_snapshot = matches!(kind, subscribe_response::Kind::Snapshot(_));
-                if tx
-                    .send(Ok(pb::SubscribeResponse { kind: Some(kind) }))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                if is_snapshot {
+                    let mut sent = true;
+                    for message in &current.messages {
+                        if tx.send(Ok(message.clone())).await.is_err() {
+                            sent = false;
+                            break;
+                        }
+                    }
+                    if !sent {
+                        break;
+                    }
                     self.fleet.sent(&self.node_id);
                 }
                 offered = version.to_owned();

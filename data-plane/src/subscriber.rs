@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use switchyard_shared::{
     backoff::Backoff,
+    chunk::{self, Reassembler},
     pb::{self, control_plane_client::ControlPlaneClient, subscribe_request, subscribe_response},
 };
 use tokio::sync::{mpsc, watch};
@@ -93,14 +94,37 @@ async fn session(runtime: &Arc<Runtime>, url: &str) -> Result<bool, String> {
     tracing::info!(controller = %url, "connected to controller");
     runtime.with_status(|s| s.controller_connected = true);
     let mut delivered = false;
+    let mut chunks = Reassembler::default();
     while let Some(message) = inbound.next().await {
         let message = message.map_err(|s| format!("stream error: {}", s.message()))?;
         delivered = true;
-        match message.kind {
-            Some(subscribe_response::Kind::Snapshot(snapshot)) => {
-                runtime.with_status(|s| s.snapshots_received += 1);
+        let received = match message.kind {
+            Some(subscribe_response::Kind::Snapshot(snapshot)) => Ok(snapshot),
+            Some(subscribe_response::Kind::Chunk(chunk)) => {
+                let version = chunk.version.clone();
+                match chunks.push(chunk) {
+                    Ok(None) => continue,
+                    Ok(Some(snapshot)) => Ok(snapshot),
+                    Err(error) => Err((version, error)),
+                }
+            }
+            Some(subscribe_response::Kind::UpToDate(up)) => {
+                tracing::info!(version = %up.version, "already up to date");
+                runtime.with_status(|s| s.source = Source::Controller);
+                continue;
+            }
+            None => continue,
+        };
+        runtime.with_status(|s| s.snapshots_received += 1);
+        let checked = received.and_then(|snapshot| match chunk::verify(&snapshot) {
+            Ok(()) => Ok(snapshot),
+            Err(e) => Err((snapshot.version.clone(), e)),
+        });
+        let reply = match checked {
+            Err((version, error)) => nack(runtime, version, error),
+            Ok(snapshot) => {
                 let version = snapshot.version.clone();
-                let reply = if version == runtime.version() {
+                if version == runtime.version() {
                     subscribe_request::Kind::Ack(pb::Ack { version })
                 } else {
                     match runtime.apply(snapshot, Source::Controller).await {
@@ -108,26 +132,23 @@ async fn session(runtime: &Arc<Runtime>, url: &str) -> Result<bool, String> {
                             runtime.with_status(|s| s.last_error.clear());
                             subscribe_request::Kind::Ack(pb::Ack { version })
                         }
-                        Err(error) => {
-                            tracing::warn!(%version, %error, "rejecting snapshot; keeping the current one");
-                            runtime.with_status(|s| {
-                                s.nacks_sent += 1;
-                                s.last_error = format!("snapshot {version} rejected: {error}");
-                            });
-                            subscribe_request::Kind::Nack(pb::Nack { version, error })
-                        }
+                        Err(error) => nack(runtime, version, error),
                     }
-                };
-                tx.send(pb::SubscribeRequest { kind: Some(reply) })
-                    .await
-                    .map_err(|_| "stream closed".to_owned())?;
+                }
             }
-            Some(subscribe_response::Kind::UpToDate(up)) => {
-                tracing::info!(version = %up.version, "already up to date");
-                runtime.with_status(|s| s.source = Source::Controller);
-            }
-            None => {}
-        }
+        };
+        tx.send(pb::SubscribeRequest { kind: Some(reply) })
+            .await
+            .map_err(|_| "stream closed".to_owned())?;
     }
     Ok(delivered)
+}
+
+fn nack(runtime: &Runtime, version: String, error: String) -> subscribe_request::Kind {
+    tracing::warn!(%version, %error, "rejecting snapshot; keeping the current one");
+    runtime.with_status(|s| {
+        s.nacks_sent += 1;
+        s.last_error = format!("snapshot {version} rejected: {error}");
+    });
+    subscribe_request::Kind::Nack(pb::Nack { version, error })
 }
