@@ -3,7 +3,6 @@
 //! was left out. Validation is per object, as in Traefik: a bad router, service or middleware
 //! costs only itself and what depends on it.
 
-#[path = "compile/rule_stub.rs"]
 pub mod rule;
 mod validate;
 

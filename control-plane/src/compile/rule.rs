@@ -60,7 +60,9 @@ pub enum RuleError {
     InvalidUtf8 { at: usize },
     #[error("illegal character {found} at {at}")]
     IllegalChar { found: String, at: usize },
-    #[error("rule nested too deeply at {at}; at most {MAX_DEPTH} levels of `(` and `!` are allowed")]
+    #[error(
+        "rule nested too deeply at {at}; at most {MAX_DEPTH} levels of `(` and `!` are allowed"
+    )]
     TooDeep { at: usize },
     #[error("unknown matcher `{name}` at {at}{}", did_you_mean(.suggestion))]
     UnknownMatcher {
@@ -337,7 +339,10 @@ fn is_word_char(c: char) -> bool {
 
 /// Go's scanner rejects NUL and a byte-order mark anywhere, even inside strings and comments.
 fn check_legal(text: &str, base: usize) -> Result<(), RuleError> {
-    match text.char_indices().find(|&(_, c)| c == '\0' || c == '\u{feff}') {
+    match text
+        .char_indices()
+        .find(|&(_, c)| c == '\0' || c == '\u{feff}')
+    {
         Some((i, c)) => Err(illegal(c, base + i)),
         None => Ok(()),
     }
@@ -354,7 +359,7 @@ fn describe_char(c: char) -> String {
     format!("U+{:04X}", u32::from(c))
 }
 
-/// A token as shown in an error: quoted, cut short, invisible characters by code point.
+/// A token as shown in an error: quoted, cut short, an invisible character by code point.
 fn describe(text: &str) -> String {
     const MAX_CHARS: usize = 32;
     let mut chars = text.chars();
@@ -363,9 +368,15 @@ fn describe(text: &str) -> String {
     {
         return describe_char(c);
     }
-    match text.char_indices().nth(MAX_CHARS) {
-        Some((cut, _)) => format!("`{}…`", &text[..cut]),
-        None => format!("`{text}`"),
+    let text = match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    };
+    // A raw string shows as `` `a` ``, the way Markdown quotes a backtick.
+    if text.contains('`') {
+        format!("`` {text} ``")
+    } else {
+        format!("`{text}`")
     }
 }
 
@@ -405,43 +416,41 @@ impl<'a> Parser<'a> {
     }
 
     fn any(&mut self) -> Result<Expr, RuleError> {
-        let first = self.all()?;
-        if self.tok.tok != Tok::Or {
-            return Ok(first);
-        }
-        let mut items = Vec::new();
-        let mut item = first;
-        loop {
-            match item {
-                Expr::Any(inner) => items.extend(inner),
-                other => items.push(other),
-            }
-            if self.tok.tok != Tok::Or {
-                return Ok(Expr::Any(items));
-            }
-            self.bump()?;
-            item = self.all()?;
-        }
+        self.run(&Tok::Or, Self::all)
     }
 
     fn all(&mut self) -> Result<Expr, RuleError> {
-        let first = self.unary()?;
-        if self.tok.tok != Tok::And {
+        self.run(&Tok::And, Self::unary)
+    }
+
+    /// `item ( op item )*`, flattening items that are themselves runs of the same operator.
+    fn run(
+        &mut self,
+        op: &Tok,
+        item: fn(&mut Self) -> Result<Expr, RuleError>,
+    ) -> Result<Expr, RuleError> {
+        let first = item(self)?;
+        if self.tok.tok != *op {
             return Ok(first);
         }
         let mut items = Vec::new();
-        let mut item = first;
+        let mut next = first;
         loop {
-            match item {
-                Expr::All(inner) => items.extend(inner),
-                other => items.push(other),
+            match (next, op) {
+                (Expr::Any(inner), Tok::Or) | (Expr::All(inner), Tok::And) => items.extend(inner),
+                (other, _) => items.push(other),
             }
-            if self.tok.tok != Tok::And {
-                return Ok(Expr::All(items));
+            if self.tok.tok != *op {
+                break;
             }
             self.bump()?;
-            item = self.unary()?;
+            next = item(self)?;
         }
+        Ok(if *op == Tok::Or {
+            Expr::Any(items)
+        } else {
+            Expr::All(items)
+        })
     }
 
     fn unary(&mut self) -> Result<Expr, RuleError> {
@@ -566,7 +575,10 @@ fn lookup(name: &str) -> Option<(&'static str, Kind)> {
         let lower = canonical.to_ascii_lowercase();
         let mut title = lower.clone();
         title[..1].make_ascii_uppercase();
-        name == canonical || name == lower || name == title || name == canonical.to_ascii_uppercase()
+        name == canonical
+            || name == lower
+            || name == title
+            || name == canonical.to_ascii_uppercase()
     })
 }
 
@@ -718,22 +730,27 @@ fn canonical_header_key(key: String) -> String {
         .collect()
 }
 
-/// Traefik (`pkg/ip/checker.go`) takes `net.ParseIP`, else `net.ParseCIDR`. The value is kept as
-/// written when std / ipnet parse it too; Go also allows leading zeros in the prefix length
-/// (`10.0.0.0/008`), which ipnet does not, so those are rewritten in canonical form.
+/// Traefik (`pkg/ip/checker.go`) takes `net.ParseIP`, else `net.ParseCIDR`. The address part is
+/// read by std, which is as strict as Go (no leading zeros in IPv4 octets, no zone); ipnet alone
+/// would take `00.0.0.0/8`. Go allows leading zeros in the prefix length (`10.0.0.0/008`), ipnet
+/// does not: such values are stored in canonical form so the proxy can read them back.
 fn client_ip(value: String) -> Result<String, RuleError> {
-    if value.parse::<IpAddr>().is_ok() || value.parse::<IpNet>().is_ok() {
+    if value.parse::<IpAddr>().is_ok() {
         return Ok(value);
     }
     if let Some((addr, len)) = value.split_once('/')
         && let Ok(addr) = addr.parse::<IpAddr>()
+        // Digits only: Rust's integer parsing would also take a `+` sign.
         && !len.is_empty()
         && len.bytes().all(|b| b.is_ascii_digit())
-        // Digits only: Rust's integer parsing would also take a `+` sign.
         && let Ok(len) = len.parse::<u8>()
         && let Ok(net) = IpNet::new(addr, len)
     {
-        return Ok(net.to_string());
+        return Ok(if value.parse::<IpNet>() == Ok(net) {
+            value
+        } else {
+            net.to_string()
+        });
     }
     Err(RuleError::InvalidValue {
         matcher: "ClientIP",
