@@ -194,7 +194,7 @@ http:
       service: w
     r2:
       rule: Path(`/2`)
-      service: s
+      service: ok
       middlewares: [c]
   middlewares:
     c:
@@ -216,6 +216,9 @@ http:
     s:
       loadBalancer:
         servers: [{url: "not a url"}]
+    ok:
+      loadBalancer:
+        servers: [{url: "http://127.0.0.1:1"}]
     w:
       weighted:
         services: [{name: s}]
