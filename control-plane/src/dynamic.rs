@@ -217,10 +217,13 @@ impl DynamicConfig {
             skipped: &mut Vec<String>,
         ) {
             for (name, value) in theirs {
-                if ours.contains_key(&name) {
-                    skipped.push(format!("{kind} {name}"));
-                } else {
-                    ours.insert(name, value);
+                match ours.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(e) => {
+                        skipped.push(format!("{kind} {}", e.key()));
+                    }
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(value);
+                    }
                 }
             }
         }

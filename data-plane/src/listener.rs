@@ -40,6 +40,9 @@ pub fn parse_listen_address(address: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{address}` is not an IP:port listen address"))
 }
 
+/// Builds the request handler of an entry point: `(entry point name, local port)`.
+pub type MakeHandler = Arc<dyn Fn(&str, u16) -> Handler + Send + Sync>;
+
 struct Active {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -54,16 +57,13 @@ pub struct Prepared {
 /// The set of live entry-point listeners.
 pub struct Listeners {
     active: HashMap<String, Active>,
-    make_handler: Arc<dyn Fn(&str, u16) -> Handler + Send + Sync>,
+    make_handler: MakeHandler,
     /// Taken at shutdown so the drain can complete.
     drain: Option<drain::Watch>,
 }
 
 impl Listeners {
-    pub fn new(
-        make_handler: Arc<dyn Fn(&str, u16) -> Handler + Send + Sync>,
-        drain: drain::Watch,
-    ) -> Self {
+    pub fn new(make_handler: MakeHandler, drain: drain::Watch) -> Self {
         Self {
             active: HashMap::new(),
             make_handler,

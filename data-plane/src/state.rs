@@ -203,9 +203,12 @@ impl Table {
     }
 }
 
+/// Every middleware of a snapshot: its definition, and its compiled form unless it is a chain.
+type MiddlewareSet = HashMap<String, (MiddlewareKind, Option<Arc<Middleware>>)>;
+
 fn flatten(
     name: &str,
-    all: &HashMap<String, (MiddlewareKind, Option<Arc<Middleware>>)>,
+    all: &MiddlewareSet,
     out: &mut Vec<Arc<Middleware>>,
     depth: usize,
 ) -> Result<(), String> {
@@ -230,9 +233,7 @@ fn flatten(
     }
 }
 
-fn build_middlewares(
-    snapshot: &Snapshot,
-) -> Result<HashMap<String, (MiddlewareKind, Option<Arc<Middleware>>)>, ApplyError> {
+fn build_middlewares(snapshot: &Snapshot) -> Result<MiddlewareSet, ApplyError> {
     snapshot
         .middlewares
         .iter()

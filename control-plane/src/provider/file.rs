@@ -90,12 +90,7 @@ async fn run(provider: FileProvider, sink: ProviderSink, mut shutdown: watch::Re
                     return;
                 }
                 // Debounce: swallow the burst, then read once.
-                loop {
-                    match tokio::time::timeout(FS_DEBOUNCE, fs_rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(())) = tokio::time::timeout(FS_DEBOUNCE, fs_rx.recv()).await {}
                 reload(&provider.source, &sink, &mut last).await;
             }
         }
