@@ -1,5 +1,7 @@
 //! The controller started in-process (`App`), exercised over real gRPC on a loopback port.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{path::Path, time::Duration};
 
 use switchyard_controller::{app::App, config::StaticConfig};
