@@ -11,7 +11,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::{
     aggregate::{self, Debounce, ProviderStates},
     config::{StaticConfig, parse_entry_point_address},
-    provider::{Provider, ProviderSink, file::FileProvider},
+    provider::{
+        Provider, ProviderSink,
+        consul_catalog::ConsulCatalogProvider,
+        file::FileProvider,
+        kv::{consul::ConsulKvProvider, etcd::EtcdProvider},
+    },
     publish::Publisher,
     server::{ControlPlaneService, MAX_MESSAGE_BYTES, fleet::Fleet},
 };
@@ -61,6 +66,15 @@ impl App {
         let mut providers: Vec<Box<dyn Provider>> = Vec::new();
         if let Some(file) = &self.config.providers.file {
             providers.push(Box::new(FileProvider::new(file)));
+        }
+        if let Some(etcd) = &self.config.providers.etcd {
+            providers.push(Box::new(EtcdProvider::new(etcd)));
+        }
+        if let Some(consul) = &self.config.providers.consul {
+            providers.push(Box::new(ConsulKvProvider::new(consul)));
+        }
+        if let Some(catalog) = &self.config.providers.consul_catalog {
+            providers.push(Box::new(ConsulCatalogProvider::new(catalog)));
         }
         let (events_tx, events_rx) = mpsc::channel(64);
         let names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();

@@ -62,6 +62,191 @@ pub struct ProvidersConfig {
     pub providers_throttle_duration: Option<Duration>,
     #[serde(default)]
     pub file: Option<FileProviderConfig>,
+    /// `providers.etcd` (provider name `etcd`).
+    #[serde(default)]
+    pub etcd: Option<EtcdProviderConfig>,
+    /// `providers.consul`: Consul KV (provider name `consul`).
+    #[serde(default)]
+    pub consul: Option<ConsulKvProviderConfig>,
+    /// `providers.consulCatalog` (provider name `consulcatalog`).
+    #[serde(default, alias = "consulcatalog")]
+    pub consul_catalog: Option<ConsulCatalogProviderConfig>,
+}
+
+/// `tls` of a KV/Consul provider (Traefik's `ca`, `cert`, `key`, `insecureSkipVerify`). Accepted
+/// so configurations parse, but not supported yet: setting it is a start-up error (see
+/// docs/compatibility.md).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default, alias = "insecureskipverify")]
+    pub insecure_skip_verify: bool,
+}
+
+/// `providers.etcd`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdProviderConfig {
+    /// etcd v3 endpoints, `host:port` or `http://host:port`; tried in turn. Traefik default:
+    /// `127.0.0.1:2379`.
+    #[serde(default = "default_etcd_endpoints")]
+    pub endpoints: Vec<String>,
+    /// Every key below `<rootKey>/` is decoded with Traefik's KV layout. Default `traefik`.
+    #[serde(default = "default_root_key", alias = "rootkey")]
+    pub root_key: String,
+    /// etcd user and password (the provider authenticates and sends the token on every call).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// `providers.consul` (Consul KV)
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsulKvProviderConfig {
+    /// Consul HTTP API addresses, `host:port` or `http://host:port`; tried in turn. Traefik
+    /// default: `127.0.0.1:8500`.
+    #[serde(default = "default_consul_endpoints")]
+    pub endpoints: Vec<String>,
+    /// Default `traefik`.
+    #[serde(default = "default_root_key", alias = "rootkey")]
+    pub root_key: String,
+    /// ACL token, sent as `X-Consul-Token`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Consul Enterprise namespaces: not supported (start-up error when non-empty).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// `providers.consulCatalog`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsulCatalogProviderConfig {
+    #[serde(default)]
+    pub endpoint: ConsulEndpointConfig,
+    /// Tag prefix; `<prefix>.http.routers…` tags are decoded. Default `traefik`.
+    #[serde(default = "default_root_key")]
+    pub prefix: String,
+    /// Services without `<prefix>.enable=true` are exposed too. Default `true`.
+    #[serde(default = "yes", alias = "exposedbydefault")]
+    pub exposed_by_default: bool,
+    /// Rule of auto-created routers. Default ``Host(`{{ normalize .Name }}`)``.
+    #[serde(default, alias = "defaultrule")]
+    pub default_rule: Option<String>,
+    /// Boolean expression over `Tag("…")` and `TagRegex("…")` selecting services.
+    #[serde(default)]
+    pub constraints: Option<String>,
+    /// Poll period when `watch` is false. Default `15s`.
+    #[serde(default, alias = "refreshinterval", with = "duration_opt")]
+    pub refresh_interval: Option<Duration>,
+    /// Blocking queries instead of polling. Default `true` here (Traefik: `false`), because it is
+    /// what makes propagation instant (docs/compatibility.md).
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// Aggregated check states that keep an instance. Default `passing` and `warning` (Traefik's).
+    #[serde(default = "default_strict_checks", alias = "strictchecks")]
+    pub strict_checks: Vec<String>,
+    /// Query consistency modes (`?consistent`, `?stale`, `?cached`).
+    #[serde(default, alias = "requireconsistent")]
+    pub require_consistent: bool,
+    #[serde(default)]
+    pub stale: bool,
+    #[serde(default)]
+    pub cache: bool,
+    /// Consul Connect: not supported (start-up error when true).
+    #[serde(default, alias = "connectaware")]
+    pub connect_aware: bool,
+    #[serde(default, alias = "connectbydefault")]
+    pub connect_by_default: bool,
+    #[serde(default, alias = "servicename")]
+    pub service_name: Option<String>,
+    /// Consul Enterprise namespace(s); at most one is supported, sent as `?ns=`.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// `namespace` (Traefik v2 spelling), the same as one entry in `namespaces`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// `providers.consulCatalog.endpoint`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsulEndpointConfig {
+    /// `host:port` or `http://host:port`. Default `127.0.0.1:8500`.
+    #[serde(default = "default_consul_address")]
+    pub address: String,
+    /// `http` (default); `https` needs `tls`, which is not supported yet.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// `?dc=` on every query.
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// ACL token, sent as `X-Consul-Token`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The `wait` of blocking queries. Default `5m` (Consul's default; Consul caps it at 10m).
+    #[serde(default, alias = "endpointwaittime", with = "duration_opt")]
+    pub endpoint_wait_time: Option<Duration>,
+    /// HTTP basic authentication.
+    #[serde(default, alias = "httpauth")]
+    pub http_auth: Option<HttpAuthConfig>,
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Default for ConsulEndpointConfig {
+    fn default() -> Self {
+        Self {
+            address: default_consul_address(),
+            scheme: None,
+            datacenter: None,
+            token: None,
+            endpoint_wait_time: None,
+            http_auth: None,
+            tls: None,
+        }
+    }
+}
+
+/// `httpAuth`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpAuthConfig {
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+fn default_etcd_endpoints() -> Vec<String> {
+    vec!["127.0.0.1:2379".into()]
+}
+
+fn default_consul_endpoints() -> Vec<String> {
+    vec![default_consul_address()]
+}
+
+fn default_consul_address() -> String {
+    "127.0.0.1:8500".into()
+}
+
+fn default_root_key() -> String {
+    "traefik".into()
+}
+
+fn default_strict_checks() -> Vec<String> {
+    vec!["passing".into(), "warning".into()]
 }
 
 /// `providers.file`
@@ -175,6 +360,8 @@ impl StaticConfig {
                 _ => {}
             }
         }
+        crate::provider::kv::validate_config(&self.providers)?;
+        crate::provider::consul_catalog::validate_config(&self.providers)?;
         Ok(())
     }
 

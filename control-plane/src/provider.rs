@@ -3,7 +3,10 @@
 //! or a parse error it reports its status and sends nothing: its last good configuration stays in
 //! service. A provider never decides what other providers do.
 
+pub mod consul_catalog;
 pub mod file;
+pub mod kv;
+pub mod labels;
 
 use std::{future::Future, pin::Pin};
 

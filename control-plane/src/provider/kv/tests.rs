@@ -1,0 +1,161 @@
+use super::*;
+
+fn dec(pairs: &[(&str, &str)]) -> Result<(DynamicConfig, Vec<Diagnostic>), DecodeError> {
+    decode("etcd", "traefik", pairs.iter().copied())
+}
+
+#[test]
+fn routers_services_and_middlewares_decode() {
+    let (config, warnings) = dec(&[
+        ("traefik/http/routers/Web/rule", "Host(`a.example`)"),
+        ("traefik/http/routers/Web/entrypoints/0", "web"),
+        ("traefik/http/routers/Web/entrypoints/1", "websecure"),
+        ("traefik/http/routers/Web/middlewares/0", "strip"),
+        ("traefik/http/routers/Web/service", "svc"),
+        ("traefik/http/routers/Web/priority", "42"),
+        (
+            "traefik/http/services/svc/loadbalancer/servers/0/url",
+            "http://10.0.0.1:80",
+        ),
+        (
+            "traefik/http/services/svc/loadbalancer/servers/1/url",
+            "http://10.0.0.2:80",
+        ),
+        (
+            "traefik/http/services/svc/loadbalancer/servers/1/weight",
+            "3",
+        ),
+        (
+            "traefik/http/services/svc/loadBalancer/passHostHeader",
+            "false",
+        ),
+        (
+            "traefik/http/middlewares/strip/stripprefix/prefixes/0",
+            "/api",
+        ),
+        (
+            "traefik/http/middlewares/h/headers/customrequestheaders/X-Token",
+            "true",
+        ),
+        ("other/ignored", "x"),
+        ("traefik/", ""),
+    ])
+    .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let http = config.http.unwrap();
+    let r = &http.routers["Web"];
+    assert_eq!(r.rule, "Host(`a.example`)");
+    assert_eq!(r.entry_points, ["web", "websecure"]);
+    assert_eq!(r.middlewares, ["strip"]);
+    assert_eq!(r.priority, 42);
+    let lb = http.services["svc"].load_balancer.as_ref().unwrap();
+    assert_eq!(lb.servers.len(), 2);
+    assert_eq!(lb.servers[1].weight, Some(3));
+    assert_eq!(lb.pass_host_header, Some(false));
+    let strip = http.middlewares["strip"].strip_prefix.as_ref().unwrap();
+    assert_eq!(strip.prefixes, ["/api"]);
+    let h = http.middlewares["h"].headers.as_ref().unwrap();
+    assert_eq!(h.custom_request_headers["X-Token"], "true");
+}
+
+#[test]
+fn list_indexes_are_ordered_numerically_with_a_warning() {
+    let mut pairs: Vec<(String, String)> = (0..12)
+        .map(|i| {
+            (
+                format!("traefik/http/routers/r/middlewares/{i}"),
+                format!("m{i}"),
+            )
+        })
+        .collect();
+    pairs.push(("traefik/http/routers/r/rule".into(), "Path(`/`)".into()));
+    let (config, warnings) = decode(
+        "etcd",
+        "traefik",
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .unwrap();
+    let names = &config.http.unwrap().routers["r"].middlewares;
+    assert_eq!(names[2], "m2");
+    assert_eq!(names[10], "m10");
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].message.contains("numerically"), "{warnings:?}");
+}
+
+#[test]
+fn single_value_list_field_is_comma_split_and_indexed_commas_warn() {
+    let (config, warnings) = dec(&[
+        ("traefik/http/routers/r/entryPoints", "web, websecure"),
+        ("traefik/http/routers/q/entrypoints/0", "a,b"),
+    ])
+    .unwrap();
+    let http = config.http.unwrap();
+    assert_eq!(http.routers["r"].entry_points, ["web", "websecure"]);
+    assert_eq!(http.routers["q"].entry_points, ["a,b"]);
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0]
+            .object
+            .contains("traefik/http/routers/q/entryPoints/0")
+    );
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let err = dec(&[("traefik/http/routers/r/priority", "high")]).unwrap_err();
+    assert_eq!(err.key, "traefik/http/routers/r/priority");
+    assert!(err.to_string().contains("not an integer"), "{err}");
+
+    let err = dec(&[
+        ("traefik/http/services/s/loadbalancer/servers/x/url", "u"),
+        ("traefik/http/services/s/loadbalancer/servers/0/url", "u"),
+    ])
+    .unwrap_err();
+    assert!(err.key.ends_with("servers"), "{err}");
+
+    let err = dec(&[("traefik/http/routers/r", "x")]).unwrap_err();
+    assert_eq!(err.key, "traefik/http/routers/r");
+
+    let err = dec(&[("traefik/http//r", "x")]).unwrap_err();
+    assert!(err.reason.contains("empty"), "{err}");
+
+    let err = dec(&[
+        ("traefik/http/routers/r/rule", "a"),
+        ("traefik/http/routers/r/Rule", "b"),
+    ])
+    .unwrap_err();
+    assert!(err.reason.contains("more than once"), "{err}");
+}
+
+#[test]
+fn empty_root_is_an_explicitly_empty_config() {
+    let (config, _) = dec(&[("elsewhere/http/routers/r/rule", "x")]).unwrap();
+    let http = config.http.expect("non-nil http section");
+    assert!(http.routers.is_empty() && http.services.is_empty());
+}
+
+#[test]
+fn presence_marker_beside_children_and_unknown_fields_are_kept() {
+    let (config, _) = dec(&[
+        ("traefik/http/routers/r/rule", "Path(`/`)"),
+        ("traefik/http/routers/r/tls", "true"),
+        ("traefik/http/routers/r/tls/certresolver", "le"),
+        ("traefik/tcp/routers/t/rule", "HostSNI(`*`)"),
+    ])
+    .unwrap();
+    let http = config.http.unwrap();
+    let tls = &http.routers["r"].other["tls"];
+    assert_eq!(tls["certResolver"], Value::String("le".into()));
+    assert!(config.other.contains_key("tcp"));
+}
+
+#[test]
+fn custom_root_key() {
+    let (config, _) = decode(
+        "consul",
+        "/edge/",
+        [("edge/http/routers/r/rule", "Path(`/`)")],
+    )
+    .unwrap();
+    assert!(config.http.unwrap().routers.contains_key("r"));
+}
