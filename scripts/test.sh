@@ -9,6 +9,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "services: etcd (the etcd provider tests start a real one)"
+command -v etcd >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client)
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
