@@ -11,7 +11,6 @@ pub mod balance;
 pub mod listener;
 pub mod middleware;
 pub mod proxy;
-#[path = "router_stub.rs"]
 pub mod router;
 pub mod runtime;
 pub mod state;

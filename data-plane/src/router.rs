@@ -1,0 +1,505 @@
+//! Request matching for one entry point: evaluates the compiled rule trees ([`Expr`]) with Traefik
+//! v3's semantics and returns the first matching route in priority order.
+//!
+//! Owns the routing path ([`routing_path`]), host canonicalisation ([`normalize_host`]), the host
+//! index and the route order. It never parses rule text (the controller does), does no I/O, and
+//! never panics on request input; what happens after a match (middlewares, balancing) is not its
+//! business.
+//!
+//! Lookup: the request host is canonicalised once; the routes that *require* that exact host, the
+//! routes that require a `*.parent` wildcard covering it, and the routes that require no particular
+//! host are three lists of indices in global order, merged lazily. Each candidate's whole rule is
+//! evaluated; the first match wins. A table with thousands of `Host(…)` routers therefore costs a
+//! hash lookup plus the few candidates of that host, not a scan (Traefik scans linearly).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{AddrParseError, IpAddr};
+
+use http::{HeaderMap, HeaderName, Method, header};
+use ipnet::{IpNet, Ipv4Net};
+use regex::Regex;
+use switchyard_shared::rule::{Expr, Matcher};
+
+mod request;
+#[cfg(test)]
+mod tests;
+
+pub use request::{InvalidPath, normalize_host, routing_path};
+use request::{canonical_host, query_pairs, query_unescape, strip_trailing_dot, unescape_eq};
+
+/// What the matcher reads of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestView<'a> {
+    /// Raw request host: the URI authority for absolute-form and HTTP/2 requests, else the `Host`
+    /// header. May carry a port, IPv6 brackets, any case and a trailing dot; `""` when absent.
+    pub host: &'a str,
+    /// The routing path, as produced by [`routing_path`] (not the raw path).
+    pub path: &'a str,
+    /// Raw query string without the `?`.
+    pub query: Option<&'a str>,
+    /// Request method.
+    pub method: &'a Method,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// Connection peer address (never `X-Forwarded-For`, as in Traefik).
+    pub client_ip: IpAddr,
+}
+
+/// One router to mount on an entry point.
+#[derive(Debug)]
+pub struct RouteInput<'a, T> {
+    /// Qualified router name (`name@provider`); breaks priority ties and names errors.
+    pub name: &'a str,
+    /// Compiled rule.
+    pub rule: &'a Expr,
+    /// Effective priority (the controller already replaced `0` by the rule length).
+    pub priority: i64,
+    /// What [`RouteTable::find`] returns when this router matches.
+    pub payload: T,
+}
+
+/// Why a route table could not be built. Any of these rejects the whole table (the snapshot is
+/// NACKed); the controller validates rules first, so in practice they mean the two planes disagree.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A regex argument does not compile with this build's `regex` features.
+    #[error("router {router}: invalid {matcher} regular expression `{pattern}`")]
+    Regex {
+        router: String,
+        matcher: &'static str,
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    /// A `ClientIP` argument is neither an address nor a CIDR.
+    #[error("router {router}: ClientIP `{value}` is not an IP address or CIDR")]
+    ClientIp {
+        router: String,
+        value: String,
+        #[source]
+        source: AddrParseError,
+    },
+    /// More routes than the index can number.
+    #[error("{count} routes on one entry point; at most {max} are supported", max = u32::MAX)]
+    TooManyRoutes { count: usize },
+}
+
+/// The compiled routers of one entry point, in match order (priority descending, then name
+/// ascending), with the host index. Immutable once built; share it behind an `Arc`.
+pub struct RouteTable<T> {
+    routes: Vec<Route<T>>,
+    /// Normalised host → routes that can match only that host.
+    exact: HashMap<Box<str>, Box<[u32]>>,
+    /// Parent domain with its leading dot (`.example.com`) → routes holding `*.example.com`.
+    wildcard: HashMap<Box<str>, Box<[u32]>>,
+    /// Routes that do not require a particular host.
+    generic: Box<[u32]>,
+}
+
+struct Route<T> {
+    name: Box<str>,
+    priority: i64,
+    node: Node,
+    payload: T,
+}
+
+impl<T> RouteTable<T> {
+    /// Compiles every rule (regexes, CIDRs, header names once), orders the routes and builds the
+    /// host index. Fails on the first route whose rule cannot be compiled, naming it.
+    pub fn build<'a>(
+        routes: impl IntoIterator<Item = RouteInput<'a, T>>,
+    ) -> Result<Self, RouterError> {
+        let mut compiled = routes
+            .into_iter()
+            .map(|input| {
+                Ok(Route {
+                    node: compile(input.rule, input.name)?,
+                    name: input.name.into(),
+                    priority: input.priority,
+                    payload: input.payload,
+                })
+            })
+            .collect::<Result<Vec<_>, RouterError>>()?;
+        if u32::try_from(compiled.len()).is_err() {
+            return Err(RouterError::TooManyRoutes {
+                count: compiled.len(),
+            });
+        }
+        // Traefik orders by priority only (ties: provider precedence, then unspecified); the name
+        // makes the order deterministic across proxies. A stable sort keeps duplicates in input
+        // order.
+        compiled.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+
+        let mut exact: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut wildcard: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut generic = Vec::new();
+        for (index, route) in (0u32..).zip(&compiled) {
+            match route.node.required_hosts() {
+                None => generic.push(index),
+                Some(keys) => {
+                    for key in keys {
+                        let bucket = match key {
+                            HostKey::Exact(host) => exact.entry(host).or_default(),
+                            HostKey::Wildcard(parent) => wildcard.entry(parent).or_default(),
+                        };
+                        // Routes are visited in order, so a repeated key repeats the last entry.
+                        if bucket.last() != Some(&index) {
+                            bucket.push(index);
+                        }
+                    }
+                }
+            }
+        }
+        let freeze = |map: HashMap<&str, Vec<u32>>| {
+            map.into_iter()
+                .map(|(k, v)| (Box::from(k), v.into_boxed_slice()))
+                .collect()
+        };
+        let exact = freeze(exact);
+        let wildcard = freeze(wildcard);
+        Ok(Self {
+            routes: compiled,
+            exact,
+            wildcard,
+            generic: generic.into_boxed_slice(),
+        })
+    }
+
+    /// The payload of the first route (in order) whose rule matches `req`.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<&T> {
+        let canonical = canonical_host(req.host);
+        let host = strip_trailing_dot(&canonical);
+        let ctx = Ctx {
+            canonical: &canonical,
+            host,
+            req,
+            client_ip: req.client_ip.to_canonical(),
+        };
+        self.candidates(host)
+            .filter_map(|index| self.routes.get(index as usize))
+            .find(|route| route.node.eval(&ctx))
+            .map(|route| &route.payload)
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether the table has no routes (every request is a 404).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The routes that may match a request for the normalised `host`, in global order.
+    fn candidates(&self, host: &str) -> Candidates<'_> {
+        let exact = match host {
+            "" => None,
+            host => self.exact.get(host),
+        };
+        let wildcard = host
+            .find('.')
+            .and_then(|dot| self.wildcard.get(&host[dot..]));
+        Candidates {
+            lists: [
+                exact.map_or(&[][..], |v| &v[..]),
+                wildcard.map_or(&[][..], |v| &v[..]),
+                &self.generic,
+            ],
+        }
+    }
+}
+
+impl<T> Default for RouteTable<T> {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            generic: Box::default(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for RouteTable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("routes", &self.routes.len())
+            .field("exact_hosts", &self.exact.len())
+            .field("wildcard_domains", &self.wildcard.len())
+            .field("generic", &self.generic.len())
+            .finish()
+    }
+}
+
+/// Lazy ordered union (without duplicates) of sorted index lists.
+struct Candidates<'t> {
+    lists: [&'t [u32]; 3],
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        let next = self.lists.iter().filter_map(|l| l.first()).min().copied()?;
+        for list in &mut self.lists {
+            if let Some((&head, rest)) = list.split_first()
+                && head == next
+            {
+                *list = rest;
+            }
+        }
+        Some(next)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compiled rules
+
+/// An [`Expr`] with its arguments prepared for evaluation.
+#[derive(Debug)]
+enum Node {
+    All(Box<[Node]>),
+    Any(Box<[Node]>),
+    Not(Box<Node>),
+    Host(HostExpr),
+    HostRegexp(Regex),
+    Path(Box<str>),
+    PathPrefix(Box<str>),
+    PathRegexp(Regex),
+    Method(Box<str>),
+    Header(HeaderName, Box<str>),
+    HeaderRegexp(HeaderName, Regex),
+    /// Key and value; ``Query(`k`)`` has the value `""`.
+    Query(Box<str>, Box<str>),
+    QueryRegexp(Box<str>, Regex),
+    ClientIp(IpNet),
+    /// A matcher that cannot match any request.
+    Never,
+}
+
+#[derive(Debug)]
+enum HostExpr {
+    /// ``Host(`*`)``: every request, even without a host (Traefik v3.7.7+).
+    Any,
+    /// Equal to the normalised request host.
+    Exact(Box<str>),
+    /// `*.example.com`, stored as `.example.com`: the normalised host is one label (possibly
+    /// empty, as in Traefik) followed by exactly this.
+    Wildcard(Box<str>),
+    /// A rule host ending with a dot (`*.`, `.`, `a.` from `a..`): rare, evaluated literally with
+    /// Traefik's algorithm on the canonical host and not indexed.
+    Literal(Box<str>),
+}
+
+/// A host a route requires (see [`Node::required_hosts`]).
+enum HostKey<'a> {
+    Exact(&'a str),
+    Wildcard(&'a str),
+}
+
+fn compile(expr: &Expr, router: &str) -> Result<Node, RouterError> {
+    let list = |items: &[Expr]| {
+        items
+            .iter()
+            .map(|e| compile(e, router))
+            .collect::<Result<Box<[_]>, _>>()
+    };
+    let regex = |matcher: &'static str, pattern: &str| {
+        Regex::new(pattern).map_err(|source| RouterError::Regex {
+            router: router.to_owned(),
+            matcher,
+            pattern: pattern.to_owned(),
+            source,
+        })
+    };
+    let m = match expr {
+        Expr::All(items) => return Ok(Node::All(list(items)?)),
+        Expr::Any(items) => return Ok(Node::Any(list(items)?)),
+        Expr::Not(inner) => return Ok(Node::Not(Box::new(compile(inner, router)?))),
+        Expr::Matcher(m) => m,
+    };
+    Ok(match m {
+        Matcher::Host(host) => host_expr(host),
+        Matcher::HostRegexp(re) => Node::HostRegexp(regex(m.name(), re)?),
+        Matcher::Path(p) => Node::Path(p.as_str().into()),
+        Matcher::PathPrefix(p) => Node::PathPrefix(p.as_str().into()),
+        Matcher::PathRegexp(re) => Node::PathRegexp(regex(m.name(), re)?),
+        Matcher::Method(method) => Node::Method(method.as_str().into()),
+        Matcher::Header(key, value) => match header_name(key) {
+            Some(name) => Node::Header(name, value.as_str().into()),
+            None => Node::Never,
+        },
+        Matcher::HeaderRegexp(key, re) => {
+            let re = regex(m.name(), re)?;
+            match header_name(key) {
+                Some(name) => Node::HeaderRegexp(name, re),
+                None => Node::Never,
+            }
+        }
+        Matcher::Query(key, value) | Matcher::QueryRegexp(key, value @ None) => Node::Query(
+            key.as_str().into(),
+            value.as_deref().unwrap_or_default().into(),
+        ),
+        Matcher::QueryRegexp(key, Some(re)) => {
+            Node::QueryRegexp(key.as_str().into(), regex(m.name(), re)?)
+        }
+        Matcher::ClientIp(value) => {
+            Node::ClientIp(
+                parse_client_ip(value).map_err(|source| RouterError::ClientIp {
+                    router: router.to_owned(),
+                    value: value.clone(),
+                    source,
+                })?,
+            )
+        }
+    })
+}
+
+fn host_expr(host: &str) -> Node {
+    // The controller lower-cases and drops one trailing dot; lower-casing again is free insurance.
+    let host = host.to_ascii_lowercase();
+    let expr = if host == "*" {
+        HostExpr::Any
+    } else if host.is_empty() || host.bytes().filter(|&b| b == b':').count() == 1 {
+        // `example.com:8080`: the request host is compared without its port, so a rule with one
+        // never matches. (Two or more colons is an IPv6 literal, which does.)
+        return Node::Never;
+    } else if host.ends_with('.') {
+        HostExpr::Literal(host.into())
+    } else if let Some(suffix) = host.strip_prefix('*') {
+        if suffix.starts_with('.') {
+            HostExpr::Wildcard(suffix.into())
+        } else {
+            // `*foo.com`: never matches, and the literal algorithm says so.
+            HostExpr::Literal(host.into())
+        }
+    } else {
+        HostExpr::Exact(host.into())
+    };
+    Node::Host(expr)
+}
+
+/// Go moves `Host` out of the header map (`req.Host`), so in Traefik ``Header(`Host`, …)`` never
+/// matches; a key that is not a valid header name cannot be present either.
+fn header_name(key: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(key.as_bytes())
+        .ok()
+        .filter(|name| *name != header::HOST)
+}
+
+/// Traefik (`pkg/ip`) takes a CIDR, else an address. A v4-mapped IPv6 network is treated as the
+/// IPv4 one, as Go's `IPNet.Contains` does, so it matches an IPv4 client and vice versa.
+fn parse_client_ip(value: &str) -> Result<IpNet, AddrParseError> {
+    let net = match value.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => IpNet::from(value.parse::<IpAddr>()?),
+    };
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && let Ok(v4) = Ipv4Net::new(v4, v6.prefix_len().saturating_sub(96))
+    {
+        return Ok(IpNet::V4(v4));
+    }
+    Ok(net)
+}
+
+impl Node {
+    /// The hosts this node can match only (the index keys), or `None` if it may match a request
+    /// for any host. `Some(vec![])` means it never matches at all.
+    fn required_hosts(&self) -> Option<Vec<HostKey<'_>>> {
+        match self {
+            Node::Host(HostExpr::Exact(host)) => Some(vec![HostKey::Exact(host)]),
+            Node::Host(HostExpr::Wildcard(parent)) => Some(vec![HostKey::Wildcard(parent)]),
+            Node::Never => Some(Vec::new()),
+            // All: any child's requirement is one for the whole; take the narrowest.
+            Node::All(items) => items
+                .iter()
+                .filter_map(Node::required_hosts)
+                .min_by_key(Vec::len),
+            // Any: each branch must be host-bound for the union to be.
+            Node::Any(items) => items.iter().try_fold(Vec::new(), |mut keys, item| {
+                keys.extend(item.required_hosts()?);
+                Some(keys)
+            }),
+            _ => None,
+        }
+    }
+
+    fn eval(&self, ctx: &Ctx<'_>) -> bool {
+        let req = ctx.req;
+        match self {
+            Node::All(items) => items.iter().all(|n| n.eval(ctx)),
+            Node::Any(items) => items.iter().any(|n| n.eval(ctx)),
+            Node::Not(inner) => !inner.eval(ctx),
+            Node::Host(expr) => match expr {
+                HostExpr::Any => true,
+                HostExpr::Exact(host) => ctx.host == &**host,
+                HostExpr::Wildcard(parent) => ctx
+                    .host
+                    .find('.')
+                    .is_some_and(|dot| ctx.host[dot..] == **parent),
+                HostExpr::Literal(host) => literal_host_match(ctx.canonical, host),
+            },
+            Node::HostRegexp(re) => re.is_match(ctx.canonical),
+            Node::Path(path) => req.path == &**path,
+            Node::PathPrefix(prefix) => req.path.starts_with(&**prefix),
+            Node::PathRegexp(re) => re.is_match(req.path),
+            Node::Method(method) => req.method.as_str() == &**method,
+            Node::Header(name, value) => req
+                .headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == value.as_bytes()),
+            Node::HeaderRegexp(name, re) => req
+                .headers
+                .get_all(name)
+                .iter()
+                .any(|v| re.is_match(&String::from_utf8_lossy(v.as_bytes()))),
+            Node::Query(key, value) => {
+                query_pairs(req.query).any(|(k, v)| unescape_eq(k, key) && unescape_eq(v, value))
+            }
+            Node::QueryRegexp(key, re) => query_pairs(req.query).any(|(k, v)| {
+                unescape_eq(k, key) && query_unescape(v).is_some_and(|v| re.is_match(&v))
+            }),
+            Node::ClientIp(net) => net.contains(&ctx.client_ip),
+            Node::Never => false,
+        }
+    }
+}
+
+/// Per-request state computed once in [`RouteTable::find`].
+struct Ctx<'r> {
+    /// Lower-cased, port-less, trimmed host, trailing dot kept (what `HostRegexp` sees).
+    canonical: &'r str,
+    /// `canonical` without one trailing dot (what `Host` compares).
+    host: &'r str,
+    req: &'r RequestView<'r>,
+    /// The peer address with a v4-mapped IPv6 address turned into IPv4.
+    client_ip: IpAddr,
+}
+
+/// Traefik's `Host` algorithm verbatim in behaviour (`pkg/muxer/http/matcher.go`): compare, then
+/// retry with one trailing dot removed from the rule, then from the request.
+fn literal_host_match(canonical: &str, rule: &str) -> bool {
+    /// `*.x` replaces the first label of the host; anything else is plain equality.
+    fn matches(host: &str, rule: &str) -> bool {
+        match rule.strip_prefix('*') {
+            Some(suffix) => host[host.find('.').unwrap_or(host.len())..] == *suffix,
+            None => host == rule,
+        }
+    }
+    !canonical.is_empty()
+        && (matches(canonical, rule)
+            || rule
+                .strip_suffix('.')
+                .is_some_and(|r| matches(canonical, r))
+            || canonical
+                .strip_suffix('.')
+                .is_some_and(|h| matches(h, rule)))
+}
