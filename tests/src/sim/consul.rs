@@ -455,8 +455,17 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
 
 /// Parks the request until the endpoint's index differs from `min_index` or `wait` elapses.
 async fn block(shared: &Shared, endpoint: &Endpoint, min_index: u64, wait: Duration) {
+    /// Counts the request as blocked until it returns or its connection is cut (dropped).
+    struct Parked<'a>(&'a Shared);
+    impl Drop for Parked<'_> {
+        fn drop(&mut self) {
+            let mut state = self.0.lock();
+            state.blocked = state.blocked.saturating_sub(1);
+        }
+    }
     let mut changes = shared.changes.subscribe();
     shared.lock().blocked += 1;
+    let _parked = Parked(shared);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let current = {
@@ -472,8 +481,6 @@ async fn block(shared: &Shared, endpoint: &Endpoint, min_index: u64, wait: Durat
             changed = changes.changed() => if changed.is_err() { break },
         }
     }
-    let mut state = shared.lock();
-    state.blocked = state.blocked.saturating_sub(1);
 }
 
 /// `(status, X-Consul-Index, body)` for an endpoint in the current state.

@@ -415,6 +415,9 @@ async fn run(provider: ConsulKvProvider, sink: ProviderSink, mut shutdown: watch
                 if !reporter.error(&sink, e.to_string()).await {
                     return;
                 }
+                // The next answer must come at once (not after a blocking `wait` on unchanged
+                // data) so that recovery is reported as soon as Consul is back.
+                index = 0;
             }
         }
         let delay = backoff.next_delay();
