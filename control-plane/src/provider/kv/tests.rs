@@ -159,3 +159,38 @@ fn custom_root_key() {
     .unwrap();
     assert!(config.http.unwrap().routers.contains_key("r"));
 }
+
+#[test]
+fn provider_options_use_traefik_names_and_unsupported_tls_is_a_clear_error() {
+    use crate::config::StaticConfig;
+    use std::path::Path;
+    let text = "providers:\n  etcd:\n    endpoints: ['127.0.0.1:2379']\n    rootKey: edge\n    username: u\n    password: p\n  consul:\n    token: t\n  consulCatalog:\n    exposedByDefault: false\n    constraints: 'Tag(`a`)'\n    endpoint:\n      address: 127.0.0.1:8500\n      endpointWaitTime: 30s\n";
+    let config = StaticConfig::parse(Path::new("s.yml"), text).unwrap();
+    validate_config(&config.providers).unwrap();
+    crate::provider::consul_catalog::validate_config(&config.providers).unwrap();
+    let etcd = config.providers.etcd.as_ref().unwrap();
+    assert_eq!(etcd.root_key, "edge");
+    assert_eq!(
+        config.providers.consul.as_ref().unwrap().root_key,
+        "traefik"
+    );
+    let catalog = config.providers.consul_catalog.as_ref().unwrap();
+    assert!(catalog.watch && !catalog.exposed_by_default);
+    assert_eq!(catalog.strict_checks, ["passing", "warning"]);
+
+    let text = "providers:\n  etcd:\n    tls:\n      ca: /ca.pem\n";
+    let config = StaticConfig::parse(Path::new("s.yml"), text).unwrap();
+    let err = validate_config(&config.providers).unwrap_err();
+    assert!(err.contains("providers.etcd.tls"), "{err}");
+
+    let text = "providers:\n  consulCatalog:\n    constraints: 'Tag(a)'\n";
+    let config = StaticConfig::parse(Path::new("s.yml"), text).unwrap();
+    let err = crate::provider::consul_catalog::validate_config(&config.providers).unwrap_err();
+    assert!(err.contains("providers.consulCatalog.constraints"), "{err}");
+
+    let text = "providers:\n  etcd:\n    endpoint: x\n";
+    assert!(
+        StaticConfig::parse(Path::new("s.yml"), text).is_err(),
+        "unknown option rejected"
+    );
+}
