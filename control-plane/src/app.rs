@@ -59,6 +59,7 @@ impl App {
                     name: name.clone(),
                     address: parse_entry_point_address(&ep.address)
                         .map_err(|e| anyhow::anyhow!("entryPoints.{name}.address: {e}"))?,
+                    redirect: None,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -236,6 +236,7 @@ pub fn compile(
                 middlewares: mws,
                 service,
                 rule_text: r.rule.clone(),
+                tls: None,
             });
         }
     }
@@ -247,6 +248,9 @@ pub fn compile(
         routers,
         services: services.into_values().collect(),
         middlewares: middlewares.into_values().collect(),
+        certificates: Vec::new(),
+        tls_options: Vec::new(),
+        default_certificate: None,
     };
     (snapshot, diags)
 }

@@ -20,6 +20,12 @@ pub struct Snapshot {
     pub services: Vec<Service>,
     /// Sorted by name.
     pub middlewares: Vec<Middleware>,
+    /// The certificate store, sorted by first name.
+    pub certificates: Vec<Certificate>,
+    /// Sorted by name.
+    pub tls_options: Vec<TlsOptions>,
+    /// `tls.stores.default.defaultCertificate`; `None`: the proxy generates a self-signed one.
+    pub default_certificate: Option<Certificate>,
 }
 
 /// A listening address declared centrally (a proxy may override it locally).
@@ -28,6 +34,67 @@ pub struct EntryPoint {
     pub name: String,
     /// `[host]:port`; an empty host means every interface.
     pub address: String,
+    /// `http.redirections.entryPoint`.
+    pub redirect: Option<EntryPointRedirect>,
+}
+
+/// Redirects every plain-HTTP request of an entry point (Traefik's entry-point redirection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryPointRedirect {
+    pub to: String,
+    /// Port for the `Location` (empty: none).
+    pub port: String,
+    pub scheme: String,
+    pub permanent: bool,
+}
+
+/// A certificate and its key (PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Certificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Lower-cased DNS names, possibly `*.` wildcards; sorted.
+    pub names: Vec<String>,
+    pub source: String,
+    pub not_after_unix: i64,
+}
+
+impl std::fmt::Debug for Certificate {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("names", &self.names)
+            .field("source", &self.source)
+            .field("not_after_unix", &self.not_after_unix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS options (Traefik `tls.options.<name>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub name: String,
+    pub min_version: String,
+    pub max_version: String,
+    pub cipher_suites: Vec<String>,
+    pub alpn_protocols: Vec<String>,
+    pub sni_strict: bool,
+    /// `(CA PEMs, clientAuthType)`; `None`: no client certificates.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client certificate policy of a TLS options set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub ca_pems: Vec<String>,
+    pub client_auth_type: String,
+}
+
+/// TLS settings of a router; presence makes it a TLS-only router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterTls {
+    /// Qualified TLS options name.
+    pub options: String,
 }
 
 /// An HTTP router.
@@ -46,6 +113,8 @@ pub struct Router {
     pub service: String,
     /// The rule as written (for humans).
     pub rule_text: String,
+    /// `Some`: serves only TLS connections; `None`: only plain HTTP.
+    pub tls: Option<RouterTls>,
 }
 
 /// A named HTTP service.
@@ -141,12 +210,56 @@ impl From<&Snapshot> for pb::Snapshot {
                 .map(|e| pb::EntryPoint {
                     name: e.name.clone(),
                     address: e.address.clone(),
+                    redirect: e.redirect.as_ref().map(|r| pb::EntryPointRedirect {
+                        to: r.to.clone(),
+                        port: r.port.clone(),
+                        scheme: r.scheme.clone(),
+                        permanent: r.permanent,
+                    }),
                 })
                 .collect(),
             routers: s.routers.iter().map(router_to_pb).collect(),
             services: s.services.iter().map(service_to_pb).collect(),
             middlewares: s.middlewares.iter().map(middleware_to_pb).collect(),
+            certificates: s.certificates.iter().map(certificate_to_pb).collect(),
+            tls_options: s
+                .tls_options
+                .iter()
+                .map(|o| pb::TlsOptions {
+                    name: o.name.clone(),
+                    min_version: o.min_version.clone(),
+                    max_version: o.max_version.clone(),
+                    cipher_suites: o.cipher_suites.clone(),
+                    alpn_protocols: o.alpn_protocols.clone(),
+                    sni_strict: o.sni_strict,
+                    client_auth: o.client_auth.as_ref().map(|c| pb::ClientAuth {
+                        ca_pems: c.ca_pems.clone(),
+                        client_auth_type: c.client_auth_type.clone(),
+                    }),
+                })
+                .collect(),
+            default_certificate: s.default_certificate.as_ref().map(certificate_to_pb),
         }
+    }
+}
+
+fn certificate_to_pb(c: &Certificate) -> pb::Certificate {
+    pb::Certificate {
+        cert_pem: c.cert_pem.clone(),
+        key_pem: c.key_pem.clone(),
+        names: c.names.clone(),
+        source: c.source.clone(),
+        not_after_unix: c.not_after_unix,
+    }
+}
+
+fn certificate_from_pb(c: pb::Certificate) -> Certificate {
+    Certificate {
+        cert_pem: c.cert_pem,
+        key_pem: c.key_pem,
+        names: c.names,
+        source: c.source,
+        not_after_unix: c.not_after_unix,
     }
 }
 
@@ -160,6 +273,9 @@ fn router_to_pb(r: &Router) -> pb::Router {
         middlewares: r.middlewares.clone(),
         service: r.service.clone(),
         rule_text: r.rule_text.clone(),
+        tls: r.tls.as_ref().map(|t| pb::RouterTls {
+            options: t.options.clone(),
+        }),
     }
 }
 
@@ -288,6 +404,12 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 Ok(EntryPoint {
                     name: e.name,
                     address: e.address,
+                    redirect: e.redirect.map(|r| EntryPointRedirect {
+                        to: r.to,
+                        port: r.port,
+                        scheme: r.scheme,
+                        permanent: r.permanent,
+                    }),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -311,6 +433,28 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             routers,
             services,
             middlewares,
+            certificates: s
+                .certificates
+                .into_iter()
+                .map(certificate_from_pb)
+                .collect(),
+            tls_options: s
+                .tls_options
+                .into_iter()
+                .map(|o| TlsOptions {
+                    name: o.name,
+                    min_version: o.min_version,
+                    max_version: o.max_version,
+                    cipher_suites: o.cipher_suites,
+                    alpn_protocols: o.alpn_protocols,
+                    sni_strict: o.sni_strict,
+                    client_auth: o.client_auth.map(|c| ClientAuth {
+                        ca_pems: c.ca_pems,
+                        client_auth_type: c.client_auth_type,
+                    }),
+                })
+                .collect(),
+            default_certificate: s.default_certificate.map(certificate_from_pb),
         })
     }
 }
@@ -337,6 +481,7 @@ fn router_from_pb(r: pb::Router) -> Result<Router, SnapshotError> {
         middlewares: r.middlewares,
         service: r.service,
         rule_text: r.rule_text,
+        tls: r.tls.map(|t| RouterTls { options: t.options }),
     })
 }
 

@@ -28,6 +28,7 @@ mod tests {
             entry_points: vec![pb::EntryPoint {
                 name: "web".into(),
                 address: ":80".into(),
+                redirect: None,
             }],
             ..Default::default()
         };

@@ -14,10 +14,12 @@ fn eps() -> Vec<EntryPoint> {
         EntryPoint {
             name: "web".into(),
             address: ":80".into(),
+            redirect: None,
         },
         EntryPoint {
             name: "admin".into(),
             address: ":81".into(),
+            redirect: None,
         },
     ]
 }

@@ -35,6 +35,7 @@ fn router(name: &str, service: &str, middlewares: &[&str]) -> Router {
         middlewares: middlewares.iter().map(|m| (*m).to_owned()).collect(),
         service: service.into(),
         rule_text: "PathPrefix(`/`)".into(),
+        tls: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn base() -> Snapshot {
         entry_points: vec![EntryPoint {
             name: "web".into(),
             address: ":8080".into(),
+            redirect: None,
         }],
         routers: vec![router("r@file", "a@file", &["c@file"])],
         services: vec![
@@ -83,6 +85,9 @@ fn base() -> Snapshot {
                 },
             },
         ],
+        certificates: vec![],
+        tls_options: vec![],
+        default_certificate: None,
     }
 }
 

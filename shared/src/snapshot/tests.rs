@@ -43,6 +43,9 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
             middlewares: vec!["m@file".into()],
             service: "s@file".into(),
             rule_text: String::new(),
+            tls: (priority % 2 == 0).then(|| RouterTls {
+                options: "default".into(),
+            }),
         });
     let service = ("[a-z]{1,6}", 0u32..5).prop_map(|(name, weight)| Service {
         name: format!("{name}@file"),
@@ -85,10 +88,33 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
             entry_points: vec![EntryPoint {
                 name: "web".into(),
                 address: ":8080".into(),
+                redirect: Some(EntryPointRedirect {
+                    to: "websecure".into(),
+                    port: "8443".into(),
+                    scheme: "https".into(),
+                    permanent: true,
+                }),
             }],
             routers,
             services,
             middlewares,
+            certificates: vec![Certificate {
+                cert_pem: "C".into(),
+                key_pem: "K".into(),
+                names: vec!["a.example".into()],
+                source: "file:x".into(),
+                not_after_unix: 7,
+            }],
+            tls_options: vec![TlsOptions {
+                name: "default".into(),
+                min_version: "VersionTLS12".into(),
+                client_auth: Some(ClientAuth {
+                    ca_pems: vec!["CA".into()],
+                    client_auth_type: "RequireAndVerifyClientCert".into(),
+                }),
+                ..Default::default()
+            }],
+            default_certificate: None,
         })
 }
 
