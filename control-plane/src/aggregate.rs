@@ -15,6 +15,7 @@ use tokio::{
 };
 
 use crate::{
+    certs,
     compile::{self, Diagnostic},
     dynamic::DynamicConfig,
     provider::ProviderEvent,
@@ -97,7 +98,7 @@ pub async fn run(
                     ProviderEvent::Update { provider, config, warnings: w } => {
                         heard.insert(provider.clone(), true);
                         states.insert(provider.clone(), ProviderState { healthy: true, error: None, updated_at_unix_ms: now_ms });
-                        configs.insert(provider.clone(), config);
+                        configs.insert(provider.clone(), *config);
                         warnings.insert(provider, w);
                     }
                     ProviderEvent::Error { provider, error } => {
@@ -115,7 +116,17 @@ pub async fn run(
                 let input = configs.clone();
                 let eps = entry_points.clone();
                 let extra: Vec<Diagnostic> = warnings.values().flatten().cloned().collect();
-                let compiled = tokio::task::spawn_blocking(move || compile::compile(&eps, &input)).await;
+                let compiled = tokio::task::spawn_blocking(move || {
+                    let mut input = input;
+                    let mut file_diags = Vec::new();
+                    for (provider, config) in input.iter_mut() {
+                        file_diags.extend(certs::load_files(provider, config));
+                    }
+                    let (snapshot, mut diags) = compile::compile(&eps, &input);
+                    diags.extend(file_diags);
+                    (snapshot, diags)
+                })
+                .await;
                 match compiled {
                     Ok((snapshot, mut diags)) => {
                         diags.extend(extra);

@@ -59,7 +59,10 @@ impl App {
                     name: name.clone(),
                     address: parse_entry_point_address(&ep.address)
                         .map_err(|e| anyhow::anyhow!("entryPoints.{name}.address: {e}"))?,
-                    redirect: None,
+                    redirect: self
+                        .config
+                        .entry_point_redirect(name)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

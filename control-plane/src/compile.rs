@@ -4,6 +4,7 @@
 //! costs only itself and what depends on it.
 
 pub mod rule;
+pub mod tls;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,6 +112,8 @@ pub fn compile(
     validate::resolve_middleware_refs(&mut middlewares, &mut diags);
     validate::resolve_service_refs(&mut services, &mut diags);
 
+    let tls_out = tls::compile(providers, &mut diags);
+
     // Pass 3: routers.
     let mut routers = Vec::new();
     for (provider, config) in providers {
@@ -129,14 +132,21 @@ pub fn compile(
                 continue;
             }
             validate::report_extra(provider, &object, &r.other, &mut diags);
-            if r.other.contains_key("tls") {
-                diags.push(Diagnostic::error(
-                    provider.as_str(),
-                    object.as_str(),
-                    "TLS routers are not supported yet (serving it on plain HTTP would change its meaning)",
-                ));
-                continue;
-            }
+            let router_tls = match &r.tls {
+                None => None,
+                Some(def) => match tls::router_tls(def, provider, &tls_out) {
+                    Ok((t, warnings)) => {
+                        for w in warnings {
+                            diags.push(Diagnostic::warning(provider.as_str(), object.as_str(), w));
+                        }
+                        Some(t)
+                    }
+                    Err(e) => {
+                        diags.push(Diagnostic::error(provider.as_str(), object.as_str(), e));
+                        continue;
+                    }
+                },
+            };
             if r.rule_syntax.as_deref().is_some_and(|s| s != "v3") {
                 diags.push(Diagnostic::error(
                     provider.as_str(),
@@ -236,7 +246,7 @@ pub fn compile(
                 middlewares: mws,
                 service,
                 rule_text: r.rule.clone(),
-                tls: None,
+                tls: router_tls,
             });
         }
     }
@@ -248,9 +258,9 @@ pub fn compile(
         routers,
         services: services.into_values().collect(),
         middlewares: middlewares.into_values().collect(),
-        certificates: Vec::new(),
-        tls_options: Vec::new(),
-        default_certificate: None,
+        certificates: tls_out.certificates,
+        tls_options: tls_out.options.into_values().collect(),
+        default_certificate: tls_out.default_certificate,
     };
     (snapshot, diags)
 }

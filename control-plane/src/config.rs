@@ -48,9 +48,45 @@ pub struct StaticConfig {
 pub struct EntryPointConfig {
     /// `[host]:port` (Traefik also allows a `/tcp` suffix, which we strip).
     pub address: String,
-    /// Other entry-point options (`http`, `transport`, …) not implemented yet.
+    /// `http.redirections`, …
+    #[serde(default)]
+    pub http: Option<EntryPointHttp>,
+    /// Other entry-point options (`transport`, …) not implemented yet.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// `entryPoints.<name>.http`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryPointHttp {
+    #[serde(default)]
+    pub redirections: Option<Redirections>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// `entryPoints.<name>.http.redirections`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Redirections {
+    #[serde(default, alias = "entrypoint")]
+    pub entry_point: Option<EntryPointRedirection>,
+}
+
+/// `entryPoints.<name>.http.redirections.entryPoint`: every request on this entry point is
+/// redirected to the `to` entry point (Traefik defaults: scheme `https`, permanent).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntryPointRedirection {
+    pub to: String,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub permanent: Option<bool>,
+    /// Accepted for compatibility; the redirection always wins over routers here.
+    #[serde(default)]
+    pub priority: Option<i64>,
 }
 
 /// `providers`
@@ -345,6 +381,7 @@ impl StaticConfig {
             }
             parse_entry_point_address(&ep.address)
                 .map_err(|e| format!("entryPoints.{name}.address: {e}"))?;
+            self.entry_point_redirect(name)?;
         }
         self.grpc_address()?;
         if let Some(file) = &self.providers.file {
@@ -363,6 +400,46 @@ impl StaticConfig {
         crate::provider::kv::validate_config(&self.providers)?;
         crate::provider::consul_catalog::validate_config(&self.providers)?;
         Ok(())
+    }
+
+    /// The compiled redirection of entry point `name`, if it has one.
+    pub fn entry_point_redirect(
+        &self,
+        name: &str,
+    ) -> Result<Option<switchyard_shared::snapshot::EntryPointRedirect>, String> {
+        let Some(ep) = self.entry_points.get(name) else {
+            return Ok(None);
+        };
+        let Some(r) = ep
+            .http
+            .as_ref()
+            .and_then(|h| h.redirections.as_ref())
+            .and_then(|r| r.entry_point.as_ref())
+        else {
+            return Ok(None);
+        };
+        // `to` names an entry point, or is a bare port (Traefik accepts `:443`).
+        let port = match self.entry_points.get(&r.to) {
+            Some(target) => parse_entry_point_address(&target.address)?
+                .rsplit_once(':')
+                .map(|(_, p)| p.to_owned())
+                .unwrap_or_default(),
+            None => match r.to.trim_start_matches(':').parse::<u16>() {
+                Ok(p) => p.to_string(),
+                Err(_) => {
+                    return Err(format!(
+                        "entryPoints.{name}.http.redirections.entryPoint.to: entry point `{}` does not exist",
+                        r.to
+                    ));
+                }
+            },
+        };
+        Ok(Some(switchyard_shared::snapshot::EntryPointRedirect {
+            to: r.to.clone(),
+            port,
+            scheme: r.scheme.clone().unwrap_or_else(|| "https".to_owned()),
+            permanent: r.permanent.unwrap_or(true),
+        }))
     }
 
     /// `controller.grpc.address` as a socket address.

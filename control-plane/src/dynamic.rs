@@ -17,6 +17,8 @@ pub type Extra = BTreeMap<String, Value>;
 pub struct DynamicConfig {
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// `tcp`, `udp`, `tls`…: not served yet; reported.
     #[serde(flatten)]
     pub other: Extra,
@@ -54,6 +56,101 @@ pub struct Router {
     pub service: String,
     #[serde(default)]
     pub rule_syntax: Option<String>,
+    /// Presence makes the router TLS-only (`tls: {}` is enough).
+    #[serde(default)]
+    pub tls: Option<RouterTls>,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+/// `http.routers.<name>.tls`
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterTls {
+    /// TLS options name (`default` when unset).
+    #[serde(default)]
+    pub options: Option<String>,
+    #[serde(default, alias = "certresolver")]
+    pub cert_resolver: Option<String>,
+    #[serde(default)]
+    pub domains: Vec<Domain>,
+}
+
+/// `tls.domains[]`
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Domain {
+    #[serde(default)]
+    pub main: String,
+    #[serde(default)]
+    pub sans: Vec<String>,
+}
+
+/// The root `tls:` section.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub certificates: Vec<CertificateDef>,
+    #[serde(default)]
+    pub options: BTreeMap<String, TlsOptionsDef>,
+    #[serde(default)]
+    pub stores: BTreeMap<String, TlsStoreDef>,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+/// `tls.certificates[]`: `certFile`/`keyFile` hold a path or inline PEM; providers resolve paths
+/// to PEM before compilation (see `crate::certs`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateDef {
+    #[serde(default, alias = "certfile")]
+    pub cert_file: String,
+    #[serde(default, alias = "keyfile")]
+    pub key_file: String,
+    /// Ignored by Traefik (everything goes to `default`); accepted.
+    #[serde(default)]
+    pub stores: Vec<String>,
+}
+
+/// `tls.options.<name>`
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsOptionsDef {
+    #[serde(default, alias = "minversion")]
+    pub min_version: Option<String>,
+    #[serde(default, alias = "maxversion")]
+    pub max_version: Option<String>,
+    #[serde(default, alias = "ciphersuites")]
+    pub cipher_suites: Vec<String>,
+    #[serde(default, alias = "alpnprotocols")]
+    pub alpn_protocols: Vec<String>,
+    #[serde(default, alias = "snistrict")]
+    pub sni_strict: bool,
+    #[serde(default, alias = "clientauth")]
+    pub client_auth: Option<ClientAuthDef>,
+    #[serde(flatten)]
+    pub other: Extra,
+}
+
+/// `tls.options.<name>.clientAuth`
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuthDef {
+    /// Paths or inline PEM.
+    #[serde(default, alias = "cafiles")]
+    pub ca_files: Vec<String>,
+    #[serde(default, alias = "clientauthtype")]
+    pub client_auth_type: Option<String>,
+}
+
+/// `tls.stores.<name>` (only `default` is used, as in Traefik).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStoreDef {
+    #[serde(default, alias = "defaultcertificate")]
+    pub default_certificate: Option<CertificateDef>,
     #[serde(flatten)]
     pub other: Extra,
 }
@@ -205,11 +302,6 @@ impl DynamicConfig {
     /// Adds `other`'s objects that `self` does not define yet (file provider: first definition
     /// wins). Returns the names that were skipped as duplicates.
     pub fn merge_first_wins(&mut self, other: DynamicConfig) -> Vec<String> {
-        let mut skipped = Vec::new();
-        let Some(theirs) = other.http else {
-            return skipped;
-        };
-        let ours = self.http.get_or_insert_with(HttpConfig::default);
         fn merge<T>(
             kind: &str,
             ours: &mut BTreeMap<String, T>,
@@ -227,6 +319,28 @@ impl DynamicConfig {
                 }
             }
         }
+        let mut skipped = Vec::new();
+        if let Some(theirs) = other.tls {
+            let ours = self.tls.get_or_insert_with(TlsConfig::default);
+            ours.certificates.extend(theirs.certificates);
+            merge(
+                "TLS options",
+                &mut ours.options,
+                theirs.options,
+                &mut skipped,
+            );
+            merge("TLS store", &mut ours.stores, theirs.stores, &mut skipped);
+            for (k, v) in theirs.other {
+                ours.other.entry(k).or_insert(v);
+            }
+        }
+        for (k, v) in other.other {
+            self.other.entry(k).or_insert(v);
+        }
+        let Some(theirs) = other.http else {
+            return skipped;
+        };
+        let ours = self.http.get_or_insert_with(HttpConfig::default);
         merge("router", &mut ours.routers, theirs.routers, &mut skipped);
         merge("service", &mut ours.services, theirs.services, &mut skipped);
         merge(

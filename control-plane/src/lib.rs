@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod app;
+pub mod certs;
 pub mod compile;
 pub mod config;
 pub mod dynamic;

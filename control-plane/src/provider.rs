@@ -20,7 +20,7 @@ pub enum ProviderEvent {
     /// A complete new configuration, with non-fatal findings (duplicates skipped…).
     Update {
         provider: String,
-        config: DynamicConfig,
+        config: Box<DynamicConfig>,
         warnings: Vec<Diagnostic>,
     },
     /// The source is unreachable or unusable; the last good configuration stays.
@@ -52,7 +52,7 @@ impl ProviderSink {
         self.tx
             .send(ProviderEvent::Update {
                 provider: self.name.clone(),
-                config,
+                config: Box::new(config),
                 warnings,
             })
             .await

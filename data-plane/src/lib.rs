@@ -17,3 +17,4 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod subscriber;
+pub mod tls;

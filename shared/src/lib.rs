@@ -12,4 +12,5 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod version;

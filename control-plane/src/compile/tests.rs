@@ -297,25 +297,129 @@ tcp:
     assert!(warnings.iter().any(|m| m.contains("`tcp`")), "{warnings:?}");
 }
 
-#[test]
-fn tls_routers_are_left_out_with_a_reason() {
-    let text = r#"
+fn cert(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn indent(pem: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    pem.lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn tls_yaml(cert_pem: &str, key_pem: &str, extra_options: &str) -> String {
+    format!(
+        r#"
 http:
   routers:
-    r:
-      rule: Path(`/`)
+    secure:
+      rule: Host(`a.example`)
       service: s
-      tls: {}
+      tls: {{}}
+    strict:
+      rule: Host(`b.example`)
+      service: s
+      tls:
+        options: modern
+    ghost:
+      rule: Host(`c.example`)
+      service: s
+      tls:
+        options: nope
   services:
     s:
       loadBalancer:
-        servers: [{url: "http://127.0.0.1:1"}]
-"#;
-    let (s, diags) = compile_yaml(&[("file", text)]);
-    assert!(s.routers.is_empty());
+        servers: [{{url: "http://127.0.0.1:1"}}]
+tls:
+  certificates:
+    - certFile: |
+{cert}
+      keyFile: |
+{key}
+  options:
+    modern:
+      minVersion: VersionTLS13
+      sniStrict: true
+{extra_options}
+"#,
+        cert = indent(cert_pem, 8),
+        key = indent(key_pem, 8),
+    )
+}
+
+#[test]
+fn tls_routers_certificates_and_options_compile() {
+    let (c, k) = cert(&["a.example", "*.b.example"]);
+    let text = tls_yaml(&c, &k, "");
+    let (s, diags) = compile_yaml(&[("file", text.as_str())]);
+    let names: Vec<_> = s.routers.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["secure@file", "strict@file"], "{diags:?}");
+    assert_eq!(s.routers[0].tls.as_ref().unwrap().options, "default");
+    assert_eq!(s.routers[1].tls.as_ref().unwrap().options, "modern@file");
+    let errs = errors(&diags);
+    assert_eq!(
+        errs,
+        vec![(
+            "router/ghost@file".to_owned(),
+            "unknown TLS options \"nope@file\"".to_owned()
+        )]
+    );
+    assert_eq!(s.certificates.len(), 1);
+    assert_eq!(s.certificates[0].names, vec!["*.b.example", "a.example"]);
+    assert!(s.certificates[0].not_after_unix > 0);
+    let opts: Vec<_> = s.tls_options.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(opts, vec!["default", "modern@file"]);
+    assert!(s.tls_options[1].sni_strict);
+}
+
+#[test]
+fn bad_certificates_and_options_cost_only_themselves() {
+    let (c, _) = cert(&["a.example"]);
+    let (_, other_key) = cert(&["x.example"]);
+    let text = tls_yaml(
+        &c,
+        &other_key,
+        "    weak:\n      cipherSuites: [TLS_RSA_WITH_RC4_128_SHA]\n    auth:\n      clientAuth:\n        clientAuthType: RequireAndVerifyClientCert\n",
+    );
+    let (s, diags) = compile_yaml(&[("file", text.as_str())]);
+    assert!(s.certificates.is_empty());
+    let errs = errors(&diags);
     assert!(
-        errors(&diags)[0]
-            .1
-            .contains("TLS routers are not supported yet")
+        errs.iter()
+            .any(|(o, m)| o.starts_with("certificate/") && m.contains("does not match")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|(o, m)| o == "tlsoption/weak@file" && m.contains("not supported")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|(o, m)| o == "tlsoption/auth@file" && m.contains("needs at least one CA")),
+        "{errs:?}"
+    );
+    // The routers do not depend on the certificate: they still compile.
+    assert_eq!(s.routers.len(), 2);
+}
+
+#[test]
+fn default_options_defined_twice_are_dropped() {
+    let one = "tls:\n  options:\n    default:\n      minVersion: VersionTLS12\nhttp:\n  routers:\n    r:\n      rule: Path(`/`)\n      service: s\n      tls: {}\n  services:\n    s:\n      loadBalancer:\n        servers: [{url: 'http://127.0.0.1:1'}]\n";
+    let two = "tls:\n  options:\n    default:\n      minVersion: VersionTLS13\n";
+    let (s, diags) = compile_yaml(&[("file", one), ("etcd", two)]);
+    assert!(s.tls_options.iter().all(|o| o.name != "default"));
+    assert!(s.routers.is_empty(), "routers needing `default` fail too");
+    assert!(
+        errors(&diags)
+            .iter()
+            .any(|(_, m)| m.contains("defined by several providers"))
     );
 }

@@ -294,15 +294,25 @@ impl Tree {
                     reason: e.to_string(),
                 })?;
         }
-        let other = serde_yaml::from_value(Value::Mapping(top)).map_err(|e| DecodeError {
-            key: self.root.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut other: crate::dynamic::Extra = serde_yaml::from_value(Value::Mapping(top))
+            .map_err(|e| DecodeError {
+                key: self.root.clone(),
+                reason: e.to_string(),
+            })?;
+        let tls = other
+            .remove("tls")
+            .map(serde_yaml::from_value)
+            .transpose()
+            .map_err(|e| DecodeError {
+                key: format!("{}/tls", self.root),
+                reason: e.to_string(),
+            })?;
         let warnings = conv.warnings;
         Ok((
             DynamicConfig {
                 // Never `None`: an empty tree must remove the provider's routes.
                 http: Some(http),
+                tls,
                 other,
             },
             warnings,

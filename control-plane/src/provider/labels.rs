@@ -405,6 +405,7 @@ pub fn merge(
     (
         DynamicConfig {
             http: Some(out),
+            tls: None,
             other,
         },
         diags,
