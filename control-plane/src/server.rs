@@ -156,9 +156,25 @@ impl ControlPlane for ControlPlaneService {
         if current.snapshot.version.is_empty() {
             return Err(Status::unavailable("no snapshot compiled yet"));
         }
-        // Snapshots carry no private keys yet; redaction belongs here once TLS lands.
-        Ok(Response::new(current.snapshot.clone()))
+        Ok(Response::new(redacted(&current.snapshot)))
     }
+}
+
+/// A copy of the snapshot without private keys (invariant 7: keys leave the controller only in
+/// the Subscribe stream).
+pub fn redacted(snapshot: &pb::VersionedSnapshot) -> pb::VersionedSnapshot {
+    const REDACTED: &str = "(redacted)";
+    let mut copy = snapshot.clone();
+    if let Some(content) = copy.snapshot.as_mut() {
+        for cert in content
+            .certificates
+            .iter_mut()
+            .chain(content.default_certificate.iter_mut())
+        {
+            cert.key_pem = REDACTED.to_owned();
+        }
+    }
+    copy
 }
 
 /// One proxy's stream.

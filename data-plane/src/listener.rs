@@ -17,7 +17,7 @@ use hyper_util::{
 use switchyard_shared::drain;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::proxy::Handler;
+use crate::{proxy::Handler, tls::TlsState};
 
 /// Parses an entry-point address (`:80`, `0.0.0.0:80`, `[::1]:8080`, `localhost:80`).
 pub fn parse_listen_address(address: &str) -> Result<SocketAddr, String> {
@@ -169,28 +169,87 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let mut drain = drain.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.serve(req, peer).await) }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = drain.signaled() => {
-                    // Finish the request in flight, then close (HTTP/2: GOAWAY).
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            // Sniff for a TLS ClientHello only where TLS routers exist (Traefik does the same):
+            // plain-only entry points pay nothing.
+            let tls = {
+                let table = handler.table.load();
+                let has_tls_routes = table
+                    .entry_point(&handler.entry_point)
+                    .is_some_and(|t| !t.tls.is_empty());
+                table.tls.clone().filter(|_| has_tls_routes)
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let Some(tls) = tls else {
+                serve(TokioIo::new(stream), handler, peer, false, drain).await;
+                return;
+            };
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+                Ok(Ok(1)) => {
+                    serve(TokioIo::new(stream), handler, peer, false, drain).await;
+                    return;
+                }
+                _ => return,
+            }
+            match handshake(stream, &tls, &handler.entry_point).await {
+                Ok(stream) => serve(TokioIo::new(stream), handler, peer, true, drain).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             }
         });
+    }
+}
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Bound on sniffing and the TLS handshake, so idle sockets cannot pile up.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    tls: &TlsState,
+    entry_point: &str,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
+    let acceptor =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor)
+        .await
+        .map_err(|_| "timed out reading the ClientHello".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let config = tls
+        .config_for(entry_point, sni.as_deref())
+        .ok_or_else(|| "no TLS configuration".to_owned())?;
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+async fn serve<I>(io: I, handler: Handler, peer: SocketAddr, tls: bool, mut drain: drain::Watch)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.serve(req, peer, tls).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = drain.signaled() => {
+            // Finish the request in flight, then close (HTTP/2: GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -22,7 +22,7 @@ use hyper_util::{
 use crate::{
     middleware::{Action, split_host_port},
     router::{RequestView, routing_path},
-    state::Table,
+    state::{Redirect, Table},
 };
 
 /// The body of every response the proxy sends.
@@ -123,9 +123,15 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 impl Handler {
-    /// Serves one request; never fails (errors become responses).
-    pub async fn serve(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        match self.forward(req, peer).await {
+    /// Serves one request; never fails (errors become responses). `tls`: the connection was
+    /// TLS-terminated here (TLS routers apply, `X-Forwarded-Proto: https`).
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Response<Body> {
+        match self.forward(req, peer, tls).await {
             Ok(resp) => resp,
             Err(e) => {
                 if let ProxyError::Upstream(reason) = &e {
@@ -140,13 +146,18 @@ impl Handler {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
     ) -> Result<Response<Body>, ProxyError> {
         let table = self.table.load();
-        let routes = table
+        let tables = table
             .entry_point(&self.entry_point)
             .ok_or(ProxyError::NoRoute)?;
         let (mut parts, body) = req.into_parts();
         let host = request_host(&parts.uri, &parts.headers).to_owned();
+        if !tls && let Some(redirect) = &tables.redirect {
+            return Ok(entry_point_redirect(redirect, &host, &parts));
+        }
+        let routes = if tls { &tables.tls } else { &tables.plain };
         let route = {
             let path = routing_path(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
             let view = RequestView {
@@ -162,9 +173,10 @@ impl Handler {
         // Release the table: in-flight requests keep only what they use.
         drop(table);
 
-        set_forwarded_headers(&mut parts.headers, &host, peer, self.port);
+        let scheme = if tls { "https" } else { "http" };
+        set_forwarded_headers(&mut parts.headers, &host, peer, self.port, scheme);
         for m in &route.middlewares {
-            if let Action::Redirect(status, location) = m.on_request(&mut parts, "http") {
+            if let Action::Redirect(status, location) = m.on_request(&mut parts, scheme) {
                 let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
                 *resp.status_mut() = status;
                 resp.headers_mut().insert(header::LOCATION, location);
@@ -218,6 +230,39 @@ impl Handler {
     }
 }
 
+/// Traefik's entry-point redirection: same host (port replaced), same path and query.
+fn entry_point_redirect(
+    redirect: &Redirect,
+    host: &str,
+    parts: &http::request::Parts,
+) -> Response<Body> {
+    let (bare_host, _) = split_host_port(host);
+    let default_port = match redirect.scheme.as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => "",
+    };
+    let mut location = format!("{}://{bare_host}", redirect.scheme);
+    if !redirect.port.is_empty() && redirect.port != default_port {
+        location.push(':');
+        location.push_str(&redirect.port);
+    }
+    location.push_str(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    let get_like = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
+    let status = match (redirect.permanent, get_like) {
+        (true, true) => StatusCode::MOVED_PERMANENTLY,
+        (true, false) => StatusCode::PERMANENT_REDIRECT,
+        (false, true) => StatusCode::FOUND,
+        (false, false) => StatusCode::TEMPORARY_REDIRECT,
+    };
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
 /// The request host: the URI authority (absolute-form, HTTP/2 `:authority`), else `Host`.
 fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
     uri.authority()
@@ -228,7 +273,13 @@ fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
 
 /// Traefik (forwardedHeaders untrusted by default) drops client-supplied `X-Forwarded-*` and
 /// sets its own.
-fn set_forwarded_headers(headers: &mut HeaderMap, host: &str, peer: SocketAddr, port: u16) {
+fn set_forwarded_headers(
+    headers: &mut HeaderMap,
+    host: &str,
+    peer: SocketAddr,
+    port: u16,
+    scheme: &'static str,
+) {
     let ip = peer.ip().to_canonical().to_string();
     for h in [
         &X_FORWARDED_FOR,
@@ -244,7 +295,7 @@ fn set_forwarded_headers(headers: &mut HeaderMap, host: &str, peer: SocketAddr, 
         headers.insert(X_FORWARDED_FOR.clone(), v.clone());
         headers.insert(X_REAL_IP.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
@@ -307,6 +358,7 @@ mod tests {
             "a.example:8081",
             "127.0.0.2:5000".parse().unwrap(),
             80,
+            "http",
         );
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -19,6 +19,7 @@ use crate::{
     balance::Wrr,
     middleware::Middleware,
     router::{RouteInput, RouteTable},
+    tls::TlsState,
 };
 
 /// Why a snapshot cannot be applied. The message is what the NACK carries.
@@ -36,6 +37,20 @@ pub enum ApplyError {
     Middleware { middleware: String, reason: String },
     #[error("entry point {entry_point}: {reason}")]
     EntryPoint { entry_point: String, reason: String },
+    #[error("tls: {reason}")]
+    Tls { reason: String },
+}
+
+/// An error with its sources, `a: b: c` (the NACK should say everything).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Maximum depth of chains and weighted services (the controller already rejects cycles).
@@ -100,6 +115,23 @@ pub struct Route {
     pub service: Arc<ServiceHandle>,
 }
 
+/// Entry-point redirection (`http.redirections.entryPoint`) of plain-HTTP requests.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub scheme: String,
+    /// Empty: no port in the `Location`.
+    pub port: String,
+    pub permanent: bool,
+}
+
+/// The routes of one entry point: plain-HTTP routers and TLS routers never mix (Traefik).
+#[derive(Debug, Default)]
+pub struct EntryTables {
+    pub plain: RouteTable<Arc<Route>>,
+    pub tls: RouteTable<Arc<Route>>,
+    pub redirect: Option<Redirect>,
+}
+
 /// Everything the request path needs, swapped atomically per snapshot.
 #[derive(Debug, Default)]
 pub struct Table {
@@ -107,7 +139,9 @@ pub struct Table {
     pub generation: u64,
     /// Entry points declared by the snapshot: `(name, address)`.
     pub entry_points: Vec<(String, String)>,
-    routes: HashMap<String, RouteTable<Arc<Route>>>,
+    routes: HashMap<String, EntryTables>,
+    /// TLS material; `None` when no router uses TLS (connections are then never sniffed).
+    pub tls: Option<Arc<TlsState>>,
     services: HashMap<String, Arc<ServiceHandle>>,
     pub router_count: usize,
 }
@@ -115,7 +149,7 @@ pub struct Table {
 impl Table {
     /// The route table of an entry point.
     #[inline]
-    pub fn entry_point(&self, name: &str) -> Option<&RouteTable<Arc<Route>>> {
+    pub fn entry_point(&self, name: &str) -> Option<&EntryTables> {
         self.routes.get(name)
     }
 
@@ -143,7 +177,8 @@ impl Table {
         let services = build_services(&snapshot, previous)?;
         let middlewares = build_middlewares(&snapshot)?;
 
-        let mut per_ep: HashMap<&str, Vec<RouteInput<'_, Arc<Route>>>> = HashMap::new();
+        // (entry point, is TLS) → routes.
+        let mut per_ep: HashMap<(&str, bool), Vec<RouteInput<'_, Arc<Route>>>> = HashMap::new();
         let ep_names: HashSet<&str> = snapshot
             .entry_points
             .iter()
@@ -171,23 +206,44 @@ impl Table {
                 if !ep_names.contains(ep.as_str()) {
                     return Err(fail(format!("unknown entry point {ep}")));
                 }
-                per_ep.entry(ep.as_str()).or_default().push(RouteInput {
-                    name: &r.name,
-                    rule: &r.rule,
-                    priority: r.priority,
-                    payload: route.clone(),
-                });
+                per_ep
+                    .entry((ep.as_str(), r.tls.is_some()))
+                    .or_default()
+                    .push(RouteInput {
+                        name: &r.name,
+                        rule: &r.rule,
+                        priority: r.priority,
+                        payload: route.clone(),
+                    });
             }
         }
         let mut routes = HashMap::new();
         for ep in &snapshot.entry_points {
-            let inputs = per_ep.remove(ep.name.as_str()).unwrap_or_default();
-            let table = RouteTable::build(inputs).map_err(|e| ApplyError::EntryPoint {
-                entry_point: ep.name.clone(),
-                reason: e.to_string(),
-            })?;
-            routes.insert(ep.name.clone(), table);
+            let mut build = |tls: bool| {
+                let inputs = per_ep.remove(&(ep.name.as_str(), tls)).unwrap_or_default();
+                RouteTable::build(inputs).map_err(|e| ApplyError::EntryPoint {
+                    entry_point: ep.name.clone(),
+                    reason: error_chain(&e),
+                })
+            };
+            let tables = EntryTables {
+                plain: build(false)?,
+                tls: build(true)?,
+                redirect: ep.redirect.as_ref().map(|r| Redirect {
+                    scheme: r.scheme.clone(),
+                    port: r.port.clone(),
+                    permanent: r.permanent,
+                }),
+            };
+            routes.insert(ep.name.clone(), tables);
         }
+        let tls = if snapshot.routers.iter().any(|r| r.tls.is_some()) {
+            Some(Arc::new(
+                TlsState::build(&snapshot).map_err(|reason| ApplyError::Tls { reason })?,
+            ))
+        } else {
+            None
+        };
         Ok(Table {
             version: versioned.version.clone(),
             generation: versioned.generation,
@@ -197,6 +253,7 @@ impl Table {
                 .map(|e| (e.name.clone(), e.address.clone()))
                 .collect(),
             routes,
+            tls,
             services,
             router_count: snapshot.routers.len(),
         })

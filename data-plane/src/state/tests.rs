@@ -97,7 +97,9 @@ fn builds_routes_and_flattens_chains() {
     assert_eq!(t.version, "v1");
     assert_eq!(t.router_count, 1);
     let routes = t.entry_point("web").unwrap();
-    assert_eq!(routes.len(), 1);
+    assert_eq!(routes.plain.len(), 1);
+    assert!(routes.tls.is_empty());
+    assert!(t.tls.is_none(), "no TLS router, no TLS state");
     assert!(t.entry_point("other").is_none());
 }
 
