@@ -78,9 +78,15 @@ pub struct Controller {
 impl Controller {
     pub async fn start(providers_yaml: &str) -> Self {
         let text = format!(
-            "entryPoints:\n  web:\n    address: ':80'\ncontroller:\n  grpc:\n    address: 127.0.0.1:0\nproviders:\n{}",
+            "entryPoints:\n  web:\n    address: ':80'\nproviders:\n{}",
             indent(providers_yaml)
         );
+        Self::start_static(&text).await
+    }
+
+    /// Starts from a whole static configuration; a loopback gRPC port is added.
+    pub async fn start_static(static_yaml: &str) -> Self {
+        let text = format!("{static_yaml}\ncontroller:\n  grpc:\n    address: 127.0.0.1:0\n");
         let config = StaticConfig::parse(Path::new("static.yml"), &text)
             .unwrap_or_else(|e| panic!("static config rejected: {e}\n{text}"));
         let app = App::build(config).await.expect("controller builds");
@@ -175,14 +181,27 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(controller: &str) -> Self {
-        let state = TempDir::new("proxy-state");
         let web = free_port().await;
+        Self::start_with(controller, web, &[("web", web)]).await
+    }
+
+    /// A proxy whose entry points listen on the given local addresses; `web` is the one
+    /// [`Proxy::get`] uses.
+    pub async fn start_with(
+        controller: &str,
+        web: SocketAddr,
+        entry_points: &[(&str, SocketAddr)],
+    ) -> Self {
+        let state = TempDir::new("proxy-state");
         let config = switchyard_proxy::app::ProxyConfig {
             controllers: vec![controller.to_owned()],
             node_id: format!("test-{}", web.port()),
             state_dir: state.path().to_owned(),
             admin: "127.0.0.1:0".parse().expect("address"),
-            entry_point_overrides: [("web".to_owned(), web)].into_iter().collect(),
+            entry_point_overrides: entry_points
+                .iter()
+                .map(|(name, addr)| ((*name).to_owned(), *addr))
+                .collect(),
         };
         let app = switchyard_proxy::app::App::build(config)
             .await
