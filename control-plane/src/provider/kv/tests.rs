@@ -144,8 +144,8 @@ fn presence_marker_beside_children_and_unknown_fields_are_kept() {
     ])
     .unwrap();
     let http = config.http.unwrap();
-    let tls = &http.routers["r"].other["tls"];
-    assert_eq!(tls["certResolver"], Value::String("le".into()));
+    let tls = http.routers["r"].tls.as_ref().expect("tls block");
+    assert_eq!(tls.cert_resolver.as_deref(), Some("le"));
     assert!(config.other.contains_key("tcp"));
 }
 

@@ -60,7 +60,8 @@ fn labels_are_case_insensitive_and_lists_are_comma_separated() {
     let r = &http.routers["Web"];
     assert_eq!(r.entry_points, ["web", "websecure"]);
     assert_eq!(r.service, "svc");
-    assert!(r.other.contains_key("tls"));
+    let tls = r.tls.as_ref().expect("tls block");
+    assert_eq!(tls.domains[0].main, "a.example");
     assert_eq!(
         http.middlewares["strip"]
             .strip_prefix
