@@ -138,7 +138,7 @@ async fn controller_loss_costs_nothing_and_proxies_come_back() {
             let end = tokio::time::Instant::now() + Duration::from_secs(6);
             let mut i = 0u64;
             while tokio::time::Instant::now() < end && i < 20_000 {
-                let web = if i % 2 == 0 { a_web } else { b_web };
+                let web = if i.is_multiple_of(2) { a_web } else { b_web };
                 if serves(web, "one").await.is_err() {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
