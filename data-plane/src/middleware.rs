@@ -39,10 +39,19 @@ pub enum Action {
     Continue,
     /// Answer with this status and `Location`.
     Redirect(StatusCode, HeaderValue),
+    /// Answer 400: the request became unsafe to forward (stripPrefix left a `.` or `..`
+    /// segment, which Traefik ≥ 3.7.3 refuses).
+    Reject,
 }
 
 /// `X-Forwarded-Prefix`, set by stripPrefix.
 pub static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
+/// Request extension: stripPrefix removed the whole path. The URI then says `/` (what is sent
+/// upstream), but a following addPrefix must see the empty path Traefik has at that point, so
+/// `/api` stripped of `/api` and prefixed with `/v2` becomes `/v2`, not `/v2/`.
+#[derive(Clone, Copy, Debug)]
+struct EmptyPath;
 
 impl Middleware {
     /// Compiles a non-chain middleware. Chains are expanded by the caller.
@@ -87,15 +96,32 @@ impl Middleware {
                     } else {
                         format!("/{rest}")
                     };
-                    if let Ok(v) = HeaderValue::from_str(prefix) {
-                        parts.headers.insert(X_FORWARDED_PREFIX.clone(), v);
+                    if new_path
+                        .split('/')
+                        .any(|segment| segment == "." || segment == "..")
+                    {
+                        return Action::Reject;
                     }
+                    // Appended: each stripPrefix of a chain adds its value, as in Traefik.
+                    if let Ok(v) = HeaderValue::from_str(prefix) {
+                        parts.headers.append(X_FORWARDED_PREFIX.clone(), v);
+                    }
+                    let emptied = rest.is_empty();
                     set_path(&mut parts.uri, &new_path);
+                    if emptied {
+                        parts.extensions.insert(EmptyPath);
+                    } else {
+                        parts.extensions.remove::<EmptyPath>();
+                    }
                 }
                 Action::Continue
             }
             Middleware::AddPrefix(prefix) => {
-                let new_path = format!("{prefix}{}", parts.uri.path());
+                let path = match parts.extensions.remove::<EmptyPath>() {
+                    Some(EmptyPath) => "",
+                    None => parts.uri.path(),
+                };
+                let new_path = format!("{prefix}{path}");
                 set_path(&mut parts.uri, &new_path);
                 Action::Continue
             }
@@ -173,8 +199,9 @@ fn default_port(scheme: &str) -> Option<&'static str> {
 }
 
 /// Traefik's redirectScheme: same host (port replaced), same path and query; no redirect when
-/// the request already uses the target scheme and port. 301/308 when permanent, 302/307 when not
-/// (308/307 for methods other than GET and HEAD, so the body is replayed).
+/// the request already uses the target scheme and port (an unset port means the scheme's
+/// default, so `http` without a port redirects `host:8080` to `host`). 301/308 when permanent,
+/// 302/307 when not (308/307 for every method but GET, HEAD included, as Traefik 3.7 answers).
 fn redirect_scheme(
     parts: &request::Parts,
     scheme: &str,
@@ -190,7 +217,7 @@ fn redirect_scheme(
         .unwrap_or("");
     let (host, request_port) = split_host_port(raw_host);
     let effective_request_port = request_port.or(default_port(scheme));
-    if scheme == target && (port.is_none() || port == effective_request_port) {
+    if scheme == target && port.or(default_port(target)) == effective_request_port {
         return Action::Continue;
     }
     let mut location = format!("{target}://{host}");
@@ -207,10 +234,7 @@ fn redirect_scheme(
             .map(|pq| pq.as_str())
             .unwrap_or("/"),
     );
-    let status = match (
-        permanent,
-        parts.method == Method::GET || parts.method == Method::HEAD,
-    ) {
+    let status = match (permanent, parts.method == Method::GET) {
         (true, true) => StatusCode::MOVED_PERMANENTLY,
         (true, false) => StatusCode::PERMANENT_REDIRECT,
         (false, true) => StatusCode::FOUND,
@@ -272,6 +296,33 @@ mod tests {
         m.on_request(&mut p, "http");
         assert_eq!(p.uri.path(), "/nope");
         assert!(!p.headers.contains_key("x-forwarded-prefix"));
+    }
+
+    /// Traefik ≥ 3.7.3 answers 400 rather than forward `/./x` or `/../x`.
+    #[test]
+    fn strip_prefix_rejects_dot_segments() {
+        let m = Middleware::StripPrefix(vec!["/a".into()]);
+        for path in ["/a./x", "/a../x", "/a."] {
+            let mut p = parts("GET", path, "a");
+            assert!(
+                matches!(m.on_request(&mut p, "http"), Action::Reject),
+                "{path}"
+            );
+        }
+        let mut p = parts("GET", "/a.b/x", "a");
+        assert!(matches!(m.on_request(&mut p, "http"), Action::Continue));
+    }
+
+    #[test]
+    fn strip_prefix_appends_forwarded_prefix() {
+        let first = Middleware::StripPrefix(vec!["/t".into()]);
+        let second = Middleware::StripPrefix(vec!["/u".into()]);
+        let mut p = parts("GET", "/t/u/v", "a");
+        first.on_request(&mut p, "http");
+        second.on_request(&mut p, "http");
+        assert_eq!(p.uri.path(), "/v");
+        let values: Vec<_> = p.headers.get_all("x-forwarded-prefix").iter().collect();
+        assert_eq!(values, ["/t", "/u"]);
     }
 
     #[test]
@@ -362,7 +413,7 @@ mod tests {
                     assert_eq!(s, status);
                     assert_eq!(l, location);
                 }
-                Action::Continue => panic!("expected a redirect"),
+                other => panic!("expected a redirect, got {other:?}"),
             }
         }
     }
@@ -376,6 +427,57 @@ mod tests {
         };
         let mut p = parts("GET", "/", "a.example");
         assert!(matches!(m.on_request(&mut p, "http"), Action::Continue));
+    }
+
+    /// Observed on Traefik 3.7.15 (`tests/conformance/026-redirectscheme-http.yml`).
+    #[test]
+    fn redirect_to_same_scheme_without_port_means_default_port() {
+        let m = Middleware::RedirectScheme {
+            scheme: "http".into(),
+            port: None,
+            permanent: false,
+        };
+        for (host, redirected) in [("a.example:80", false), ("a.example:8080", true)] {
+            let mut p = parts("GET", "/x", host);
+            match m.on_request(&mut p, "http") {
+                Action::Redirect(status, location) => {
+                    assert!(redirected, "{host}");
+                    assert_eq!(status, StatusCode::FOUND);
+                    assert_eq!(location, "http://a.example/x");
+                }
+                Action::Continue => assert!(!redirected, "{host}"),
+                Action::Reject => panic!("unexpected rejection"),
+            }
+        }
+    }
+
+    #[test]
+    fn redirect_of_head_is_temporary_redirect() {
+        let m = Middleware::RedirectScheme {
+            scheme: "https".into(),
+            port: None,
+            permanent: false,
+        };
+        let mut p = parts("HEAD", "/", "a.example");
+        assert!(matches!(
+            m.on_request(&mut p, "http"),
+            Action::Redirect(StatusCode::TEMPORARY_REDIRECT, _)
+        ));
+    }
+
+    #[test]
+    fn add_prefix_after_stripping_everything_sees_an_empty_path() {
+        let strip = Middleware::StripPrefix(vec!["/api".into()]);
+        let add = Middleware::AddPrefix("/v2".into());
+        let mut p = parts("GET", "/api?z=1", "a");
+        strip.on_request(&mut p, "http");
+        assert_eq!(p.uri.to_string(), "/?z=1");
+        add.on_request(&mut p, "http");
+        assert_eq!(p.uri.to_string(), "/v2?z=1");
+        let mut p = parts("GET", "/api/", "a");
+        strip.on_request(&mut p, "http");
+        add.on_request(&mut p, "http");
+        assert_eq!(p.uri.path(), "/v2/");
     }
 
     #[test]

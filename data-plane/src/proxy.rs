@@ -3,7 +3,11 @@
 //! ([`error_response`], after linkerd's synthetic responses). No lock is taken and the table is
 //! loaded once per request.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -20,9 +24,9 @@ use hyper_util::{
 };
 
 use crate::{
-    middleware::{Action, split_host_port},
-    router::{RequestView, routing_path},
-    state::{Redirect, Table},
+    middleware::{Action, Middleware, split_host_port},
+    router::{RequestView, forwarded_path, routing_path},
+    state::{Redirect, Route, Table},
 };
 
 /// The body of every response the proxy sends.
@@ -33,30 +37,73 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 pub enum ProxyError {
     /// No router matched (404).
     NoRoute,
-    /// The path has an invalid escape (400).
+    /// The path has an invalid escape, or the request target is not a path (400).
     BadPath,
+    /// An HTTP/1.1 request without a `Host` header (400), as Go's server answers.
+    MissingHost,
+    /// Several `Host` headers (400), as Go's server answers.
+    SeveralHosts,
+    /// stripPrefix left `.` or `..` segments in the path (400, Traefik ≥ 3.7.3).
+    UnsafePath,
     /// The service has no server (503).
     NoServer,
     /// The upstream refused, reset or sent garbage (502).
     Upstream(String),
 }
 
-/// The one place errors become responses.
+/// The one place errors become responses. Bodies and headers are Traefik's, byte for byte (the
+/// conformance suite compares them): Go's `http.NotFound` for 404, Go's server for a request it
+/// cannot parse (400), Traefik's status text for 502.
 pub fn error_response(error: &ProxyError) -> Response<Body> {
-    let (status, text): (StatusCode, &'static str) = match error {
-        ProxyError::NoRoute => (StatusCode::NOT_FOUND, "404 page not found\n"),
-        ProxyError::BadPath => (StatusCode::BAD_REQUEST, "400 Bad Request\n"),
-        ProxyError::NoServer => (StatusCode::SERVICE_UNAVAILABLE, "no available server\n"),
-        ProxyError::Upstream(_) => (StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
-    };
+    const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+    let (status, text, content_type, nosniff): (StatusCode, &'static str, Option<&str>, bool) =
+        match error {
+            ProxyError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "404 page not found\n",
+                Some(TEXT_PLAIN),
+                true,
+            ),
+            ProxyError::BadPath | ProxyError::SeveralHosts => (
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request",
+                Some(TEXT_PLAIN),
+                false,
+            ),
+            ProxyError::MissingHost => (
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: missing required Host header",
+                Some(TEXT_PLAIN),
+                false,
+            ),
+            ProxyError::UnsafePath => (
+                StatusCode::BAD_REQUEST,
+                "Bad Request\n",
+                Some(TEXT_PLAIN),
+                true,
+            ),
+            ProxyError::NoServer => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no available server\n",
+                Some(TEXT_PLAIN),
+                true,
+            ),
+            ProxyError::Upstream(_) => (StatusCode::BAD_GATEWAY, "Bad Gateway", None, false),
+        };
     let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
         text.as_bytes(),
     ))));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    let headers = response.headers_mut();
+    if let Some(content_type) = content_type {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    if nosniff {
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    }
     response
 }
 
@@ -99,7 +146,8 @@ pub struct Handler {
     pub table: Arc<ArcSwap<Table>>,
     pub entry_point: Arc<str>,
     pub upstreams: Upstreams,
-    /// The local port, for `X-Forwarded-Port`.
+    /// The local port. (`X-Forwarded-Port` does not use it: Traefik sends the port of the
+    /// request host, else the scheme's default.)
     pub port: u16,
 }
 
@@ -109,6 +157,24 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_FORWARDED_SERVER: HeaderName = HeaderName::from_static("x-forwarded-server");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Forwarding headers Traefik drops from untrusted clients besides the ones it sets.
+static UNTRUSTED_FORWARDED: [HeaderName; 5] = [
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-tls-client-cert"),
+    HeaderName::from_static("x-forwarded-tls-client-cert-info"),
+];
+
+/// `X-Forwarded-Server`: this machine's host name, read once as Go's `os.Hostname` does on Linux.
+static HOSTNAME: LazyLock<Option<HeaderValue>> = LazyLock::new(|| {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .and_then(|name| HeaderValue::from_str(name.trim()).ok())
+        .filter(|name| !name.is_empty())
+});
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -133,12 +199,7 @@ impl Handler {
     ) -> Response<Body> {
         match self.forward(req, peer, tls).await {
             Ok(resp) => resp,
-            Err(e) => {
-                if let ProxyError::Upstream(reason) = &e {
-                    tracing::debug!(%reason, "upstream error");
-                }
-                error_response(&e)
-            }
+            Err(e) => error_response(&e),
         }
     }
 
@@ -153,6 +214,9 @@ impl Handler {
             .entry_point(&self.entry_point)
             .ok_or(ProxyError::NoRoute)?;
         let (mut parts, body) = req.into_parts();
+        if let Some(answer) = check_request(&mut parts)? {
+            return Ok(answer);
+        }
         let host = request_host(&parts.uri, &parts.headers).to_owned();
         if !tls && let Some(redirect) = &tables.redirect {
             return Ok(entry_point_redirect(redirect, &host, &parts));
@@ -174,28 +238,71 @@ impl Handler {
         drop(table);
 
         let scheme = if tls { "https" } else { "http" };
-        set_forwarded_headers(&mut parts.headers, &host, peer, self.port, scheme);
-        for m in &route.middlewares {
-            if let Action::Redirect(status, location) = m.on_request(&mut parts, scheme) {
-                let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
-                *resp.status_mut() = status;
-                resp.headers_mut().insert(header::LOCATION, location);
-                return Ok(resp);
+        set_forwarded_headers(&mut parts.headers, &host, peer, scheme);
+        for (i, m) in route.middlewares.iter().enumerate() {
+            match m.on_request(&mut parts, scheme) {
+                Action::Continue => {}
+                Action::Redirect(status, location) => {
+                    // Traefik writes the status text as the body, without a content type.
+                    let text = status.canonical_reason().unwrap_or_default();
+                    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
+                        text.as_bytes(),
+                    ))));
+                    *resp.status_mut() = status;
+                    resp.headers_mut().insert(header::LOCATION, location);
+                    return Ok(decorate(resp, &route.middlewares[..i]));
+                }
+                Action::Reject => {
+                    let resp = error_response(&ProxyError::UnsafePath);
+                    return Ok(decorate(resp, &route.middlewares[..i]));
+                }
             }
         }
+        let response = match self.send_upstream(&route, &host, parts, body).await {
+            Ok(response) => {
+                let (mut rparts, rbody) = response.into_parts();
+                // Answer in the client's protocol: an HTTP/1.0 upstream must not turn a keep-alive
+                // HTTP/1.1 client connection into a closing HTTP/1.0 one.
+                rparts.version = Version::HTTP_11;
+                strip_hop_by_hop(&mut rparts.headers);
+                Response::from_parts(rparts, Either::Left(rbody))
+            }
+            Err(e) => {
+                if let ProxyError::Upstream(reason) = &e {
+                    tracing::debug!(%reason, "upstream error");
+                }
+                error_response(&e)
+            }
+        };
+        // The service sits inside the middleware chain, as in Traefik: answers the proxy makes
+        // itself (502, 503) are decorated too.
+        Ok(decorate(response, &route.middlewares))
+    }
+
+    /// Picks a server and forwards the request to it.
+    async fn send_upstream(
+        &self,
+        route: &Route,
+        host: &str,
+        mut parts: http::request::Parts,
+        body: Incoming,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let (lb, server) = route.service.pick().ok_or(ProxyError::NoServer)?;
 
         strip_hop_by_hop(&mut parts.headers);
-        if lb.pass_host_header {
-            if !parts.headers.contains_key(HOST)
-                && let Ok(v) = HeaderValue::from_str(&host)
-            {
+        // Go's client sends the request host (the absolute-form authority wins over `Host`), and
+        // the server's address when that is empty.
+        let pass_host = lb.pass_host_header && !host.is_empty();
+        if pass_host && parts.uri.authority().is_some() {
+            if let Ok(v) = HeaderValue::from_str(host) {
                 parts.headers.insert(HOST, v);
             }
-        } else {
+        } else if !pass_host || !parts.headers.contains_key(HOST) {
             parts.headers.insert(HOST, server.host_header.clone());
         }
-        let path_and_query = upstream_path(&server.base_path, &parts.uri)?;
+        // Traefik ignores the path of a server URL unless `preservePath` (not supported yet) is
+        // set, so `server.base_path` is not prefixed.
+        let path_and_query = upstream_path("", &parts.uri)?;
         let mut uri_parts = http::uri::Parts::default();
         uri_parts.scheme = Some(Scheme::HTTP);
         uri_parts.authority = Some(server.authority.clone());
@@ -211,7 +318,7 @@ impl Handler {
         } else {
             &self.upstreams.http1
         };
-        let response = client
+        client
             .request(Request::from_parts(parts, body))
             .await
             .map_err(|e| {
@@ -220,14 +327,17 @@ impl Handler {
                 } else {
                     ProxyError::Upstream(format!("{}: {e}", server.url))
                 }
-            })?;
-        let (mut rparts, rbody) = response.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
-        for m in route.middlewares.iter().rev() {
-            m.on_response(&mut rparts);
-        }
-        Ok(Response::from_parts(rparts, Either::Left(rbody)))
+            })
     }
+}
+
+/// Runs the response phase of `middlewares` (innermost first) on `response`.
+fn decorate(response: Response<Body>, middlewares: &[Arc<Middleware>]) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    for m in middlewares.iter().rev() {
+        m.on_response(&mut parts);
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Traefik's entry-point redirection: same host (port replaced), same path and query.
@@ -263,6 +373,48 @@ fn entry_point_redirect(
     resp
 }
 
+/// What Go's server and Traefik's entry point do before routing: reject what Go cannot parse
+/// (400), answer `OPTIONS *` (200), and normalise the target as Traefik does — the path as
+/// [`forwarded_path`] gives it (what middlewares see and the backend receives) and `;` in the
+/// query read as `&` (Go's `AllowQuerySemicolons`, which Traefik applies).
+fn check_request(parts: &mut http::request::Parts) -> Result<Option<Response<Body>>, ProxyError> {
+    if parts.version == Version::HTTP_11 {
+        let mut hosts = parts.headers.get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) => return Err(ProxyError::MissingHost),
+            (Some(_), Some(_)) => return Err(ProxyError::SeveralHosts),
+            _ => {}
+        }
+    }
+    if parts.uri.path() == "*" && parts.uri.authority().is_none() {
+        if parts.method == http::Method::OPTIONS {
+            let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            return Ok(Some(resp));
+        }
+        return Err(ProxyError::BadPath);
+    }
+    // Authority-form (`GET host:80`) is for CONNECT only.
+    if parts.uri.scheme().is_none() && parts.uri.authority().is_some() {
+        return Err(ProxyError::BadPath);
+    }
+    let path = forwarded_path(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
+    let query = parts.uri.query().filter(|q| q.contains(';'));
+    if matches!(path, std::borrow::Cow::Borrowed(_)) && query.is_none() {
+        return Ok(None);
+    }
+    let query = parts.uri.query().map(|q| q.replace(';', "&"));
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| ProxyError::BadPath)?);
+    parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadPath)?;
+    Ok(None)
+}
+
 /// The request host: the URI authority (absolute-form, HTTP/2 `:authority`), else `Host`.
 fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
     uri.authority()
@@ -277,7 +429,6 @@ fn set_forwarded_headers(
     headers: &mut HeaderMap,
     host: &str,
     peer: SocketAddr,
-    port: u16,
     scheme: &'static str,
 ) {
     let ip = peer.ip().to_canonical().to_string();
@@ -288,7 +439,10 @@ fn set_forwarded_headers(
         &X_FORWARDED_PORT,
         &X_FORWARDED_SERVER,
         &X_REAL_IP,
-    ] {
+    ]
+    .into_iter()
+    .chain(&UNTRUSTED_FORWARDED)
+    {
         headers.remove(h);
     }
     if let Ok(v) = HeaderValue::from_str(&ip) {
@@ -296,17 +450,30 @@ fn set_forwarded_headers(
         headers.insert(X_REAL_IP.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    if let Ok(v) = HeaderValue::from_str(host) {
+    if !host.is_empty()
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
+    // The port of the request host, else the scheme's default — not the listening port.
     let forwarded_port = split_host_port(host)
         .1
         .and_then(|p| HeaderValue::from_str(p).ok())
-        .unwrap_or_else(|| HeaderValue::from(port));
+        .unwrap_or_else(|| HeaderValue::from_static(if scheme == "https" { "443" } else { "80" }));
     headers.insert(X_FORWARDED_PORT.clone(), forwarded_port);
+    if let Some(name) = &*HOSTNAME {
+        headers.insert(X_FORWARDED_SERVER.clone(), name.clone());
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Go's reverse proxy keeps `TE: trailers` (gRPC needs it) and drops any other `TE`.
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -323,6 +490,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // `Upgrade` is hop-by-hop as well; WebSocket pass-through is not supported yet.
     headers.remove(header::UPGRADE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 fn upstream_path(base: &str, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
@@ -353,17 +523,93 @@ mod tests {
     fn forwarded_headers_replace_client_values() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/evil"));
+        h.insert("x-forwarded-uri", HeaderValue::from_static("/evil"));
         set_forwarded_headers(
             &mut h,
             "a.example:8081",
             "127.0.0.2:5000".parse().unwrap(),
-            80,
             "http",
         );
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");
+        assert_eq!(h["x-real-ip"], "127.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example:8081");
         assert_eq!(h["x-forwarded-port"], "8081");
+        assert!(!h.contains_key("x-forwarded-prefix"));
+        assert!(!h.contains_key("x-forwarded-uri"));
+    }
+
+    /// Traefik: the port of the request host, else the scheme's default (not the listener's).
+    #[test]
+    fn forwarded_port_defaults_to_the_scheme_port() {
+        let peer = "127.0.0.2:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        set_forwarded_headers(&mut h, "a.example", peer, "http");
+        assert_eq!(h["x-forwarded-port"], "80");
+        set_forwarded_headers(&mut h, "a.example", peer, "https");
+        assert_eq!(h["x-forwarded-port"], "443");
+        set_forwarded_headers(&mut h, "", peer, "http");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn te_trailers_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip, trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("te"));
+    }
+
+    fn request(target: &str, hosts: &[&str]) -> http::request::Parts {
+        let mut builder = Request::builder().uri(target);
+        for h in hosts {
+            builder = builder.header(HOST, *h);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn requests_are_checked_like_go_does() {
+        let status = |target: &str, hosts: &[&str]| match check_request(&mut request(target, hosts))
+        {
+            Ok(None) => 0,
+            Ok(Some(resp)) => resp.status().as_u16(),
+            Err(e) => error_response(&e).status().as_u16(),
+        };
+        assert_eq!(status("/a", &["a"]), 0);
+        assert_eq!(status("/a", &[]), 400);
+        assert_eq!(status("/a", &["a", "b"]), 400);
+        assert_eq!(status("/a%zz", &["a"]), 400);
+        assert_eq!(status("a.example:80", &["a"]), 400);
+        assert_eq!(status("*", &["a"]), 400);
+        let mut options = request("*", &["a"]);
+        options.method = http::Method::OPTIONS;
+        assert_eq!(check_request(&mut options).unwrap().unwrap().status(), 200);
+    }
+
+    #[test]
+    fn target_is_normalised_before_routing() {
+        let target = |t: &str| {
+            let mut parts = request(t, &["a"]);
+            check_request(&mut parts).unwrap();
+            parts.uri.to_string()
+        };
+        assert_eq!(target("/a/../b%2f%7e?x=1"), "/b%2F~?x=1");
+        assert_eq!(target("/p?a=1;b=2"), "/p?a=1&b=2");
+        assert_eq!(target("/plain?q"), "/plain?q");
+    }
+
+    #[test]
+    fn error_bodies_are_traefiks() {
+        let not_found = error_response(&ProxyError::NoRoute);
+        assert_eq!(not_found.headers()["x-content-type-options"], "nosniff");
+        let bad_gateway = error_response(&ProxyError::Upstream("x".into()));
+        assert!(!bad_gateway.headers().contains_key("content-type"));
     }
 
     #[test]

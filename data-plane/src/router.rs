@@ -25,7 +25,7 @@ mod request;
 #[cfg(test)]
 mod tests;
 
-pub use request::{InvalidPath, normalize_host, routing_path};
+pub use request::{InvalidPath, forwarded_path, normalize_host, routing_path};
 use request::{canonical_host, query_pairs, query_unescape, strip_trailing_dot, unescape_eq};
 
 /// What the matcher reads of a request.

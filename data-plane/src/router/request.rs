@@ -123,6 +123,72 @@ pub fn routing_path(raw_path: &str) -> Result<Cow<'_, str>, InvalidPath> {
     })
 }
 
+/// The path Traefik (≥ 3.4.1) hands to middlewares and forwards upstream, from the raw request
+/// path: escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded, every other escape kept
+/// with upper-case hex (`normalizePath`: `/%7euser` → `/~user`, `/caf%c3%a9` → `/caf%C3%A9`,
+/// `/a%2fb` → `/a%2Fb`), then `//`, `.` and `..` resolved as for [`routing_path`]
+/// (`sanitizePath`: `/a/../b` → `/b`, `/a/%2E%2E/b` → `/b`).
+///
+/// Unlike the routing path, nothing else is decoded, so what the backend receives stays a valid
+/// escaped path; raw bytes that may not appear in a path (`"`, `{`, `|`, `\`, non-ASCII…) are
+/// escaped, as Go's `URL.EscapedPath` does. Borrows when nothing changes.
+pub fn forwarded_path(raw_path: &str) -> Result<Cow<'_, str>, InvalidPath> {
+    let bytes = raw_path.as_bytes();
+    if is_plain_and_clean(bytes) && bytes.iter().all(|&b| is_path_char(b)) {
+        return Ok(Cow::Borrowed(raw_path));
+    }
+    let normalized = normalize_escapes(raw_path)?;
+    Ok(match normalized {
+        Cow::Borrowed(path) if is_clean(path) => Cow::Borrowed(path),
+        Cow::Borrowed(path) => Cow::Owned(clean(path)),
+        Cow::Owned(path) if is_clean(&path) => Cow::Owned(path),
+        Cow::Owned(path) => Cow::Owned(clean(&path)),
+    })
+}
+
+/// A byte that may stand unescaped in a path as Go writes one (RFC 3986 `pchar`, `/`, and the
+/// `[` `]` Go leaves alone).
+fn is_path_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@[]/".contains(&b)
+}
+
+/// Step 1 of [`forwarded_path`]: unreserved escapes decoded, the others upper-cased, raw bytes
+/// that are not path characters escaped.
+fn normalize_escapes(raw: &str) -> Result<Cow<'_, str>, InvalidPath> {
+    let bytes = raw.as_bytes();
+    let Some(first) = bytes.iter().position(|&b| b == b'%' || !is_path_char(b)) else {
+        return Ok(Cow::Borrowed(raw));
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..first]);
+    let mut at = first;
+    while let Some(&c) = bytes.get(at) {
+        if c != b'%' {
+            if is_path_char(c) {
+                out.push(c);
+            } else {
+                push_escape(&mut out, c);
+            }
+            at += 1;
+            continue;
+        }
+        let b = escaped_byte(bytes, at).ok_or(InvalidPath)?;
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            push_escape(&mut out, b);
+        }
+        at += 3;
+    }
+    if out == bytes {
+        return Ok(Cow::Borrowed(raw));
+    }
+    // Valid by construction: every byte written is ASCII.
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| InvalidPath)
+}
+
 /// The hot path in one loop: rooted, no escape, no empty (but the last), `.` or `..` segment.
 fn is_plain_and_clean(path: &[u8]) -> bool {
     let [b'/', rest @ ..] = path else {

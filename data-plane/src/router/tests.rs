@@ -544,6 +544,41 @@ fn routing_path_normalises() {
     }
 }
 
+/// Observed on Traefik 3.7.15 by the conformance suite (`tests/conformance/008-*`, `009-*`).
+#[test]
+fn forwarded_path_decodes_only_unreserved_escapes_and_cleans() {
+    let cases = [
+        ("/", "/"),
+        ("/foo/bar", "/foo/bar"),
+        ("/%66oo/bar", "/foo/bar"),
+        ("/%7euser", "/~user"),
+        ("/foo%2fbar", "/foo%2Fbar"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+        ("/caf%C3%A9", "/caf%C3%A9"),
+        ("/a%20b", "/a%20b"),
+        ("/a%ff", "/a%FF"),
+        ("/a%3bb", "/a%3Bb"),
+        ("/public/../admin", "/admin"),
+        ("/public/%2e%2e/admin", "/admin"),
+        ("/public/..%2Fadmin", "/public/..%2Fadmin"),
+        ("//admin", "/admin"),
+        ("/x/y/../", "/x/"),
+        ("/x/.", "/x"),
+        ("/a/...", "/a/..."),
+        ("/a\"b", "/a%22b"),
+        ("/a{b}|^\\", "/a%7Bb%7D%7C%5E%5C"),
+        ("/café", "/caf%C3%A9"),
+        ("/a:b@c!$&'()*,;=[]", "/a:b@c!$&'()*,;=[]"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(forwarded_path(raw).as_deref(), Ok(want), "{raw:?}");
+    }
+    assert!(matches!(forwarded_path("/a%2Fb"), Ok(Cow::Borrowed(_))));
+    for raw in ["/%zz", "/%4", "/a%"] {
+        assert_eq!(forwarded_path(raw), Err(InvalidPath), "{raw:?}");
+    }
+}
+
 #[test]
 fn routing_path_rejects_invalid_escapes() {
     for raw in ["/%zz", "/%4", "/%", "/a%g0", "/%%41", "/%C3%", "/ok/%2"] {
