@@ -298,52 +298,19 @@ pub(super) fn resolve_middleware_refs(
     middlewares: &mut BTreeMap<String, Middleware>,
     diags: &mut Vec<Diagnostic>,
 ) {
-    loop {
-        let mut bad: Vec<(String, String)> = Vec::new();
-        for (name, m) in middlewares.iter() {
-            if let MiddlewareKind::Chain(children) = &m.kind {
-                if let Some(missing) = children.iter().find(|c| !middlewares.contains_key(*c)) {
-                    bad.push((
-                        name.clone(),
-                        format!("middleware \"{missing}\" does not exist"),
-                    ));
-                } else if chain_depth(middlewares, name, 0).is_none() {
-                    bad.push((
-                        name.clone(),
-                        "recursion detected in chain (or nested too deep)".into(),
-                    ));
-                }
-            }
-        }
-        if bad.is_empty() {
-            return;
-        }
-        for (name, message) in bad {
-            let provider = name.rsplit_once('@').map_or("", |(_, p)| p).to_owned();
-            diags.push(Diagnostic::error(
-                provider,
-                format!("middleware/{name}"),
-                message,
-            ));
-            middlewares.remove(&name);
-        }
-    }
-}
-
-fn chain_depth(all: &BTreeMap<String, Middleware>, name: &str, depth: usize) -> Option<usize> {
-    if depth > MAX_REF_DEPTH {
-        return None;
-    }
-    match all.get(name).map(|m| &m.kind) {
-        Some(MiddlewareKind::Chain(children)) => {
-            let mut max = depth;
-            for c in children {
-                max = max.max(chain_depth(all, c, depth + 1)?);
-            }
-            Some(max)
-        }
-        _ => Some(depth),
-    }
+    resolve_refs(
+        middlewares,
+        |m| match &m.kind {
+            MiddlewareKind::Chain(children) => Some(children.iter().map(String::as_str).collect()),
+            _ => None,
+        },
+        RefKind {
+            object: "middleware",
+            missing: |name| format!("middleware \"{name}\" does not exist"),
+            cycle: "recursion detected in chain (or nested too deep)",
+        },
+        diags,
+    );
 }
 
 /// Drops weighted services that reference missing/failed services or form a cycle.
@@ -351,21 +318,48 @@ pub(super) fn resolve_service_refs(
     services: &mut BTreeMap<String, Service>,
     diags: &mut Vec<Diagnostic>,
 ) {
+    resolve_refs(
+        services,
+        |s| match &s.kind {
+            ServiceKind::Weighted(children) => {
+                Some(children.iter().map(|c| c.name.as_str()).collect())
+            }
+            _ => None,
+        },
+        RefKind {
+            object: "service",
+            missing: |name| format!("the service \"{name}\" does not exist"),
+            cycle: "recursion detected in weighted service (or nested too deep)",
+        },
+        diags,
+    );
+}
+
+/// How to report a broken reference of one object kind.
+struct RefKind {
+    object: &'static str,
+    missing: fn(&str) -> String,
+    cycle: &'static str,
+}
+
+/// Removes, to a fixed point, every object whose children (`children` returns `None` for leaf
+/// objects) are missing, were removed, or form a cycle — Traefik's cascade.
+fn resolve_refs<T>(
+    objects: &mut BTreeMap<String, T>,
+    children: impl Fn(&T) -> Option<Vec<&str>>,
+    kind: RefKind,
+    diags: &mut Vec<Diagnostic>,
+) {
     loop {
         let mut bad: Vec<(String, String)> = Vec::new();
-        for (name, s) in services.iter() {
-            if let ServiceKind::Weighted(children) = &s.kind {
-                if let Some(missing) = children.iter().find(|c| !services.contains_key(&c.name)) {
-                    bad.push((
-                        name.clone(),
-                        format!("the service \"{}\" does not exist", missing.name),
-                    ));
-                } else if service_depth(services, name, 0).is_none() {
-                    bad.push((
-                        name.clone(),
-                        "recursion detected in weighted service (or nested too deep)".into(),
-                    ));
-                }
+        for (name, object) in objects.iter() {
+            let Some(refs) = children(object) else {
+                continue;
+            };
+            if let Some(missing) = refs.iter().find(|c| !objects.contains_key(**c)) {
+                bad.push((name.clone(), (kind.missing)(missing)));
+            } else if depth(objects, &children, name, 0).is_none() {
+                bad.push((name.clone(), kind.cycle.to_owned()));
             }
         }
         if bad.is_empty() {
@@ -375,26 +369,32 @@ pub(super) fn resolve_service_refs(
             let provider = name.rsplit_once('@').map_or("", |(_, p)| p).to_owned();
             diags.push(Diagnostic::error(
                 provider,
-                format!("service/{name}"),
+                format!("{}/{name}", kind.object),
                 message,
             ));
-            services.remove(&name);
+            objects.remove(&name);
         }
     }
 }
 
-fn service_depth(all: &BTreeMap<String, Service>, name: &str, depth: usize) -> Option<usize> {
-    if depth > MAX_REF_DEPTH {
+/// Nesting depth below `name`, or `None` past `MAX_REF_DEPTH` (which a cycle always reaches).
+fn depth<T>(
+    all: &BTreeMap<String, T>,
+    children: &impl Fn(&T) -> Option<Vec<&str>>,
+    name: &str,
+    level: usize,
+) -> Option<usize> {
+    if level > MAX_REF_DEPTH {
         return None;
     }
-    match all.get(name).map(|s| &s.kind) {
-        Some(ServiceKind::Weighted(children)) => {
-            let mut max = depth;
-            for c in children {
-                max = max.max(service_depth(all, &c.name, depth + 1)?);
+    match all.get(name).and_then(children) {
+        Some(refs) => {
+            let mut max = level;
+            for c in refs {
+                max = max.max(depth(all, children, c, level + 1)?);
             }
             Some(max)
         }
-        _ => Some(depth),
+        None => Some(level),
     }
 }
