@@ -109,9 +109,9 @@ pub struct ProvidersConfig {
     pub consul_catalog: Option<ConsulCatalogProviderConfig>,
 }
 
-/// `tls` of a KV/Consul provider (Traefik's `ca`, `cert`, `key`, `insecureSkipVerify`). Accepted
-/// so configurations parse, but not supported yet: setting it is a start-up error (see
-/// docs/compatibility.md).
+/// `tls` of a KV/Consul provider (Traefik's `ca`, `cert`, `key`, `insecureSkipVerify`): the CA
+/// to trust (default: the system bundle), an optional client certificate, or no verification at
+/// all (warned). Files are checked at start-up; errors name the option.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientTlsConfig {
@@ -223,7 +223,7 @@ pub struct ConsulEndpointConfig {
     /// `host:port` or `http://host:port`. Default `127.0.0.1:8500`.
     #[serde(default = "default_consul_address")]
     pub address: String,
-    /// `http` (default); `https` needs `tls`, which is not supported yet.
+    /// `http` (default) or `https` (trusts `tls.ca`, else the system bundle).
     #[serde(default)]
     pub scheme: Option<String>,
     /// `?dc=` on every query.

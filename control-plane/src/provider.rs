@@ -3,6 +3,7 @@
 //! or a parse error it reports its status and sends nothing: its last good configuration stays in
 //! service. A provider never decides what other providers do.
 
+pub mod client_tls;
 pub mod consul_catalog;
 pub mod file;
 pub mod kv;

@@ -27,28 +27,73 @@ struct Etcd {
     client: SocketAddr,
     peer: SocketAddr,
     child: Option<Child>,
+    /// Serve clients over TLS and require client certificates (files in `dir`).
+    tls: bool,
 }
 
 impl Etcd {
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(tls: bool) -> Self {
         let mut etcd = Self {
             dir: TempDir::new("etcd"),
             client: free_port().await,
             peer: free_port().await,
             child: None,
+            tls,
         };
+        if tls {
+            etcd.write_pki();
+        }
         etcd.spawn().await;
         etcd
     }
 
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+    fn write_pki(&self) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        std::fs::write(self.file("ca.pem"), ca.pem()).unwrap();
+        for (name, sans) in [
+            ("server", vec!["127.0.0.1".to_owned()]),
+            ("client", vec!["switchyard".to_owned()]),
+        ] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(sans)
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            std::fs::write(self.file(&format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(self.file(&format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
     fn url(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     async fn spawn(&mut self) {
         let peer = format!("http://{}", self.peer);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("log file");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if self.tls {
+            command
+                .arg(format!("--cert-file={}", self.file("server.pem")))
+                .arg(format!("--key-file={}", self.file("server-key.pem")))
+                .arg(format!("--trusted-ca-file={}", self.file("ca.pem")))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=default")
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={}", self.url()))
@@ -82,7 +127,14 @@ impl Etcd {
     }
 
     async fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new("etcdctl")
+        let mut command = Command::new("etcdctl");
+        if self.tls {
+            command
+                .arg(format!("--cacert={}", self.file("ca.pem")))
+                .arg(format!("--cert={}", self.file("client.pem")))
+                .arg(format!("--key={}", self.file("client-key.pem")));
+        }
+        let output = command
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.url()))
             .arg("--command-timeout=5s")
@@ -484,4 +536,46 @@ async fn dropped_watch_replays_missed_changes_and_compaction_forces_a_reread() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn mutual_tls_to_etcd() {
+    let etcd = Etcd::start_with(true).await;
+    let a = backend("backend-a").await;
+    put_route(&etcd, "web", "tls.example", "svc", a).await;
+
+    // The right CA and client certificate: routes arrive.
+    let controller = Controller::start(&format!(
+        "etcd:\n  endpoints: ['{}']\n  rootKey: traefik\n  tls:\n    ca: {}\n    cert: {}\n    key: {}\n",
+        etcd.client,
+        etcd.file("ca.pem"),
+        etcd.file("client.pem"),
+        etcd.file("client-key.pem"),
+    ))
+    .await;
+    let proxy = Proxy::start(&controller.url).await;
+    traffic(&proxy, "tls.example", "backend-a").await;
+
+    // No client certificate: etcd refuses the handshake and the provider says so.
+    let refused = Controller::start(&format!(
+        "etcd:\n  endpoints: ['{}']\n  rootKey: traefik\n  tls:\n    ca: {}\n",
+        etcd.client,
+        etcd.file("ca.pem"),
+    ))
+    .await;
+    let status = eventually(
+        "the refused provider reports an error",
+        DEADLINE,
+        || async {
+            let p = refused.provider("etcd").await?;
+            if !p.healthy && !p.error.is_empty() {
+                Ok(p)
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(status.error.contains("etcd"), "{status:?}");
+    assert!(refused.routes().await.unwrap().routers.is_empty());
 }

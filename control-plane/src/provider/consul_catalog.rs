@@ -26,9 +26,9 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use super::{
-    Provider, ProviderSink, ProviderTask,
+    Provider, ProviderSink, ProviderTask, client_tls,
     kv::{
-        Reporter, TLS_UNSUPPORTED,
+        Reporter,
         consul::{ConsulClient, ConsulError, ConsulOptions, DEFAULT_WAIT, next_index},
     },
     labels::{self, DefaultRule, Instance},
@@ -59,8 +59,18 @@ pub fn validate_config(providers: &ProvidersConfig) -> Result<(), String> {
     let Some(c) = &providers.consul_catalog else {
         return Ok(());
     };
-    if c.endpoint.tls.is_some() || c.endpoint.scheme.as_deref().is_some_and(|s| s != "http") {
-        return Err(TLS_UNSUPPORTED.replace("{}", "providers.consulCatalog.endpoint.tls"));
+    if c.endpoint
+        .scheme
+        .as_deref()
+        .is_some_and(|s| s != "http" && s != "https")
+    {
+        return Err(format!(
+            "providers.consulCatalog.endpoint.scheme: `{}` is not http or https",
+            c.endpoint.scheme.as_deref().unwrap_or_default()
+        ));
+    }
+    if let Some(tls) = &c.endpoint.tls {
+        client_tls::client_config(tls, "providers.consulCatalog.endpoint.tls")?;
     }
     if c.connect_aware || c.connect_by_default {
         return Err(
@@ -133,7 +143,12 @@ impl ConsulCatalogProvider {
         }
         Self {
             options: ConsulOptions {
-                endpoints: vec![endpoint.address.clone()],
+                endpoints: vec![match endpoint.scheme.as_deref() {
+                    Some(scheme) if !endpoint.address.contains("://") => {
+                        format!("{scheme}://{}", endpoint.address)
+                    }
+                    _ => endpoint.address.clone(),
+                }],
                 token: endpoint.token.clone(),
                 basic_auth: endpoint
                     .http_auth
@@ -141,6 +156,10 @@ impl ConsulCatalogProvider {
                     .map(|a| (a.username.clone(), a.password.clone())),
                 query,
                 wait: endpoint.endpoint_wait_time.unwrap_or(DEFAULT_WAIT),
+                tls: endpoint
+                    .tls
+                    .clone()
+                    .map(|t| (t, "providers.consulCatalog.endpoint.tls".to_owned())),
             },
             prefix: config.prefix.trim_end_matches('.').to_owned(),
             exposed_by_default: config.exposed_by_default,

@@ -43,8 +43,8 @@ pub fn validate_config(providers: &ProvidersConfig) -> Result<(), String> {
         if etcd.root_key.trim_matches('/').is_empty() {
             return Err("providers.etcd.rootKey must not be empty".into());
         }
-        if etcd.tls.is_some() {
-            return Err(TLS_UNSUPPORTED.replace("{}", "providers.etcd.tls"));
+        if let Some(tls) = &etcd.tls {
+            super::client_tls::client_config(tls, "providers.etcd.tls")?;
         }
     }
     if let Some(consul) = &providers.consul {
@@ -54,8 +54,8 @@ pub fn validate_config(providers: &ProvidersConfig) -> Result<(), String> {
         if consul.root_key.trim_matches('/').is_empty() {
             return Err("providers.consul.rootKey must not be empty".into());
         }
-        if consul.tls.is_some() || consul.endpoints.iter().any(|e| e.starts_with("https://")) {
-            return Err(TLS_UNSUPPORTED.replace("{}", "providers.consul.tls"));
+        if let Some(tls) = &consul.tls {
+            super::client_tls::client_config(tls, "providers.consul.tls")?;
         }
         if !consul.namespaces.is_empty() {
             return Err(
@@ -66,10 +66,6 @@ pub fn validate_config(providers: &ProvidersConfig) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// Shared wording for the TLS options Switchyard does not implement yet.
-pub(crate) const TLS_UNSUPPORTED: &str = "{}: TLS to the configuration store is not supported \
-     yet; connect over plain HTTP on a trusted network (see docs/compatibility.md)";
 
 /// Tells the aggregator about a (re)decoded state without repeating itself: an unchanged
 /// configuration is not sent again, unless an error was reported since (so the provider's status

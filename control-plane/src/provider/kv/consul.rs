@@ -19,6 +19,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -31,8 +32,8 @@ use tokio::sync::watch;
 
 use super::{Reporter, decode};
 use crate::{
-    config::ConsulKvProviderConfig,
-    provider::{Provider, ProviderSink, ProviderTask},
+    config::{ClientTlsConfig, ConsulKvProviderConfig},
+    provider::{Provider, ProviderSink, ProviderTask, client_tls},
 };
 
 /// The provider name (`name@consul`).
@@ -54,8 +55,10 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// A Consul API call that failed.
 #[derive(Debug, Error)]
 pub enum ConsulError {
-    #[error("consul endpoint `{0}` is not a valid http:// address")]
+    #[error("consul endpoint `{0}` is not a valid http:// or https:// address")]
     Endpoint(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot reach consul at {endpoint}: {source}")]
     Unreachable {
         endpoint: String,
@@ -105,6 +108,8 @@ pub struct ConsulOptions {
     pub query: Vec<(String, String)>,
     /// The `wait` of blocking queries (capped at Consul's 10 minutes).
     pub wait: Duration,
+    /// TLS to Consul (`https://` endpoints) and the option name errors should cite.
+    pub tls: Option<(ClientTlsConfig, String)>,
 }
 
 /// One answer to a (blocking) GET.
@@ -121,7 +126,7 @@ pub struct Answer {
 pub struct ConsulClient {
     options: ConsulOptions,
     bases: Vec<String>,
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// Index of the endpoint that answered last.
     current: usize,
 }
@@ -137,7 +142,9 @@ impl ConsulClient {
                 } else {
                     format!("http://{}", e.trim_end_matches('/'))
                 };
-                if base.starts_with("http://") && base.len() > "http://".len() {
+                let plain = base.starts_with("http://") && base.len() > "http://".len();
+                let tls = base.starts_with("https://") && base.len() > "https://".len();
+                if plain || tls {
                     Ok(base)
                 } else {
                     Err(ConsulError::Endpoint(e.clone()))
@@ -150,9 +157,22 @@ impl ConsulClient {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(3)));
         connector.set_nodelay(true);
+        let tls_config = match &options.tls {
+            Some((tls, option)) => client_tls::client_config(tls, option),
+            None if bases.iter().any(|b| b.starts_with("https://")) => {
+                client_tls::client_config(&ClientTlsConfig::default(), "consul https endpoint")
+            }
+            // Plain HTTP only: the TLS side of the connector is never used.
+            None => Ok(client_tls::plain_only()),
+        }
+        .map_err(ConsulError::Tls)?;
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(client_tls::connector(
+                tls_config,
+                connector,
+                client_tls::Alpn::Http1,
+            ));
         Ok(Self {
             options,
             bases,
@@ -330,6 +350,10 @@ impl ConsulKvProvider {
                 basic_auth: None,
                 query: Vec::new(),
                 wait: DEFAULT_WAIT,
+                tls: config
+                    .tls
+                    .clone()
+                    .map(|t| (t, "providers.consul.tls".to_owned())),
             },
         }
     }

@@ -23,9 +23,10 @@ use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
 use super::{Reporter, decode};
 use crate::{
-    config::EtcdProviderConfig,
-    provider::{Provider, ProviderSink, ProviderTask},
+    config::{ClientTlsConfig, EtcdProviderConfig},
+    provider::{Provider, ProviderSink, ProviderTask, client_tls},
 };
+use hyper_util::client::legacy::connect::HttpConnector;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 mod pb {
@@ -56,6 +57,8 @@ pub enum EtcdError {
     },
     #[error("no etcd endpoint is configured")]
     NoEndpoints,
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot connect to etcd at {endpoints}: {source}")]
     Connect {
         endpoints: String,
@@ -90,17 +93,29 @@ pub struct EtcdProvider {
     endpoints: Vec<String>,
     root_key: String,
     credentials: Option<(String, String)>,
+    /// `providers.etcd.tls`; with it, endpoints default to `https://`.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl EtcdProvider {
     pub fn new(config: &EtcdProviderConfig) -> Self {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Self {
-            endpoints: config.endpoints.iter().map(|e| with_scheme(e)).collect(),
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|e| with_scheme(e, scheme))
+                .collect(),
             root_key: config.root_key.trim_matches('/').to_owned(),
             credentials: config
                 .username
                 .clone()
                 .map(|u| (u, config.password.clone().unwrap_or_default())),
+            tls: config.tls.clone(),
         }
     }
 }
@@ -115,11 +130,11 @@ impl Provider for EtcdProvider {
     }
 }
 
-fn with_scheme(endpoint: &str) -> String {
+fn with_scheme(endpoint: &str, scheme: &str) -> String {
     if endpoint.contains("://") {
         endpoint.to_owned()
     } else {
-        format!("http://{endpoint}")
+        format!("{scheme}://{endpoint}")
     }
 }
 
@@ -172,7 +187,7 @@ async fn session(
     backoff: &mut Backoff,
     first_endpoint: usize,
 ) -> Result<(), EtcdError> {
-    let channel = connect(&provider.endpoints, first_endpoint).await?;
+    let channel = connect(&provider.endpoints, first_endpoint, provider.tls.as_ref()).await?;
     let token = match &provider.credentials {
         Some((user, password)) => Some(authenticate(channel.clone(), user, password).await?),
         None => None,
@@ -296,7 +311,21 @@ async fn emit(provider: &EtcdProvider, sink: &ProviderSink, mirror: &mut Mirror)
         .await;
 }
 
-async fn connect(endpoints: &[String], first: usize) -> Result<Channel, EtcdError> {
+async fn connect(
+    endpoints: &[String],
+    first: usize,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, EtcdError> {
+    let needs_tls = tls.is_some() || endpoints.iter().any(|e| e.starts_with("https://"));
+    let tls_config = if needs_tls {
+        let default = ClientTlsConfig::default();
+        Some(
+            client_tls::client_config(tls.unwrap_or(&default), "providers.etcd.tls")
+                .map_err(EtcdError::Tls)?,
+        )
+    } else {
+        None
+    };
     let mut last_error = None;
     for i in 0..endpoints.len() {
         let endpoint = &endpoints[(first + i) % endpoints.len()];
@@ -309,7 +338,23 @@ async fn connect(endpoints: &[String], first: usize) -> Result<Channel, EtcdErro
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        match target.connect().await {
+        let connected = match &tls_config {
+            Some(config) => {
+                let mut base = HttpConnector::new();
+                base.set_connect_timeout(Some(CONNECT_TIMEOUT));
+                base.set_nodelay(true);
+                target
+                    // gRPC over TLS negotiates HTTP/2 through ALPN.
+                    .connect_with_connector(client_tls::connector(
+                        config.clone(),
+                        base,
+                        client_tls::Alpn::Http2,
+                    ))
+                    .await
+            }
+            None => target.connect().await,
+        };
+        match connected {
             Ok(channel) => return Ok(channel),
             Err(e) => last_error = Some(e),
         }
@@ -389,7 +434,8 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_scheme() {
-        assert_eq!(with_scheme("127.0.0.1:2379"), "http://127.0.0.1:2379");
-        assert_eq!(with_scheme("https://e:2379"), "https://e:2379");
+        assert_eq!(with_scheme("127.0.0.1:2379", "http"), "http://127.0.0.1:2379");
+        assert_eq!(with_scheme("127.0.0.1:2379", "https"), "https://127.0.0.1:2379");
+        assert_eq!(with_scheme("https://e:2379", "http"), "https://e:2379");
     }
 }
