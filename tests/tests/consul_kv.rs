@@ -166,3 +166,54 @@ async fn malformed_key_and_agent_outage_keep_the_last_good_config() {
     provider_healthy(&controller, true).await;
     traffic(&proxy, "web.example", "backend-a").await;
 }
+
+#[tokio::test]
+async fn kv_over_https_trusts_the_configured_ca() {
+    // A CA and a server certificate for 127.0.0.1, as an agent with `tls.https` would have.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let sim = ConsulSim::start_tls(server).await.unwrap();
+    let dir = support::TempDir::new("consul-tls");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let a = backend("backend-a").await;
+    put_route(&sim, "web", "tls.example", "svc", a);
+
+    let controller = Controller::start(&format!(
+        "consul:\n  endpoints: ['https://{}']\n  rootKey: traefik\n  tls:\n    ca: {}\n",
+        sim.address(),
+        ca_file.display()
+    ))
+    .await;
+    let proxy = Proxy::start(&controller.url).await;
+    traffic(&proxy, "tls.example", "backend-a").await;
+
+    // Without the CA, the agent's certificate is not trusted: an error, no routes.
+    let untrusted = Controller::start(&format!(
+        "consul:\n  endpoints: ['https://{}']\n  rootKey: traefik\n",
+        sim.address()
+    ))
+    .await;
+    let error = provider_healthy(&untrusted, false).await;
+    assert!(!error.is_empty());
+    assert!(untrusted.routes().await.unwrap().routers.is_empty());
+}

@@ -144,11 +144,22 @@ pub struct ConsulSim {
     shared: Arc<Shared>,
     addr: SocketAddr,
     server: Option<JoinHandle<()>>,
+    /// Serve HTTPS with this config (as an agent with `tls.https` configured).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ConsulSim {
     /// Starts the simulator on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Starts the simulator serving HTTPS with `tls`.
+    pub async fn start_tls(tls: rustls::ServerConfig) -> std::io::Result<Self> {
+        Self::start_with(Some(Arc::new(tls))).await
+    }
+
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (changes, _) = watch::channel(0);
@@ -156,11 +167,12 @@ impl ConsulSim {
             state: Mutex::new(State::default()),
             changes,
         });
-        let server = Some(tokio::spawn(serve(listener, shared.clone())));
+        let server = Some(tokio::spawn(serve(listener, shared.clone(), tls.clone())));
         Ok(Self {
             shared,
             addr,
             server,
+            tls,
         })
     }
 
@@ -181,7 +193,11 @@ impl ConsulSim {
     pub async fn resume(&mut self) -> std::io::Result<()> {
         if self.server.is_none() {
             let listener = TcpListener::bind(self.addr).await?;
-            self.server = Some(tokio::spawn(serve(listener, self.shared.clone())));
+            self.server = Some(tokio::spawn(serve(
+                listener,
+                self.shared.clone(),
+                self.tls.clone(),
+            )));
         }
         Ok(())
     }
@@ -347,7 +363,7 @@ impl Drop for ConsulSim {
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<rustls::ServerConfig>>) {
     // Connections live in this set: aborting the accept task drops it and cuts them all.
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -357,14 +373,28 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let Ok((stream, _)) = accepted else { continue };
         let shared = shared.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(&shared, req).await) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(config) => {
+                    let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await
+                    else {
+                        return;
+                    };
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+            }
         });
     }
 }
