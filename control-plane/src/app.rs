@@ -14,8 +14,10 @@ use crate::{
     provider::{
         Provider, ProviderSink,
         consul_catalog::ConsulCatalogProvider,
+        docker::DockerProvider,
         file::FileProvider,
         kv::{consul::ConsulKvProvider, etcd::EtcdProvider},
+        swarm::SwarmProvider,
     },
     publish::Publisher,
     server::{ControlPlaneService, MAX_MESSAGE_BYTES, fleet::Fleet},
@@ -79,6 +81,16 @@ impl App {
         }
         if let Some(catalog) = &self.config.providers.consul_catalog {
             providers.push(Box::new(ConsulCatalogProvider::new(catalog)));
+        }
+        if let Some(docker) = &self.config.providers.docker {
+            providers.push(Box::new(
+                DockerProvider::from_config(docker).map_err(|e| anyhow::anyhow!(e))?,
+            ));
+        }
+        if let Some(swarm) = &self.config.providers.swarm {
+            providers.push(Box::new(
+                SwarmProvider::from_config(swarm).map_err(|e| anyhow::anyhow!(e))?,
+            ));
         }
         let (events_tx, events_rx) = mpsc::channel(64);
         let names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();

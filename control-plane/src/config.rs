@@ -107,6 +107,95 @@ pub struct ProvidersConfig {
     /// `providers.consulCatalog` (provider name `consulcatalog`).
     #[serde(default, alias = "consulcatalog")]
     pub consul_catalog: Option<ConsulCatalogProviderConfig>,
+    /// `providers.docker` (provider name `docker`).
+    #[serde(default)]
+    pub docker: Option<DockerProviderConfig>,
+    /// `providers.swarm` (provider name `swarm`).
+    #[serde(default)]
+    pub swarm: Option<SwarmProviderConfig>,
+}
+
+/// `providers.docker`: containers' labels (Traefik's option names and defaults).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DockerProviderConfig {
+    /// `unix:///path` or `tcp://host:port` (`https://`/`tcp://` with `tls`). Default
+    /// `unix:///var/run/docker.sock`.
+    #[serde(default = "default_docker_endpoint")]
+    pub endpoint: String,
+    /// Containers without `traefik.enable=true` are exposed too. Default `true`.
+    #[serde(default = "yes", alias = "exposedbydefault")]
+    pub exposed_by_default: bool,
+    /// Rule of auto-created routers. Default ``Host(`{{ normalize .Name }}`)``.
+    #[serde(default, alias = "defaultrule")]
+    pub default_rule: Option<String>,
+    /// Boolean expression over `Label("k", "v")` and `LabelRegex("k", "re")`.
+    #[serde(default)]
+    pub constraints: Option<String>,
+    /// Network whose container IP is used (`traefik.docker.network` overrides it).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Use the host IP and port a container port is published on, when bound to a specific IP.
+    #[serde(default, alias = "usebindportip")]
+    pub use_bind_port_ip: bool,
+    /// Follow the event stream. Default `true`; `false` reads the containers once.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// Keep routers of unhealthy containers with an empty load balancer (503, not 404).
+    #[serde(default, alias = "allowemptyservices")]
+    pub allow_empty_services: bool,
+    /// Timeout of each API request (not of the event stream). Default 30 s here (Traefik: none).
+    #[serde(default, alias = "httpclienttimeout", with = "duration_opt")]
+    pub http_client_timeout: Option<Duration>,
+    /// HTTP basic authentication: not supported (start-up error when set).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Client certificate, key and CA for a `tcp://` endpoint (all three required).
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// `providers.swarm`: Swarm services' labels (`deploy.labels`), read from a manager.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SwarmProviderConfig {
+    /// As for Docker. Default `unix:///var/run/docker.sock`.
+    #[serde(default = "default_docker_endpoint")]
+    pub endpoint: String,
+    #[serde(default = "yes", alias = "exposedbydefault")]
+    pub exposed_by_default: bool,
+    #[serde(default, alias = "defaultrule")]
+    pub default_rule: Option<String>,
+    #[serde(default)]
+    pub constraints: Option<String>,
+    /// Network whose task IPs (or VIP) are used (`traefik.swarm.network` overrides it).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Accepted for compatibility; Swarm tasks have no per-task port bindings to use.
+    #[serde(default, alias = "usebindportip")]
+    pub use_bind_port_ip: bool,
+    /// Poll every `refreshSeconds`. Default `true`; `false` reads the services once.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    #[serde(default, alias = "allowemptyservices")]
+    pub allow_empty_services: bool,
+    /// Polling period (Swarm has no service events). Default `15s`.
+    #[serde(default, alias = "refreshseconds", with = "duration_opt")]
+    pub refresh_seconds: Option<Duration>,
+    #[serde(default, alias = "httpclienttimeout", with = "duration_opt")]
+    pub http_client_timeout: Option<Duration>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+}
+
+fn default_docker_endpoint() -> String {
+    "unix:///var/run/docker.sock".into()
 }
 
 /// `tls` of a KV/Consul provider (Traefik's `ca`, `cert`, `key`, `insecureSkipVerify`): the CA
@@ -399,6 +488,8 @@ impl StaticConfig {
         }
         crate::provider::kv::validate_config(&self.providers)?;
         crate::provider::consul_catalog::validate_config(&self.providers)?;
+        crate::provider::docker::validate_config(&self.providers)?;
+        crate::provider::swarm::validate_config(&self.providers)?;
         Ok(())
     }
 

@@ -5,9 +5,11 @@
 
 pub mod client_tls;
 pub mod consul_catalog;
+pub mod docker;
 pub mod file;
 pub mod kv;
 pub mod labels;
+pub mod swarm;
 
 use std::{future::Future, pin::Pin};
 
