@@ -434,8 +434,14 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_scheme() {
-        assert_eq!(with_scheme("127.0.0.1:2379", "http"), "http://127.0.0.1:2379");
-        assert_eq!(with_scheme("127.0.0.1:2379", "https"), "https://127.0.0.1:2379");
+        assert_eq!(
+            with_scheme("127.0.0.1:2379", "http"),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(
+            with_scheme("127.0.0.1:2379", "https"),
+            "https://127.0.0.1:2379"
+        );
         assert_eq!(with_scheme("https://e:2379", "http"), "https://e:2379");
     }
 }
