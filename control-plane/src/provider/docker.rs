@@ -150,7 +150,8 @@ impl Provider for DockerProvider {
 #[derive(Debug, Default)]
 pub(crate) struct Reporter {
     sent: Option<(DynamicConfig, Vec<Diagnostic>)>,
-    errored: bool,
+    /// The error reported last, while the source is failing.
+    error: Option<String>,
 }
 
 impl Reporter {
@@ -161,18 +162,23 @@ impl Reporter {
         (config, diagnostics): (DynamicConfig, Vec<Diagnostic>),
     ) -> bool {
         let current = (config, diagnostics);
-        if !self.errored && self.sent.as_ref() == Some(&current) {
+        if self.error.is_none() && self.sent.as_ref() == Some(&current) {
             return true;
         }
-        self.errored = false;
+        self.error = None;
         self.sent = Some(current.clone());
         sink.update(current.0, current.1).await
     }
 
-    /// Reports an outage; the last good configuration stays. Returns false when the aggregator
-    /// is gone.
+    /// Reports an outage; the last good configuration stays. The same error again (a retry
+    /// that failed the same way) is only logged at debug level. Returns false when the
+    /// aggregator is gone.
     pub(crate) async fn error(&mut self, sink: &ProviderSink, error: String) -> bool {
-        self.errored = true;
+        if self.error.as_ref() == Some(&error) {
+            tracing::debug!(provider = %sink.name(), %error, "still failing");
+            return true;
+        }
+        self.error = Some(error.clone());
         sink.error(error).await
     }
 }
