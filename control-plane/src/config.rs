@@ -164,10 +164,13 @@ pub struct SwarmProviderConfig {
     /// As for Docker. Default `unix:///var/run/docker.sock`.
     #[serde(default = "default_docker_endpoint")]
     pub endpoint: String,
+    /// Services without `traefik.enable=true` are exposed too. Default `true`.
     #[serde(default = "yes", alias = "exposedbydefault")]
     pub exposed_by_default: bool,
+    /// Rule of auto-created routers. Default ``Host(`{{ normalize .Name }}`)``.
     #[serde(default, alias = "defaultrule")]
     pub default_rule: Option<String>,
+    /// Boolean expression over the service labels: `Label("k", "v")`, `LabelRegex("k", "re")`.
     #[serde(default)]
     pub constraints: Option<String>,
     /// Network whose task IPs (or VIP) are used (`traefik.swarm.network` overrides it).
@@ -179,17 +182,21 @@ pub struct SwarmProviderConfig {
     /// Poll every `refreshSeconds`. Default `true`; `false` reads the services once.
     #[serde(default = "yes")]
     pub watch: bool,
+    /// Keep routers of services without a running task, with an empty load balancer (503).
     #[serde(default, alias = "allowemptyservices")]
     pub allow_empty_services: bool,
     /// Polling period (Swarm has no service events). Default `15s`.
     #[serde(default, alias = "refreshseconds", with = "duration_opt")]
     pub refresh_seconds: Option<Duration>,
+    /// Timeout of each API request. Default 30 s here (Traefik: none).
     #[serde(default, alias = "httpclienttimeout", with = "duration_opt")]
     pub http_client_timeout: Option<Duration>,
+    /// HTTP basic authentication: not supported (start-up error when set).
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Client certificate, key and CA for a `tcp://` endpoint (all three required).
     #[serde(default)]
     pub tls: Option<ClientTlsConfig>,
 }
