@@ -15,6 +15,7 @@ use tokio::{
 };
 
 use crate::{
+    acme::{self, AcmeHandle},
     certs,
     compile::{self, Diagnostic},
     dynamic::DynamicConfig,
@@ -53,6 +54,8 @@ impl Debounce {
 }
 
 /// Runs until every provider sender is dropped or `shutdown` fires.
+// Each argument is one input or output of the stage; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     entry_points: Vec<EntryPoint>,
     expected_providers: Vec<String>,
@@ -60,8 +63,12 @@ pub async fn run(
     debounce: Debounce,
     publisher: Publisher,
     states: ProviderStates,
+    acme_handle: Option<AcmeHandle>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The last compile, re-published with fresh ACME certificates/challenges when those change.
+    let mut last: Option<(switchyard_shared::snapshot::Snapshot, Vec<Diagnostic>)> = None;
+    let mut acme_output = acme_handle.as_ref().map(AcmeHandle::output);
     let mut configs: BTreeMap<String, DynamicConfig> = BTreeMap::new();
     let mut warnings: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
     let mut heard: BTreeMap<String, bool> = expected_providers
@@ -88,8 +95,25 @@ pub async fn run(
             }
             None => Instant::now() + Duration::from_secs(3600),
         };
+        let acme_changed = async {
+            match acme_output.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.changed() => return,
+            alive = acme_changed => {
+                if !alive {
+                    acme_output = None;
+                    continue;
+                }
+                if let (Some((snapshot, diags)), Some(rx)) = (&last, &acme_output) {
+                    let mut snapshot = snapshot.clone();
+                    acme::merge(&mut snapshot, &rx.borrow());
+                    publisher.publish(snapshot, diags.clone());
+                }
+            }
             event = events.recv() => {
                 let Some(event) = event else { return };
                 let now_ms = now_unix_ms();
@@ -116,6 +140,7 @@ pub async fn run(
                 let input = configs.clone();
                 let eps = entry_points.clone();
                 let extra: Vec<Diagnostic> = warnings.values().flatten().cloned().collect();
+                let resolvers = acme_handle.as_ref().map(|a| a.resolvers().clone());
                 let compiled = tokio::task::spawn_blocking(move || {
                     let mut input = input;
                     let mut file_diags = Vec::new();
@@ -124,14 +149,25 @@ pub async fn run(
                     }
                     let (snapshot, mut diags) = compile::compile(&eps, &input);
                     diags.extend(file_diags);
-                    (snapshot, diags)
+                    // Certificates the routers ask their resolvers for (and why some cannot).
+                    let resolvers = resolvers.unwrap_or_default();
+                    let (demands, acme_diags) = acme::demands(&input, &resolvers);
+                    diags.extend(acme_diags);
+                    (snapshot, diags, demands)
                 })
                 .await;
                 match compiled {
-                    Ok((snapshot, mut diags)) => {
+                    Ok((snapshot, mut diags, demands)) => {
                         diags.extend(extra);
                         diags.sort();
-                        publisher.publish(snapshot, diags);
+                        diags.dedup();
+                        let mut merged = snapshot.clone();
+                        if let (Some(handle), Some(rx)) = (&acme_handle, &acme_output) {
+                            handle.set_demands(demands);
+                            acme::merge(&mut merged, &rx.borrow());
+                        }
+                        last = Some((snapshot, diags.clone()));
+                        publisher.publish(merged, diags);
                     }
                     Err(e) => tracing::error!(error = %e, "compile task failed; keeping the current snapshot"),
                 }

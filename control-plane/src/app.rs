@@ -9,8 +9,10 @@ use tokio::{net::TcpListener, sync::mpsc, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
+    acme,
     aggregate::{self, Debounce, ProviderStates},
     config::{StaticConfig, parse_entry_point_address},
+    join::{Security, tls_incoming},
     provider::{
         Provider, ProviderSink,
         consul_catalog::ConsulCatalogProvider,
@@ -27,6 +29,8 @@ use crate::{
 pub struct App {
     config: StaticConfig,
     listener: TcpListener,
+    /// Mutual TLS (or plaintext, when allowed) on the gRPC socket.
+    security: Arc<Security>,
 }
 
 impl App {
@@ -38,7 +42,13 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on controller.grpc.address {addr}"))?;
-        Ok(Self { config, listener })
+        let security = Security::from_config(&config, listener.local_addr()?)
+            .map_err(|e| anyhow::anyhow!("invalid static configuration: {e}"))?;
+        Ok(Self {
+            config,
+            listener,
+            security: Arc::new(security),
+        })
     }
 
     /// The bound gRPC address.
@@ -102,6 +112,14 @@ impl App {
 
         let (publisher, snapshots) = Publisher::new();
         let states: ProviderStates = Default::default();
+        let fleet = Arc::new(Fleet::default());
+        let acme = acme::start(
+            &self.config,
+            snapshots.clone(),
+            fleet.clone(),
+            stop_rx.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("invalid static configuration: {e}"))?;
         tokio::spawn(aggregate::run(
             entry_points,
             names,
@@ -109,15 +127,13 @@ impl App {
             Debounce::from_throttle(self.config.throttle()),
             publisher,
             states.clone(),
+            acme.clone(),
             stop_rx.clone(),
         ));
 
-        let service = ControlPlaneService::new(
-            snapshots,
-            Arc::new(Fleet::default()),
-            states,
-            stop_rx.clone(),
-        );
+        let service = ControlPlaneService::new(snapshots, fleet, states, stop_rx.clone())
+            .with_acme(acme)
+            .with_security(self.security.clone());
         // Both reflection revisions: grpcurl and older tools still ask for v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -134,7 +150,7 @@ impl App {
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         };
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(
@@ -143,10 +159,24 @@ impl App {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(reflection)
-            .add_service(reflection_alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
-            .await
-            .context("gRPC server failed")?;
+            .add_service(reflection_alpha);
+        match self.security.server.clone() {
+            Some(tls) => {
+                let incoming = tls_incoming(self.listener, tls, stop_rx.clone());
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::ReceiverStream::new(incoming),
+                        signal,
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
+                    .await
+            }
+        }
+        .context("gRPC server failed")?;
         Ok(())
     }
 }

@@ -261,6 +261,9 @@ pub fn compile(
         certificates: tls_out.certificates,
         tls_options: tls_out.options.into_values().collect(),
         default_certificate: tls_out.default_certificate,
+        // Filled in by the ACME manager (`crate::acme::merge`), outside this pure function.
+        http_challenges: Vec::new(),
+        tls_challenges: Vec::new(),
     };
     (snapshot, diags)
 }

@@ -29,6 +29,9 @@ pub struct StaticConfig {
     pub providers: ProvidersConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
+    /// `certificatesResolvers.<name>`: ACME, run centrally by the controller (`crate::acme`).
+    #[serde(default, alias = "certificatesresolvers")]
+    pub certificates_resolvers: BTreeMap<String, CertificatesResolverConfig>,
     /// Traefik sections the controller accepts but does not act on yet (`api`, `log`, …).
     #[serde(default)]
     pub api: Option<serde_yaml::Value>,
@@ -407,6 +410,11 @@ fn yes() -> bool {
 pub struct ControllerConfig {
     #[serde(default)]
     pub grpc: GrpcConfig,
+    /// The built-in CA that issues short-lived proxy certificates for join tokens (`crate::ca`).
+    /// Setting it turns on mutual TLS (with a server certificate issued by this CA unless
+    /// `grpc.tls.cert`/`key` are given).
+    #[serde(default)]
+    pub ca: Option<CaConfig>,
 }
 
 /// `controller.grpc`
@@ -414,14 +422,135 @@ pub struct ControllerConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcConfig {
     pub address: String,
+    /// Mutual TLS with the proxies. Without it (and without `controller.ca`) the channel is
+    /// plaintext, which is refused on a non-loopback address unless `insecure` is set.
+    #[serde(default)]
+    pub tls: Option<GrpcTlsConfig>,
+    /// Allow plaintext gRPC on a non-loopback address (warned at start-up). Snapshots carry
+    /// private keys: use it only on a network you trust.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
             address: DEFAULT_GRPC_ADDRESS.to_owned(),
+            tls: None,
+            insecure: false,
         }
     }
+}
+
+/// `controller.grpc.tls`: the server certificate and the CA(s) proxies' certificates must chain
+/// to. A proxy is authorized when its node id equals a DNS name of its certificate (SAN, else
+/// CN).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcTlsConfig {
+    /// PEM certificate chain (leaf first). Optional with `controller.ca` (then issued by it).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificate(s) for client certificates. Default: the built-in CA's.
+    #[serde(default, alias = "clientca", alias = "clientCa")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `controller.ca`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaConfig {
+    /// Holds `ca.crt`, `ca.key` (0600, created on first start) and `tokens.json` (hashes of
+    /// the unused join tokens, written by `switchyard-controller token create`).
+    pub dir: PathBuf,
+    /// DNS names and IPs of the controller's generated server certificate (proxies verify the
+    /// host of their `--controller` URL against it). Default: `localhost`, `127.0.0.1`, `::1`
+    /// and the host name.
+    #[serde(default, alias = "servernames")]
+    pub server_names: Vec<String>,
+    /// Lifetime of proxy certificates (renewed by the proxies at two thirds). Default `24h`.
+    #[serde(default, alias = "proxycertvalidity", with = "duration_opt")]
+    pub proxy_cert_validity: Option<Duration>,
+}
+
+/// `certificatesResolvers.<name>`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificatesResolverConfig {
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+    /// Not supported (start-up error).
+    #[serde(default)]
+    pub tailscale: Option<serde_yaml::Value>,
+}
+
+/// `certificatesResolvers.<name>.acme` (Traefik's names). The controller orders, stores and
+/// renews the certificates; proxies only serve them and answer the challenges.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcmeConfig {
+    /// Account contact.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// ACME directory URL. Default: Let's Encrypt production.
+    #[serde(default = "default_ca_server", alias = "caserver")]
+    pub ca_server: String,
+    /// JSON file holding the account and certificates (mode 0600). Default `acme.json`.
+    #[serde(default = "default_acme_storage")]
+    pub storage: PathBuf,
+    /// HTTP-01 on the given entry point (must listen on port 80 as seen from the CA).
+    #[serde(default, alias = "httpchallenge")]
+    pub http_challenge: Option<HttpChallengeConfig>,
+    /// TLS-ALPN-01 (`tlsChallenge: {}`) on the TLS entry point reached on port 443.
+    #[serde(default, alias = "tlschallenge")]
+    pub tls_challenge: Option<serde_yaml::Value>,
+    /// Not supported (start-up error).
+    #[serde(default, alias = "dnschallenge")]
+    pub dns_challenge: Option<serde_yaml::Value>,
+    /// PEM files of CAs trusted for `caServer` (besides the system bundle unless it is off).
+    #[serde(default, alias = "cacertificates")]
+    pub ca_certificates: Vec<PathBuf>,
+    /// Also trust the system bundle for `caServer`. Default: only when `caCertificates` is empty.
+    #[serde(default, alias = "casystemcertpool")]
+    pub ca_system_cert_pool: Option<bool>,
+    /// `EC256` (default) or `EC384`; RSA keys are not supported.
+    #[serde(default, alias = "keytype")]
+    pub key_type: Option<String>,
+    /// Expected certificate lifetime in hours (Traefik); picks the renewal window the way
+    /// Traefik does when `renewBefore` is not set (90 days → 30 days before expiry).
+    #[serde(default, alias = "certificatesduration")]
+    pub certificates_duration: Option<u64>,
+    /// Switchyard: renew this long before expiry. Default 30 days (see `certificatesDuration`).
+    #[serde(default, alias = "renewbefore", with = "duration_opt")]
+    pub renew_before: Option<Duration>,
+    /// Switchyard: how often certificates are checked for renewal. Default `1h`.
+    #[serde(default, alias = "renewcheckinterval", with = "duration_opt")]
+    pub renew_check_interval: Option<Duration>,
+    /// Other Traefik options (`eab`, `preferredChain`, `profile`, …): a start-up error.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// `certificatesResolvers.<name>.acme.httpChallenge`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpChallengeConfig {
+    #[serde(alias = "entrypoint")]
+    pub entry_point: String,
+    /// Accepted for compatibility; challenges are answered at once.
+    #[serde(default)]
+    pub delay: Option<serde_yaml::Value>,
+}
+
+fn default_ca_server() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".into()
+}
+
+fn default_acme_storage() -> PathBuf {
+    PathBuf::from("acme.json")
 }
 
 /// A static configuration that cannot be used. Names the file and the reason.
@@ -493,6 +622,8 @@ impl StaticConfig {
                 _ => {}
             }
         }
+        crate::acme::validate_config(self)?;
+        crate::ca::validate_config(self)?;
         crate::provider::kv::validate_config(&self.providers)?;
         crate::provider::consul_catalog::validate_config(&self.providers)?;
         crate::provider::docker::validate_config(&self.providers)?;

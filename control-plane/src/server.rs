@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{aggregate::ProviderStates, publish::Published};
+use crate::{acme::AcmeHandle, aggregate::ProviderStates, join::Security, publish::Published};
 use fleet::Fleet;
 
 /// Largest message accepted or sent (tonic's 4 MiB default is too small for big fleets'
@@ -28,9 +28,33 @@ pub struct ControlPlaneService {
     fleet: Arc<Fleet>,
     providers: ProviderStates,
     shutdown: watch::Receiver<bool>,
+    /// ACME certificate status for `GetVersion`.
+    acme: Option<AcmeHandle>,
+    /// Client authentication (mutual TLS) and the join CA; `None`: plaintext.
+    security: Option<Arc<Security>>,
 }
 
 impl ControlPlaneService {
+    /// Reports the ACME manager's per-certificate status in `GetVersion`.
+    pub fn with_acme(mut self, acme: Option<AcmeHandle>) -> Self {
+        self.acme = acme;
+        self
+    }
+
+    /// Requires and checks client certificates (see `crate::join`).
+    pub fn with_security(mut self, security: Arc<Security>) -> Self {
+        self.security = Some(security);
+        self
+    }
+
+    /// Operator RPCs need a verified client certificate when TLS is on.
+    fn authorize_any<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match &self.security {
+            Some(s) => s.client_identities(request).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     pub fn new(
         snapshots: watch::Receiver<Arc<Published>>,
         fleet: Arc<Fleet>,
@@ -42,6 +66,8 @@ impl ControlPlaneService {
             fleet,
             providers,
             shutdown,
+            acme: None,
+            security: None,
         }
     }
 }
@@ -60,6 +86,11 @@ impl ControlPlane for ControlPlaneService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        // Fail before reading anything: a proxy without a certificate learns why at once.
+        let identities = match &self.security {
+            Some(s) => s.client_identities(&request)?,
+            None => None,
+        };
         let mut inbound = request.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(pb::SubscribeRequest {
@@ -74,6 +105,9 @@ impl ControlPlane for ControlPlaneService {
         };
         if hello.node_id.is_empty() {
             return Err(Status::invalid_argument("Hello.node_id is required"));
+        }
+        if let Some(names) = &identities {
+            crate::join::check_node(names, &hello.node_id, &peer)?;
         }
         if hello.protocol != pb::PROTOCOL {
             return Err(Status::failed_precondition(format!(
@@ -105,8 +139,9 @@ impl ControlPlane for ControlPlaneService {
 
     async fn get_version(
         &self,
-        _request: Request<pb::GetVersionRequest>,
+        request: Request<pb::GetVersionRequest>,
     ) -> Result<Response<pb::GetVersionResponse>, Status> {
+        self.authorize_any(&request)?;
         let current = self.snapshots.borrow().clone();
         let providers = self
             .providers
@@ -135,13 +170,19 @@ impl ControlPlane for ControlPlaneService {
                 })
                 .collect(),
             providers,
+            acme: self
+                .acme
+                .as_ref()
+                .map(AcmeHandle::status)
+                .unwrap_or_default(),
         }))
     }
 
     async fn list_proxies(
         &self,
-        _request: Request<pb::ListProxiesRequest>,
+        request: Request<pb::ListProxiesRequest>,
     ) -> Result<Response<pb::ListProxiesResponse>, Status> {
+        self.authorize_any(&request)?;
         Ok(Response::new(pb::ListProxiesResponse {
             proxies: self.fleet.list(),
             current_version: self.snapshots.borrow().snapshot.version.clone(),
@@ -150,14 +191,82 @@ impl ControlPlane for ControlPlaneService {
 
     async fn get_snapshot(
         &self,
-        _request: Request<pb::GetSnapshotRequest>,
+        request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::VersionedSnapshot>, Status> {
+        self.authorize_any(&request)?;
         let current = self.snapshots.borrow().clone();
         if current.snapshot.version.is_empty() {
             return Err(Status::unavailable("no snapshot compiled yet"));
         }
         Ok(Response::new(redacted(&current.snapshot)))
     }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let ca = self.join_ca()?;
+        let join = request.into_inner();
+        if join.node_id.is_empty() {
+            return Err(Status::invalid_argument("JoinRequest.node_id is required"));
+        }
+        if let Err(e) = ca.consume_token(&join.token, &join.node_id) {
+            tracing::warn!(%peer, node = %join.node_id, error = %e, "refused a join");
+            return Err(Status::permission_denied(e.to_string()));
+        }
+        let response = issue(&ca, &join.node_id, &join.csr_der)?;
+        tracing::info!(%peer, node = %join.node_id, not_after = response.not_after_unix, "proxy joined; certificate issued");
+        Ok(Response::new(response))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let ca = self.join_ca()?;
+        let node_id = request.get_ref().node_id.clone();
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        match &self.security {
+            Some(s) => s.authorize_node(&request, &node_id)?,
+            None => return Err(Status::failed_precondition("TLS is not enabled")),
+        }
+        let response = issue(&ca, &node_id, &request.get_ref().csr_der)?;
+        tracing::info!(%peer, node = %node_id, not_after = response.not_after_unix, "proxy certificate renewed");
+        Ok(Response::new(response))
+    }
+}
+
+impl ControlPlaneService {
+    fn join_ca(&self) -> Result<Arc<crate::ca::Ca>, Status> {
+        self.security
+            .as_ref()
+            .filter(|s| s.is_tls())
+            .and_then(|s| s.ca.clone())
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "this controller has no built-in CA (controller.ca) and TLS: joining is disabled",
+                )
+            })
+    }
+}
+
+fn issue(ca: &crate::ca::Ca, node_id: &str, csr_der: &[u8]) -> Result<pb::JoinResponse, Status> {
+    let (cert_pem, not_after_unix) = ca.issue_proxy(node_id, csr_der).map_err(|e| match e {
+        crate::ca::CaError::BadCsr(_) => Status::invalid_argument(e.to_string()),
+        other => Status::internal(other.to_string()),
+    })?;
+    Ok(pb::JoinResponse {
+        cert_pem,
+        ca_pem: ca.ca_pem().to_owned(),
+        not_after_unix,
+    })
 }
 
 /// A copy of the snapshot without private keys (invariant 7: keys leave the controller only in
@@ -172,6 +281,9 @@ pub fn redacted(snapshot: &pb::VersionedSnapshot) -> pb::VersionedSnapshot {
             .chain(content.default_certificate.iter_mut())
         {
             cert.key_pem = REDACTED.to_owned();
+        }
+        for challenge in content.tls_challenges.iter_mut() {
+            challenge.key_pem = REDACTED.to_owned();
         }
     }
     copy

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     admin::AdminService,
+    join::{ChannelFlags, ChannelSecurity},
     listener::Listeners,
     proxy::{Handler, Upstreams},
     runtime::Runtime,
@@ -39,13 +40,29 @@ pub struct ProxyConfig {
 /// A built proxy: state loaded, sockets bound.
 pub struct App {
     config: ProxyConfig,
+    /// How the controllers are reached (plaintext on loopback, or mutual TLS).
+    security: Arc<ChannelSecurity>,
     runtime: Arc<Runtime>,
     admin: TcpListener,
     drain: drain::Signal,
 }
 
 impl App {
+    /// A proxy reaching its controllers in plaintext (loopback only).
     pub async fn build(config: ProxyConfig) -> anyhow::Result<Self> {
+        let security = ChannelSecurity::from_flags(
+            &ChannelFlags::default(),
+            &config.controllers,
+            &config.state_dir,
+        )?;
+        Self::build_secure(config, security).await
+    }
+
+    /// A proxy reaching its controllers as `security` says (see `crate::join`).
+    pub async fn build_secure(
+        config: ProxyConfig,
+        security: ChannelSecurity,
+    ) -> anyhow::Result<Self> {
         let store = Store::open(&config.state_dir)
             .with_context(|| format!("cannot open --state-dir {}", config.state_dir.display()))?;
         let table = Arc::new(ArcSwap::from_pointee(Table::default()));
@@ -76,6 +93,7 @@ impl App {
             .with_context(|| format!("cannot listen on --admin {}", config.admin))?;
         Ok(Self {
             config,
+            security: Arc::new(security),
             runtime,
             admin,
             drain,
@@ -95,6 +113,12 @@ impl App {
         tokio::spawn(subscriber::run(
             self.runtime.clone(),
             self.config.controllers.clone(),
+            self.security.clone(),
+            stop_rx.clone(),
+        ));
+        tokio::spawn(self.security.clone().renew_loop(
+            self.config.controllers.clone(),
+            self.config.node_id.clone(),
             stop_rx.clone(),
         ));
         // Both reflection revisions: grpcurl and older tools still ask for v1alpha.

@@ -5,9 +5,11 @@
 //! only the `ArcSwap<Table>`. Control path: `subscriber` → `runtime::apply` (→ `state`, `store`,
 //! `listener`).
 
+pub mod acme_challenge;
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod join;
 pub mod listener;
 pub mod middleware;
 pub mod proxy;

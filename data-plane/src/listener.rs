@@ -178,7 +178,11 @@ async fn accept_loop(
                 let has_tls_routes = table
                     .entry_point(&handler.entry_point)
                     .is_some_and(|t| !t.tls.is_empty());
-                table.tls.clone().filter(|_| has_tls_routes)
+                // Pending ACME TLS-ALPN-01 challenges: any entry point may be the CA's port 443.
+                table
+                    .tls
+                    .clone()
+                    .filter(|t| has_tls_routes || t.has_challenges())
             };
             let Some(tls) = tls else {
                 serve(TokioIo::new(stream), handler, peer, false, drain).await;
@@ -219,6 +223,18 @@ async fn handshake(
         .map_err(|_| "timed out reading the ClientHello".to_owned())?
         .map_err(|e| e.to_string())?;
     let sni = start.client_hello().server_name().map(str::to_owned);
+    if crate::acme_challenge::wants_tls_alpn(start.client_hello().alpn())
+        && let Some(config) = tls.challenge_config(sni.as_deref())
+    {
+        tracing::info!(sni = ?sni, "answering an ACME TLS-ALPN-01 challenge");
+        let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        // The validation is the handshake itself; nothing is served on this connection.
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        return Err("ACME TLS-ALPN-01 challenge answered".to_owned());
+    }
     let config = tls
         .config_for(entry_point, sni.as_deref())
         .ok_or_else(|| "no TLS configuration".to_owned())?;

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use switchyard_proxy::{
     app::{App, ProxyConfig},
+    join::{ChannelFlags, ChannelSecurity},
     listener::parse_listen_address,
     status,
 };
@@ -35,6 +36,23 @@ enum Command {
         /// Local listen address for an entry point: NAME=ADDR (repeatable).
         #[arg(long = "entrypoint")]
         entry_points: Vec<String>,
+        /// Client certificate (PEM) for mutual TLS with an `https://` controller; its DNS SAN
+        /// (else CN) must equal --node-id.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// Private key of --tls-cert.
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// CA that signed the controller's certificate.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// One-time token from `switchyard-controller token create`: the proxy obtains (and then
+        /// renews) its certificate from the controller; kept in <state-dir>/identity.
+        #[arg(long)]
+        join_token: Option<String>,
+        /// Allow a plaintext controller URL on a non-loopback address (snapshots carry keys).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Show which snapshot this proxy serves.
     Status {
@@ -54,7 +72,21 @@ async fn main() -> ExitCode {
             state_dir,
             admin,
             entry_points,
-        } => run(controllers, node_id, state_dir, admin, entry_points).await,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            join_token,
+            insecure,
+        } => {
+            let flags = ChannelFlags {
+                tls_cert,
+                tls_key,
+                tls_ca,
+                join_token,
+                insecure,
+            };
+            run(controllers, node_id, state_dir, admin, entry_points, flags).await
+        }
         Command::Status { admin, json } => {
             status::run(&admin, json).await.map(|text| print!("{text}"))
         }
@@ -74,6 +106,7 @@ async fn run(
     state_dir: PathBuf,
     admin: SocketAddr,
     entry_points: Vec<String>,
+    flags: ChannelFlags,
 ) -> anyhow::Result<()> {
     if node_id.trim().is_empty() {
         bail!("--node-id must not be empty");
@@ -88,6 +121,7 @@ async fn run(
         overrides.insert(name.to_owned(), addr);
     }
     switchyard_shared::telemetry::init();
+    let security = ChannelSecurity::from_flags(&flags, &controllers, &state_dir)?;
     let config = ProxyConfig {
         controllers,
         node_id,
@@ -95,7 +129,7 @@ async fn run(
         admin,
         entry_point_overrides: overrides,
     };
-    App::build(config)
+    App::build_secure(config, security)
         .await?
         .run(switchyard_shared::shutdown::signal())
         .await

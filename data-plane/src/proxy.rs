@@ -210,6 +210,10 @@ impl Handler {
         tls: bool,
     ) -> Result<Response<Body>, ProxyError> {
         let table = self.table.load();
+        // ACME HTTP-01 before routing and before entry-point redirection.
+        if let Some(answer) = table.acme_http.respond(&self.entry_point, req.uri().path()) {
+            return Ok(answer);
+        }
         let tables = table
             .entry_point(&self.entry_point)
             .ok_or(ProxyError::NoRoute)?;

@@ -16,6 +16,7 @@ use switchyard_shared::{
 use thiserror::Error;
 
 use crate::{
+    acme_challenge::HttpChallenges,
     balance::Wrr,
     middleware::Middleware,
     router::{RouteInput, RouteTable},
@@ -144,6 +145,8 @@ pub struct Table {
     pub tls: Option<Arc<TlsState>>,
     services: HashMap<String, Arc<ServiceHandle>>,
     pub router_count: usize,
+    /// ACME HTTP-01 challenges (answered before routing).
+    pub acme_http: HttpChallenges,
 }
 
 impl Table {
@@ -237,7 +240,9 @@ impl Table {
             };
             routes.insert(ep.name.clone(), tables);
         }
-        let tls = if snapshot.routers.iter().any(|r| r.tls.is_some()) {
+        let tls = if snapshot.routers.iter().any(|r| r.tls.is_some())
+            || !snapshot.tls_challenges.is_empty()
+        {
             Some(Arc::new(
                 TlsState::build(&snapshot).map_err(|reason| ApplyError::Tls { reason })?,
             ))
@@ -256,6 +261,7 @@ impl Table {
             tls,
             services,
             router_count: snapshot.routers.len(),
+            acme_http: HttpChallenges::new(&snapshot.http_challenges),
         })
     }
 }

@@ -13,9 +13,11 @@ use switchyard_shared::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
-use tonic::transport::Endpoint;
 
-use crate::runtime::{Runtime, Source};
+use crate::{
+    join::{ChannelSecurity, status_text},
+    runtime::{Runtime, Source},
+};
 
 /// Largest snapshot message accepted (see the controller's limit).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -24,6 +26,7 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub async fn run(
     runtime: Arc<Runtime>,
     controllers: Vec<String>,
+    security: Arc<ChannelSecurity>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if controllers.is_empty() {
@@ -37,10 +40,11 @@ pub async fn run(
         runtime.with_status(|s| s.controller = url.clone());
         let healthy = tokio::select! {
             _ = shutdown.changed() => return,
-            result = session(&runtime, url) => match result {
+            result = session(&runtime, url, &security) => match result {
                 Ok(healthy) => healthy,
                 Err(e) => {
                     tracing::warn!(controller = %url, error = %e, "controller stream failed");
+                    runtime.with_status(|s| s.last_error = format!("controller {url}: {e}"));
                     false
                 }
             },
@@ -59,17 +63,12 @@ pub async fn run(
 }
 
 /// One stream. `Ok(true)` when the stream delivered at least one message.
-async fn session(runtime: &Arc<Runtime>, url: &str) -> Result<bool, String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| format!("invalid controller URL {url}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+async fn session(
+    runtime: &Arc<Runtime>,
+    url: &str,
+    security: &ChannelSecurity,
+) -> Result<bool, String> {
+    let channel = security.connect(url, &runtime.node_id).await?;
     let mut client = ControlPlaneClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -89,14 +88,14 @@ async fn session(runtime: &Arc<Runtime>, url: &str) -> Result<bool, String> {
     let mut inbound = client
         .subscribe(ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("subscribe refused: {}", s.message()))?
+        .map_err(|s| format!("subscribe refused: {}", status_text(&s)))?
         .into_inner();
     tracing::info!(controller = %url, "connected to controller");
     runtime.with_status(|s| s.controller_connected = true);
     let mut delivered = false;
     let mut chunks = Reassembler::default();
     while let Some(message) = inbound.next().await {
-        let message = message.map_err(|s| format!("stream error: {}", s.message()))?;
+        let message = message.map_err(|s| format!("stream error: {}", status_text(&s)))?;
         delivered = true;
         let received = match message.kind {
             Some(subscribe_response::Kind::Snapshot(snapshot)) => Ok(snapshot),

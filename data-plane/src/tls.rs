@@ -70,9 +70,22 @@ pub struct TlsState {
     configs: HashMap<String, Arc<ServerConfig>>,
     /// Per entry point: host pattern → options name (only non-default options).
     sni_options: HashMap<String, Vec<(String, String)>>,
+    /// ACME TLS-ALPN-01: domain → a config serving only that challenge certificate.
+    challenges: HashMap<String, Arc<ServerConfig>>,
 }
 
 impl TlsState {
+    /// Are ACME TLS-ALPN-01 challenges pending (so every entry point must sniff for TLS)?
+    pub fn has_challenges(&self) -> bool {
+        !self.challenges.is_empty()
+    }
+
+    /// The TLS-ALPN-01 config for `sni`, when the ClientHello offered `acme-tls/1`.
+    pub fn challenge_config(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
+        let sni = sni?.trim_end_matches('.').to_ascii_lowercase();
+        self.challenges.get(&sni).cloned()
+    }
+
     /// The server config for a connection on `entry_point` announcing `sni`.
     pub fn config_for(&self, entry_point: &str, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
         let name = sni
@@ -135,9 +148,24 @@ impl TlsState {
             )?;
             configs.insert(DEFAULT_OPTIONS.to_owned(), Arc::new(config));
         }
+        let mut challenges = HashMap::new();
+        for c in &snapshot.tls_challenges {
+            let key = certified_key(&Certificate {
+                cert_pem: c.cert_pem.clone(),
+                key_pem: c.key_pem.clone(),
+                names: vec![c.domain.clone()],
+                source: format!("acme tls-alpn-01 challenge for {}", c.domain),
+                not_after_unix: 0,
+            })?;
+            challenges.insert(
+                c.domain.to_ascii_lowercase(),
+                Arc::new(challenge_config(key)?),
+            );
+        }
         Ok(Self {
             configs,
             sni_options: sni_options(&snapshot.routers),
+            challenges,
         })
     }
 }
@@ -221,6 +249,25 @@ fn self_signed() -> Result<Arc<CertifiedKey>, String> {
         })
     })
     .clone()
+}
+
+/// RFC 8737: only `acme-tls/1` is negotiated, with the challenge certificate whatever the SNI.
+fn challenge_config(key: Arc<CertifiedKey>) -> Result<ServerConfig, String> {
+    #[derive(Debug)]
+    struct One(Arc<CertifiedKey>);
+    impl ResolvesServerCert for One {
+        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(One(key)));
+    config.alpn_protocols = vec![crate::acme_challenge::ACME_TLS_ALPN.to_vec()];
+    Ok(config)
 }
 
 fn provider(options: &TlsOptions) -> CryptoProvider {

@@ -26,6 +26,38 @@ pub struct Snapshot {
     pub tls_options: Vec<TlsOptions>,
     /// `tls.stores.default.defaultCertificate`; `None`: the proxy generates a self-signed one.
     pub default_certificate: Option<Certificate>,
+    /// ACME HTTP-01 challenges in flight, sorted by token.
+    pub http_challenges: Vec<AcmeHttpChallenge>,
+    /// ACME TLS-ALPN-01 challenges in flight, sorted by domain.
+    pub tls_challenges: Vec<AcmeTlsChallenge>,
+}
+
+/// An HTTP-01 challenge: `GET /.well-known/acme-challenge/<token>` on `entry_point` answers
+/// `key_authorization`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeHttpChallenge {
+    pub token: String,
+    pub key_authorization: String,
+    pub domain: String,
+    pub entry_point: String,
+}
+
+/// A TLS-ALPN-01 challenge: handshakes for `domain` offering ALPN `acme-tls/1` get this
+/// self-signed certificate (with the acmeIdentifier extension).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AcmeTlsChallenge {
+    pub domain: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for AcmeTlsChallenge {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeTlsChallenge")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A listening address declared centrally (a proxy may override it locally).
@@ -239,6 +271,25 @@ impl From<&Snapshot> for pb::Snapshot {
                 })
                 .collect(),
             default_certificate: s.default_certificate.as_ref().map(certificate_to_pb),
+            http_challenges: s
+                .http_challenges
+                .iter()
+                .map(|c| pb::AcmeHttpChallenge {
+                    token: c.token.clone(),
+                    key_authorization: c.key_authorization.clone(),
+                    domain: c.domain.clone(),
+                    entry_point: c.entry_point.clone(),
+                })
+                .collect(),
+            tls_challenges: s
+                .tls_challenges
+                .iter()
+                .map(|c| pb::AcmeTlsChallenge {
+                    domain: c.domain.clone(),
+                    cert_pem: c.cert_pem.clone(),
+                    key_pem: c.key_pem.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -455,6 +506,25 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 })
                 .collect(),
             default_certificate: s.default_certificate.map(certificate_from_pb),
+            http_challenges: s
+                .http_challenges
+                .into_iter()
+                .map(|c| AcmeHttpChallenge {
+                    token: c.token,
+                    key_authorization: c.key_authorization,
+                    domain: c.domain,
+                    entry_point: c.entry_point,
+                })
+                .collect(),
+            tls_challenges: s
+                .tls_challenges
+                .into_iter()
+                .map(|c| AcmeTlsChallenge {
+                    domain: c.domain,
+                    cert_pem: c.cert_pem,
+                    key_pem: c.key_pem,
+                })
+                .collect(),
         })
     }
 }

@@ -160,13 +160,9 @@ pub(super) fn router_tls(
     if !compiled.options.contains_key(&options) {
         return Err(format!("unknown TLS options \"{options}\""));
     }
-    let mut warnings = Vec::new();
-    if let Some(resolver) = def.cert_resolver.as_deref().filter(|r| !r.is_empty()) {
-        warnings.push(format!(
-            "certificate resolver `{resolver}` is not supported yet; the router is served with certificates from the store"
-        ));
-    }
-    Ok((RouterTls { options }, warnings))
+    // `certResolver` is handled outside the compiler (`crate::acme::demands`): its certificates
+    // join the store, so the router needs nothing more here.
+    Ok((RouterTls { options }, Vec::new()))
 }
 
 fn source_of(provider: &str, cert_file: &str, index: usize) -> String {

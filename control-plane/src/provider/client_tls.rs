@@ -124,6 +124,47 @@ pub fn connector(
     }
 }
 
+/// Wraps [`connector`] for tonic: the channel is given an `http://` URI (tonic refuses `https://`
+/// unless its own TLS does the handshake) and this puts `https` back before the TLS connector sees
+/// it, so the handshake is ours (CA, client certificate, `insecureSkipVerify`).
+#[derive(Clone)]
+pub struct TlsForGrpc(pub HttpsConnector<HttpConnector>);
+
+impl tower_service::Service<http::Uri> for TlsForGrpc {
+    type Response = <HttpsConnector<HttpConnector> as tower_service::Service<http::Uri>>::Response;
+    type Error = <HttpsConnector<HttpConnector> as tower_service::Service<http::Uri>>::Error;
+    type Future = <HttpsConnector<HttpConnector> as tower_service::Service<http::Uri>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        self.0.call(with_https(uri))
+    }
+}
+
+/// `uri` with its scheme replaced by `https` (unchanged when it cannot be rebuilt).
+fn with_https(uri: http::Uri) -> http::Uri {
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    http::Uri::from_parts(parts).unwrap_or(uri)
+}
+
+/// `endpoint` as tonic must be given it when [`TlsForGrpc`] does the TLS: `https://` → `http://`.
+pub fn plain_scheme_for_grpc(endpoint: &str) -> String {
+    match endpoint.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => endpoint.to_owned(),
+    }
+}
+
 /// `insecureSkipVerify`: any certificate is accepted; handshake signatures are still checked.
 #[derive(Debug)]
 struct NoVerification(WebPkiSupportedAlgorithms);

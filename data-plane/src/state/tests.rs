@@ -88,6 +88,8 @@ fn base() -> Snapshot {
         certificates: vec![],
         tls_options: vec![],
         default_certificate: None,
+        http_challenges: vec![],
+        tls_challenges: vec![],
     }
 }
 

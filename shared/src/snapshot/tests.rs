@@ -115,6 +115,17 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
                 ..Default::default()
             }],
             default_certificate: None,
+            http_challenges: vec![AcmeHttpChallenge {
+                token: "tok".into(),
+                key_authorization: "tok.thumb".into(),
+                domain: "a.example".into(),
+                entry_point: "web".into(),
+            }],
+            tls_challenges: vec![AcmeTlsChallenge {
+                domain: "a.example".into(),
+                cert_pem: "C".into(),
+                key_pem: "K".into(),
+            }],
         })
 }
 

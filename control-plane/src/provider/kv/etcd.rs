@@ -329,7 +329,11 @@ async fn connect(
     let mut last_error = None;
     for i in 0..endpoints.len() {
         let endpoint = &endpoints[(first + i) % endpoints.len()];
-        let target = Channel::from_shared(endpoint.clone())
+        let uri = match &tls_config {
+            Some(_) => client_tls::plain_scheme_for_grpc(endpoint),
+            None => endpoint.clone(),
+        };
+        let target = Channel::from_shared(uri)
             .map_err(|source| EtcdError::Endpoint {
                 endpoint: endpoint.clone(),
                 source,
@@ -345,11 +349,11 @@ async fn connect(
                 base.set_nodelay(true);
                 target
                     // gRPC over TLS negotiates HTTP/2 through ALPN.
-                    .connect_with_connector(client_tls::connector(
+                    .connect_with_connector(client_tls::TlsForGrpc(client_tls::connector(
                         config.clone(),
                         base,
                         client_tls::Alpn::Http2,
-                    ))
+                    )))
                     .await
             }
             None => target.connect().await,
