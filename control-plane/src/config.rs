@@ -116,6 +116,48 @@ pub struct ProvidersConfig {
     /// `providers.swarm` (provider name `swarm`).
     #[serde(default)]
     pub swarm: Option<SwarmProviderConfig>,
+    /// `providers.kubernetesCRD` (provider name `kubernetescrd`).
+    #[serde(default, rename = "kubernetesCRD", alias = "kubernetescrd")]
+    pub kubernetes_crd: Option<KubernetesCrdProviderConfig>,
+}
+
+/// `providers.kubernetesCRD`: Traefik's `traefik.io/v1alpha1` resources from a Kubernetes API
+/// server (Traefik's option names and defaults).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesCrdProviderConfig {
+    /// API server URL. Unset: the kubeconfig (`KUBECONFIG`, `~/.kube/config`), else the
+    /// in-cluster service account.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Bearer token for `endpoint`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the API server's certificate (with `endpoint`).
+    #[serde(default, alias = "certauthfilepath")]
+    pub cert_auth_file_path: Option<PathBuf>,
+    /// Namespaces to watch. Empty: all.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Label selector for the Traefik resources (not for Services, EndpointSlices, Secrets).
+    #[serde(default, alias = "labelselector")]
+    pub label_selector: Option<String>,
+    /// Only IngressRoutes of this class (`spec.ingressClassName`, else the
+    /// `kubernetes.io/ingress.class` annotation). Unset: unclassed ones and class `traefik`.
+    #[serde(default, alias = "ingressclass")]
+    pub ingress_class: Option<String>,
+    /// Let resources reference resources of other namespaces. Default `false`.
+    #[serde(default, alias = "allowcrossnamespace")]
+    pub allow_cross_namespace: bool,
+    /// Route to `ExternalName` Services. Default `false`.
+    #[serde(default, alias = "allowexternalnameservices")]
+    pub allow_external_name_services: bool,
+    /// Keep routes whose Service has no serving endpoint (503 instead of 404). Default `false`.
+    #[serde(default, alias = "allowemptyservices")]
+    pub allow_empty_services: bool,
+    /// Minimum time between two configurations sent by this provider. Default `0`.
+    #[serde(default, alias = "throttleduration", with = "duration_opt")]
+    pub throttle_duration: Option<Duration>,
 }
 
 /// `providers.docker`: containers' labels (Traefik's option names and defaults).
@@ -628,6 +670,7 @@ impl StaticConfig {
         crate::provider::consul_catalog::validate_config(&self.providers)?;
         crate::provider::docker::validate_config(&self.providers)?;
         crate::provider::swarm::validate_config(&self.providers)?;
+        crate::provider::kubernetes::validate_config(&self.providers)?;
         Ok(())
     }
 

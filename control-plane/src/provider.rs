@@ -7,6 +7,7 @@ pub mod client_tls;
 pub mod consul_catalog;
 pub mod docker;
 pub mod file;
+pub mod kubernetes;
 pub mod kv;
 pub mod labels;
 pub mod swarm;

@@ -3,3 +3,4 @@
 //! named a *simulator* everywhere so nobody mistakes it for the real thing.
 
 pub mod consul;
+pub mod kube;
