@@ -41,6 +41,7 @@ impl ProxyAdmin for AdminService {
             controller_connected: status.controller_connected,
             controller: status.controller,
             last_error: status.last_error,
+            state_error: status.state_error,
             routers: u32::try_from(table.router_count).unwrap_or(u32::MAX),
             listening: self.runtime.listening().await,
             snapshots_received: status.snapshots_received,

@@ -41,6 +41,8 @@ pub struct Status {
     pub controller_connected: bool,
     pub controller: String,
     pub last_error: String,
+    /// Problems with the state files (`GetStatus.state_error`).
+    pub state_error: String,
     pub snapshots_received: u64,
     pub nacks_sent: u64,
 }
@@ -74,6 +76,7 @@ impl Runtime {
                 controller_connected: false,
                 controller: String::new(),
                 last_error: String::new(),
+                state_error: String::new(),
                 snapshots_received: 0,
                 nacks_sent: 0,
             }),
@@ -140,9 +143,16 @@ impl Runtime {
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));
-            if let Err(e) = saved {
-                tracing::error!(error = %e, "cannot persist snapshot; serving it anyway");
-                self.with_status(|s| s.last_error = format!("cannot persist snapshot: {e}"));
+            match saved {
+                Ok(()) => self.with_status(|s| s.state_error.clear()),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot persist snapshot; serving it anyway");
+                    let message = format!("cannot persist snapshot: {e}");
+                    self.with_status(|s| {
+                        s.last_error.clone_from(&message);
+                        s.state_error = message;
+                    });
+                }
             }
         }
         let version = table.version.clone();
@@ -180,7 +190,11 @@ impl Runtime {
             }
         }
         if !errors.is_empty() {
-            self.with_status(|s| s.last_error = errors.join("; "));
+            let message = errors.join("; ");
+            self.with_status(|s| {
+                s.last_error.clone_from(&message);
+                s.state_error = message;
+            });
         }
     }
 

@@ -29,7 +29,7 @@ pub async fn run(admin: &str, as_json: bool) -> anyhow::Result<String> {
             "node_id": s.node_id, "version": s.version, "generation": s.generation,
             "source": source, "applied_at_unix_ms": s.applied_at_unix_ms,
             "controller_connected": s.controller_connected, "controller": s.controller,
-            "last_error": s.last_error, "routers": s.routers, "listening": s.listening,
+            "last_error": s.last_error, "state_error": s.state_error, "routers": s.routers, "listening": s.listening,
             "snapshots_received": s.snapshots_received, "nacks_sent": s.nacks_sent,
         });
         return Ok(serde_json::to_string_pretty(&value).unwrap_or_default() + "\n");
@@ -74,6 +74,14 @@ pub async fn run(admin: &str, as_json: bool) -> anyhow::Result<String> {
                 "-".to_owned()
             } else {
                 s.last_error.clone()
+            },
+        ),
+        (
+            "state files",
+            if s.state_error.is_empty() {
+                "ok".to_owned()
+            } else {
+                s.state_error.clone()
             },
         ),
     ];

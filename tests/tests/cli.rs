@@ -168,6 +168,7 @@ async fn proxy_status_prints_a_table_and_json() {
             "controller_connected",
             "controller",
             "last_error",
+            "state_error",
             "routers",
             "listening",
         ],
@@ -180,6 +181,7 @@ async fn proxy_status_prints_a_table_and_json() {
     assert_eq!(s["controller_connected"], true);
     assert_eq!(s["controller"], fleet.url.as_str());
     assert_eq!(s["last_error"], "");
+    assert_eq!(s["state_error"], "");
     assert_eq!(s["routers"], 1, "the bad router is left out: {s:#}");
     let web = p.web.to_string();
     assert!(

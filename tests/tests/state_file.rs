@@ -1,6 +1,6 @@
 //! Guarantee: a proxy's state dir keeps two generations (`snapshot.current`, `snapshot.previous`),
 //! private to its user; a corrupt generation is detected (checksum), reported over
-//! `GetStatus.last_error`, and never served — the proxy falls back to the previous generation, or
+//! `GetStatus.state_error`, and never served — the proxy falls back to the previous generation, or
 //! serves nothing until a controller comes back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -36,7 +36,7 @@ fn corrupt(path: &Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// `GetStatus.last_error` is "the last error applying a snapshot or loading state" (proxy_admin.proto):
+/// `GetStatus.state_error` says what was wrong with the state files (proxy_admin.proto):
 /// a controller that cannot be reached is not such an error and must not overwrite the report.
 fn mentions_corruption(error: &str) -> bool {
     let e = error.to_ascii_lowercase();
@@ -131,7 +131,7 @@ async fn a_corrupt_current_generation_is_reported_and_the_previous_one_served() 
     );
     let status = proxy.status().await.unwrap();
     assert!(
-        mentions_corruption(&status.last_error) && status.last_error.contains(CURRENT),
+        mentions_corruption(&status.state_error) && status.state_error.contains(CURRENT),
         "the corruption of {CURRENT} must be reported: {status:?}"
     );
     assert_eq!(status.version, v1, "{status:?}");
@@ -157,7 +157,7 @@ async fn with_both_generations_corrupt_nothing_is_served_until_a_controller_retu
     let status = fleet
         .eventually("the proxy reports the corruption", DEADLINE, || async {
             let status = proxy.status().await?;
-            if status.last_error.is_empty() {
+            if status.state_error.is_empty() {
                 Err(format!("no error reported yet: {status:?}"))
             } else {
                 Ok(status)
@@ -165,7 +165,7 @@ async fn with_both_generations_corrupt_nothing_is_served_until_a_controller_retu
         })
         .await;
     assert!(
-        mentions_corruption(&status.last_error),
+        mentions_corruption(&status.state_error),
         "the corruption must be reported: {status:?}"
     );
     assert_eq!(status.version, "", "nothing valid to serve: {status:?}");
@@ -188,6 +188,21 @@ async fn with_both_generations_corrupt_nothing_is_served_until_a_controller_retu
         })
         .await;
     assert_eq!(fleet.converged(&["p"], DEADLINE).await, v2);
+    let status = fleet
+        .eventually(
+            "the state-file report is cleared once a snapshot is persisted",
+            DEADLINE,
+            || async {
+                let status = proxy.status().await?;
+                if status.state_error.is_empty() {
+                    Ok(status)
+                } else {
+                    Err(format!("still reported: {status:?}"))
+                }
+            },
+        )
+        .await;
+    assert_eq!(status.version, v2, "{status:?}");
 
     // …and has written a valid state file again: alone, it serves v2 from disk.
     controller.kill9();
