@@ -1,5 +1,5 @@
 //! Compiles the minimal etcd v3 API subset in `../proto/etcd` with protox (no `protoc` needed)
-//! into a gRPC client for the etcd provider (`provider/kv/etcd.rs`).
+//! into a gRPC client for the etcd provider (`provider/kv/etcd.rs`) and the ACME storage in etcd.
 
 use std::error::Error;
 

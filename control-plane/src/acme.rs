@@ -5,13 +5,18 @@
 //! storage, orders what is missing or due for renewal (one order at a time), publishes each
 //! challenge in the snapshot (HTTP-01 tokens, TLS-ALPN-01 certificates) and tells the CA to
 //! validate only once the connected proxies acknowledged a snapshot carrying it. Issued
-//! certificates are stored (0600 JSON file) and flow into every snapshot through [`merge`].
+//! certificates are stored (0600 JSON file, or etcd) and flow into every snapshot through
+//! [`merge`].
 //! A failed order is retried with exponential backoff and never removes a certificate that is
 //! still served. The manager owns no socket the request path depends on: when the CA is down,
 //! nothing changes on the proxies.
 //!
-//! Several controllers sharing one storage file are not coordinated (no lock): run ACME on one
-//! controller, or give each its own storage (docs/compatibility.md).
+//! Several controllers share certificates through etcd storage (`storageEtcd`): each order runs
+//! under a per-certificate lock held with an etcd lease. A controller that finds the lock taken
+//! waits and retries; once it holds the lock it re-reads the certificate and adopts it when
+//! another controller already issued it (no second order). A lost lease stops the order. Shared
+//! storage is also re-read every [`SHARED_SYNC_INTERVAL`], so certificates another controller
+//! issued or renewed reach this controller's snapshots. A storage file belongs to one controller.
 
 pub mod client;
 pub mod demand;
@@ -19,7 +24,6 @@ pub mod storage;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -40,7 +44,7 @@ use crate::{
     server::fleet::Fleet,
 };
 use client::{ChallengeKind, OrderError};
-use storage::StoredCertificate;
+use storage::{Lock, Store, StoredCertificate};
 
 /// Checked against `renewBefore` at most this often by default.
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
@@ -50,6 +54,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 
 /// Bound on one whole order (account, challenges, validation, issuance).
 const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Shared storage is re-read this often (certificates issued or renewed elsewhere).
+pub const SHARED_SYNC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A certificate whose lock another controller holds is tried again after this long.
+const LOCK_RETRY: Duration = Duration::from_secs(1);
 
 /// How long to wait for the proxies to acknowledge a snapshot carrying a challenge.
 const DISTRIBUTION_TIMEOUT: Duration = Duration::from_secs(20);
@@ -95,6 +105,19 @@ pub fn validate_config(config: &StaticConfig) -> Result<(), String> {
             _ => {}
         }
         key_algorithm(acme).map_err(|e| format!("{prefix}.keyType: {e}"))?;
+        if let Some(etcd) = &acme.storage_etcd {
+            if acme.storage.is_some() {
+                return Err(format!(
+                    "{prefix}: set either storage (a file) or storageEtcd, not both"
+                ));
+            }
+            if name.contains('/') || name.contains(',') {
+                return Err(format!(
+                    "{prefix}.storageEtcd: the resolver name `{name}` cannot be part of etcd keys (no `/` or `,`)"
+                ));
+            }
+            storage::etcd::validate(etcd, &format!("{prefix}.storageEtcd"))?;
+        }
         if !acme.ca_server.starts_with("https://") && !acme.ca_server.starts_with("http://") {
             return Err(format!(
                 "{prefix}.caServer: `{}` is not an http(s) URL",
@@ -137,7 +160,6 @@ struct Resolver {
     name: String,
     directory: String,
     email: Option<String>,
-    storage: PathBuf,
     kind: ChallengeKind,
     http_entry_point: String,
     key_alg: &'static rcgen::SignatureAlgorithm,
@@ -227,6 +249,7 @@ pub fn start(
         return Ok(None);
     }
     let mut resolvers = BTreeMap::new();
+    let mut stores = BTreeMap::new();
     for (name, r) in &config.certificates_resolvers {
         let fail = |message: String| AcmeError::Config {
             resolver: name.clone(),
@@ -234,6 +257,7 @@ pub fn start(
         };
         let Some(acme) = &r.acme else { continue };
         let prefix = format!("certificatesResolvers.{name}.acme");
+        stores.insert(name.clone(), Store::new(acme, &prefix));
         let system = acme
             .ca_system_cert_pool
             .unwrap_or(acme.ca_certificates.is_empty());
@@ -248,7 +272,6 @@ pub fn start(
                 name: name.clone(),
                 directory: acme.ca_server.clone(),
                 email: acme.email.clone().filter(|e| !e.is_empty()),
-                storage: acme.storage.clone(),
                 kind,
                 http_entry_point,
                 key_alg: key_algorithm(acme).map_err(fail)?,
@@ -267,6 +290,7 @@ pub fn start(
     let names = resolvers.keys().cloned().collect();
     let manager = Manager {
         resolvers,
+        stores,
         entries: BTreeMap::new(),
         accounts: BTreeMap::new(),
         demands: demands_rx,
@@ -311,6 +335,8 @@ struct Entry {
 
 struct Manager {
     resolvers: BTreeMap<String, Resolver>,
+    /// Each resolver's storage.
+    stores: BTreeMap<String, Store>,
     /// Every certificate known (stored or demanded), keyed by demand.
     entries: BTreeMap<Demand, Entry>,
     /// Accounts restored or created, per resolver.
@@ -326,12 +352,22 @@ struct Manager {
 
 impl Manager {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        self.load_storage();
+        self.sync_storage(false).await;
+        let shared = self.stores.values().any(Store::shared);
+        let sync_every = SHARED_SYNC_INTERVAL.as_millis() as i64;
+        let mut next_sync = now_ms() + sync_every;
         self.refresh();
         loop {
+            if shared && now_ms() >= next_sync {
+                self.sync_storage(true).await;
+                next_sync = now_ms() + sync_every;
+            }
             let demanded: Vec<Demand> = self.demands.borrow_and_update().clone();
             let now = now_ms();
             let mut next_wake = now + self.max_sleep_ms();
+            if shared {
+                next_wake = next_wake.min(next_sync);
+            }
             let mut due: Option<Demand> = None;
             for d in &demanded {
                 let Some(resolver) = self.resolvers.get(&d.resolver) else {
@@ -371,43 +407,66 @@ impl Manager {
             .unwrap_or(3_600_000)
     }
 
-    fn load_storage(&mut self) {
-        let mut files: BTreeMap<PathBuf, storage::StorageFile> = BTreeMap::new();
-        for r in self.resolvers.values() {
-            if !files.contains_key(&r.storage) {
-                match storage::load(&r.storage) {
-                    Ok(f) => {
-                        files.insert(r.storage.clone(), f);
-                    }
-                    Err(e) => {
-                        tracing::error!(resolver = %r.name, error = %e, "cannot load ACME storage; starting empty");
-                        files.insert(r.storage.clone(), Default::default());
-                    }
-                }
-            }
-            let Some(data) = files.get(&r.storage).and_then(|f| f.get(&r.name)) else {
+    /// Reads storage and serves every stored certificate newer than the one in memory: every
+    /// store at start, then (`shared_only`) the shared ones periodically. A store that cannot
+    /// be read changes nothing; it is tried again at the next sync (shared) or never (a file,
+    /// which starts empty as before).
+    async fn sync_storage(&mut self, shared_only: bool) {
+        let names: Vec<String> = self
+            .stores
+            .iter()
+            .filter(|(_, s)| !shared_only || s.shared())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let Some(store) = self.stores.get_mut(&name) else {
                 continue;
             };
-            for c in &data.certificates {
-                let source = format!("acme:{}", r.name);
-                match parse_certificate(&c.certificate, &c.key, &source) {
-                    Ok(served) => {
-                        let entry = self
-                            .entries
-                            .entry(Demand {
-                                resolver: r.name.clone(),
-                                domains: c.domains.clone(),
-                            })
-                            .or_default();
-                        entry.stored = Some(c.clone());
-                        entry.served = Some(served);
-                    }
-                    Err(e) => {
-                        tracing::warn!(resolver = %r.name, domains = ?c.domains, error = %e, "stored ACME certificate is unusable; it will be ordered again")
-                    }
+            let described = store.describe();
+            let data = match store.load(&name).await {
+                Ok(data) => data,
+                Err(e) => {
+                    tracing::error!(resolver = %name, error = %e, "cannot read ACME storage; certificates in memory are kept");
+                    continue;
                 }
+            };
+            let stored = data.certificates.len();
+            let adopted = data
+                .certificates
+                .into_iter()
+                .filter(|c| self.adopt(&name, c.clone()))
+                .count();
+            if !shared_only {
+                tracing::info!(resolver = %name, storage = %described, certificates = stored, "ACME storage loaded");
+            } else if adopted > 0 {
+                tracing::info!(resolver = %name, storage = %described, certificates = adopted, "certificates issued by another controller adopted");
             }
-            tracing::info!(resolver = %r.name, storage = %r.storage.display(), certificates = data.certificates.len(), "ACME storage loaded");
+        }
+    }
+
+    /// Serves `stored` when it is newer than what this controller has; `true` when adopted.
+    fn adopt(&mut self, resolver: &str, stored: StoredCertificate) -> bool {
+        let demand = Demand {
+            resolver: resolver.to_owned(),
+            domains: stored.domains.clone(),
+        };
+        let entry = self.entries.entry(demand).or_default();
+        if !newer(entry.stored.as_ref(), &stored) {
+            return false;
+        }
+        let source = format!("acme:{resolver}");
+        match parse_certificate(&stored.certificate, &stored.key, &source) {
+            Ok(served) => {
+                entry.served = Some(served);
+                entry.stored = Some(stored);
+                entry.last_error = None;
+                entry.failures = 0;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(resolver, domains = ?stored.domains, error = %e, "stored ACME certificate is unusable; it will be ordered again");
+                false
+            }
         }
     }
 
@@ -466,13 +525,76 @@ impl Manager {
         });
     }
 
+    /// One due certificate: take its lock (wait if another controller holds it), adopt it if it
+    /// was issued meanwhile, else order it; the lock is released whatever happened.
     async fn attempt(&mut self, demand: &Demand) {
         let Some(resolver) = self.resolvers.get(&demand.resolver).cloned() else {
             return;
         };
-        tracing::info!(resolver = %resolver.name, domains = ?demand.domains, "ordering certificate");
+        let Some(store) = self.stores.get_mut(&resolver.name) else {
+            return;
+        };
         let started = now_ms();
-        let result = tokio::time::timeout(ORDER_TIMEOUT, self.order(&resolver, demand)).await;
+        let lock = store.lock(&resolver.name, &demand.domains).await;
+        let lock = match lock {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                tracing::info!(resolver = %resolver.name, domains = ?demand.domains, "another controller is ordering this certificate; waiting for it");
+                let entry = self.entries.entry(demand.clone()).or_default();
+                entry.not_before_ms = now_ms() + LOCK_RETRY.as_millis() as i64;
+                return;
+            }
+            Err(e) => {
+                let entry = self.entries.entry(demand.clone()).or_default();
+                entry.last_attempt_ms = started;
+                fail(entry, &resolver, format!("cannot take the order lock: {e}"));
+                return;
+            }
+        };
+        self.attempt_locked(&resolver, demand, &lock, started).await;
+        lock.release().await;
+    }
+
+    async fn attempt_locked(
+        &mut self,
+        resolver: &Resolver,
+        demand: &Demand,
+        lock: &Lock,
+        started: i64,
+    ) {
+        let Some(store) = self.stores.get_mut(&resolver.name) else {
+            return;
+        };
+        // Issued by another controller while this one waited for the lock?
+        let stored = match store.certificate(&resolver.name, &demand.domains).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                let entry = self.entries.entry(demand.clone()).or_default();
+                entry.last_attempt_ms = started;
+                fail(entry, resolver, e.to_string());
+                return;
+            }
+        };
+        if let Some(stored) = stored
+            && fresh(&stored, resolver.renew_before, now_unix())
+        {
+            tracing::info!(resolver = %resolver.name, domains = ?demand.domains, "the stored certificate is valid (issued by another controller); not ordering");
+            self.adopt(&resolver.name, stored);
+            let entry = self.entries.entry(demand.clone()).or_default();
+            entry.not_before_ms = now_ms() + resolver.check_interval.as_millis() as i64;
+            return;
+        }
+        tracing::info!(resolver = %resolver.name, domains = ?demand.domains, "ordering certificate");
+        let order = tokio::time::timeout(ORDER_TIMEOUT, self.order(resolver, demand));
+        let result = match lock.lost() {
+            None => order.await,
+            Some(mut lost) => tokio::select! {
+                result = order => result,
+                _ = lost.wait_for(|lost| *lost) => Ok(Err(OrderError::Local(
+                    "the order lock was lost (its etcd lease could not be renewed); order abandoned".into(),
+                ))),
+            },
+        };
         // Challenges are withdrawn whatever happened.
         self.challenges = AcmeOutput::default();
         let result = match result {
@@ -491,25 +613,25 @@ impl Manager {
                     Ok(served) => {
                         tracing::info!(resolver = %resolver.name, domains = ?demand.domains, not_after = served.not_after_unix, "certificate obtained");
                         entry.served = Some(served);
-                        entry.stored = Some(stored);
+                        entry.stored = Some(stored.clone());
                         entry.last_error = None;
                         entry.failures = 0;
                         entry.not_before_ms = now_ms() + resolver.check_interval.as_millis() as i64;
-                        self.save(&resolver);
+                        self.store_certificate(resolver, &stored, lock).await;
                     }
                     Err(e) => {
                         let message = format!("the CA returned an unusable certificate: {e}");
-                        fail(entry, &resolver, message);
+                        fail(entry, resolver, message);
                     }
                 }
             }
             Err(e) => {
                 if matches!(e, OrderError::AccountGone { .. }) {
                     self.accounts.remove(&resolver.name);
-                    self.forget_account(&resolver);
+                    self.put_account(resolver, None).await;
                 }
                 let entry = self.entries.entry(demand.clone()).or_default();
-                fail(entry, &resolver, e.to_string());
+                fail(entry, resolver, e.to_string());
             }
         }
     }
@@ -522,12 +644,13 @@ impl Manager {
         let account = match self.accounts.get(&resolver.name) {
             Some(a) => a.clone(),
             None => {
-                let stored = storage::load(&resolver.storage)
-                    .ok()
-                    .and_then(|mut f| f.remove(&resolver.name))
-                    .and_then(|d| d.account)
-                    .filter(|a| a.directory == resolver.directory)
-                    .map(|a| a.credentials);
+                let stored = match self.stores.get_mut(&resolver.name) {
+                    Some(store) => store.load(&resolver.name).await.ok(),
+                    None => None,
+                }
+                .and_then(|d| d.account)
+                .filter(|a| a.directory == resolver.directory)
+                .map(|a| a.credentials);
                 let (account, created) = client::account(
                     &resolver.tls,
                     &resolver.directory,
@@ -536,7 +659,11 @@ impl Manager {
                 )
                 .await?;
                 if let Some(credentials) = created {
-                    self.store_account(resolver, credentials);
+                    let account = storage::StoredAccount {
+                        directory: resolver.directory.clone(),
+                        credentials,
+                    };
+                    self.put_account(resolver, Some(account)).await;
                 }
                 self.accounts.insert(resolver.name.clone(), account.clone());
                 account
@@ -631,41 +758,36 @@ impl Manager {
         }
     }
 
-    fn store_account(&self, resolver: &Resolver, credentials: serde_json::Value) {
-        self.update_storage(resolver, |data| {
-            data.account = Some(storage::StoredAccount {
-                directory: resolver.directory.clone(),
-                credentials,
-            });
-        });
-    }
-
-    fn forget_account(&self, resolver: &Resolver) {
-        self.update_storage(resolver, |data| data.account = None);
-    }
-
-    /// Writes this resolver's certificates (every one known, demanded or not).
-    fn save(&self, resolver: &Resolver) {
-        let certificates: Vec<StoredCertificate> = self
-            .entries
-            .iter()
-            .filter(|(d, _)| d.resolver == resolver.name)
-            .filter_map(|(_, e)| e.stored.clone())
-            .collect();
-        self.update_storage(resolver, |data| data.certificates = certificates);
-    }
-
-    fn update_storage(&self, resolver: &Resolver, f: impl FnOnce(&mut storage::ResolverData)) {
-        let mut file = match storage::load(&resolver.storage) {
-            Ok(file) => file,
-            Err(e) => {
-                tracing::error!(resolver = %resolver.name, error = %e, "cannot update ACME storage");
-                return;
-            }
+    async fn put_account(&mut self, resolver: &Resolver, account: Option<storage::StoredAccount>) {
+        let Some(store) = self.stores.get_mut(&resolver.name) else {
+            return;
         };
-        f(file.entry(resolver.name.clone()).or_default());
-        if let Err(e) = storage::save(&resolver.storage, &file) {
-            tracing::error!(resolver = %resolver.name, error = %e, "cannot write ACME storage; certificates are kept in memory");
+        if let Err(e) = store.put_account(&resolver.name, account).await {
+            tracing::error!(resolver = %resolver.name, error = %e, "cannot update the ACME account in storage");
+        }
+    }
+
+    /// Stores a new certificate (kept in memory and served whatever the outcome).
+    async fn store_certificate(
+        &mut self,
+        resolver: &Resolver,
+        certificate: &StoredCertificate,
+        lock: &Lock,
+    ) {
+        let Some(store) = self.stores.get_mut(&resolver.name) else {
+            return;
+        };
+        match store
+            .put_certificate(&resolver.name, certificate, lock)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(resolver = %resolver.name, domains = ?certificate.domains, "the order lock was lost before the certificate was stored; it is served but not stored")
+            }
+            Err(e) => {
+                tracing::error!(resolver = %resolver.name, error = %e, "cannot write ACME storage; the certificate is kept in memory")
+            }
         }
     }
 }
@@ -708,6 +830,18 @@ fn carries(snapshot: &pb::Snapshot, wanted: &AcmeOutput) -> bool {
             .iter()
             .any(|c| c.domain == w.domain && c.cert_pem == w.cert_pem)
     })
+}
+
+/// Does a certificate read from storage replace the one in memory? Only a later expiry wins, so
+/// re-reading storage never brings back an older certificate.
+fn newer(ours: Option<&StoredCertificate>, theirs: &StoredCertificate) -> bool {
+    ours.is_none_or(|ours| theirs.not_after_unix > ours.not_after_unix)
+}
+
+/// Is a stored certificate valid beyond the renewal window? Checked once the order lock is held:
+/// such a certificate was issued by another controller meanwhile, and is adopted, not ordered.
+fn fresh(stored: &StoredCertificate, renew_before: Duration, now_unix: i64) -> bool {
+    stored.not_after_unix - renew_before.as_secs() as i64 > now_unix
 }
 
 /// When the entry is next due (unix ms): now without a certificate, else at `renewBefore`
@@ -776,7 +910,6 @@ mod tests {
             name: "le".into(),
             directory: "https://ca.test/dir".into(),
             email: None,
-            storage: PathBuf::from("/nonexistent/acme.json"),
             kind: ChallengeKind::Http01,
             http_entry_point: "web".into(),
             key_alg: &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -808,6 +941,70 @@ mod tests {
         assert!(entry.served.is_some());
         assert!(previous >= 35_000, "backoff grows: {previous}");
         assert_eq!(entry.last_error.as_deref(), Some("down"));
+    }
+
+    #[test]
+    fn storage_options_are_checked_and_named() {
+        let base = "certificatesResolvers:\n  le:\n    acme:\n      tlsChallenge: {}\n";
+        let etcd = format!(
+            "{base}      storageEtcd:\n        endpoints: ['127.0.0.1:2379']\n        rootKey: sy/acme\n"
+        );
+        let c = parse(&etcd).unwrap();
+        let acme = c.certificates_resolvers["le"].acme.as_ref().unwrap();
+        let store = Store::new(acme, "certificatesResolvers.le.acme");
+        assert!(store.shared());
+        assert!(store.describe().contains("sy/acme"), "{}", store.describe());
+        let file = parse(base).unwrap();
+        let acme = file.certificates_resolvers["le"].acme.as_ref().unwrap();
+        assert_eq!(Store::new(acme, "x").describe(), "acme.json");
+        let both = format!("{etcd}      storage: /tmp/a.json\n");
+        assert!(
+            parse(&both)
+                .unwrap_err()
+                .contains("either storage (a file) or storageEtcd")
+        );
+        let short = format!("{etcd}        lockTTL: 1s\n");
+        assert!(
+            parse(&short)
+                .unwrap_err()
+                .starts_with("certificatesResolvers.le.acme.storageEtcd.lockTTL")
+        );
+        let typo = format!("{base}      storageEtcd:\n        endpoint: x\n");
+        let err = StaticConfig::parse(Path::new("s.yml"), &typo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("endpoint"), "{err}");
+        let slash = etcd.replace("  le:", "  a/b:");
+        assert!(parse(&slash).unwrap_err().contains("`a/b`"));
+    }
+
+    fn stored(not_after_unix: i64) -> StoredCertificate {
+        StoredCertificate {
+            domains: vec!["a.test".into()],
+            certificate: format!("C{not_after_unix}"),
+            key: "K".into(),
+            not_after_unix,
+        }
+    }
+
+    #[test]
+    fn storage_never_brings_back_an_older_certificate() {
+        assert!(newer(None, &stored(10)));
+        assert!(newer(Some(&stored(10)), &stored(20)));
+        assert!(!newer(Some(&stored(20)), &stored(10)));
+        assert!(!newer(Some(&stored(20)), &stored(20)));
+    }
+
+    #[test]
+    fn a_certificate_issued_while_waiting_for_the_lock_is_adopted_not_ordered() {
+        let renew_before = Duration::from_secs(100);
+        let now = 1_000;
+        // Issued by the other controller: valid well beyond the renewal window.
+        assert!(fresh(&stored(now + 1_000), renew_before, now));
+        // Due for renewal (or expired): this controller orders.
+        assert!(!fresh(&stored(now + 50), renew_before, now));
+        assert!(!fresh(&stored(now - 1), renew_before, now));
+        assert!(!fresh(&stored(now + 100), renew_before, now));
     }
 
     #[test]

@@ -540,9 +540,15 @@ pub struct AcmeConfig {
     /// ACME directory URL. Default: Let's Encrypt production.
     #[serde(default = "default_ca_server", alias = "caserver")]
     pub ca_server: String,
-    /// JSON file holding the account and certificates (mode 0600). Default `acme.json`.
-    #[serde(default = "default_acme_storage")]
-    pub storage: PathBuf,
+    /// JSON file holding the account and certificates (mode 0600). Default `acme.json`
+    /// (unless `storageEtcd` is set; setting both is a start-up error).
+    #[serde(default)]
+    pub storage: Option<PathBuf>,
+    /// Switchyard: keep the account and certificates in etcd instead of a file, shared by every
+    /// controller configured with the same endpoints and `rootKey`; an order is made under a
+    /// lock held with an etcd lease, so two controllers never order the same certificate.
+    #[serde(default, alias = "storageetcd")]
+    pub storage_etcd: Option<AcmeEtcdStorageConfig>,
     /// HTTP-01 on the given entry point (must listen on port 80 as seen from the CA).
     #[serde(default, alias = "httpchallenge")]
     pub http_challenge: Option<HttpChallengeConfig>,
@@ -576,6 +582,37 @@ pub struct AcmeConfig {
     pub other: BTreeMap<String, serde_yaml::Value>,
 }
 
+/// `certificatesResolvers.<name>.acme.storageEtcd`: the options of `providers.etcd`, plus the
+/// lock's lease TTL. Keys live under `<rootKey>/<resolver>/` (`account`, `certificates/<domains>`,
+/// `locks/<domains>`); they hold private keys, so give the controllers an etcd user (and TLS).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AcmeEtcdStorageConfig {
+    /// etcd v3 endpoints, `host:port` or `http(s)://host:port`; tried in turn. Default
+    /// `127.0.0.1:2379`.
+    #[serde(default = "default_etcd_endpoints")]
+    pub endpoints: Vec<String>,
+    /// Prefix of every key. Default `switchyard/acme`.
+    #[serde(default = "default_acme_root_key", alias = "rootkey")]
+    pub root_key: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// As `providers.etcd.tls`; with it, endpoints default to `https://`.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
+    /// TTL of the lease that holds an order's lock (at least `5s`). A controller that dies while
+    /// ordering delays the others by at most this long; one that cannot renew the lease stops
+    /// its order. Default `30s`.
+    #[serde(default, rename = "lockTTL", alias = "lockttl", with = "duration_opt")]
+    pub lock_ttl: Option<Duration>,
+}
+
+fn default_acme_root_key() -> String {
+    "switchyard/acme".into()
+}
+
 /// `certificatesResolvers.<name>.acme.httpChallenge`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -589,10 +626,6 @@ pub struct HttpChallengeConfig {
 
 fn default_ca_server() -> String {
     "https://acme-v02.api.letsencrypt.org/directory".into()
-}
-
-fn default_acme_storage() -> PathBuf {
-    PathBuf::from("acme.json")
 }
 
 /// A static configuration that cannot be used. Names the file and the reason.

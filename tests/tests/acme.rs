@@ -6,9 +6,15 @@
 //!
 //! Pebble resolves every name through a tiny DNS responder run by the test (every A query →
 //! 127.0.0.1), and validates on the proxy's entry-point ports (`httpPort`/`tlsPort`).
+//!
+//! Two controllers sharing ACME storage in a real etcd (`storageEtcd`) order a certificate once:
+//! pebble issues exactly one, both snapshots carry it, and a restarted controller restores it
+//! from etcd without ordering.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/etcd.rs"]
+mod etcd_support;
 #[path = "support/providers.rs"]
 mod support;
 
@@ -617,4 +623,208 @@ async fn renews_and_keeps_the_certificate_while_the_ca_is_down() {
     .await;
     assert_eq!((status, body.as_str()), (200, "renewed-app"));
     let _ = (&fleet.proxy, fleet.web, fleet.dir.path());
+}
+
+/// Pebble's `httpPort` in front of several proxies (one per controller): each validation request
+/// is tried on every proxy and the first 200 wins, since only the proxy following the controller
+/// that orders knows the token.
+async fn challenge_front(
+    listen: SocketAddr,
+    proxies: Vec<SocketAddr>,
+) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let proxies = proxies.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+                let host = text
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("host")
+                            .then(|| value.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let mut answer = (404, String::new());
+                for proxy in proxies {
+                    if let Ok((200, body)) = support::http_get(proxy, &host, &path).await {
+                        answer = (200, body);
+                        break;
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 {} -\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    answer.0,
+                    answer.1.len(),
+                    answer.1
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    })
+}
+
+/// The certificate a controller serves for `shared.test` once its status says valid.
+async fn valid_cert(controller: &Controller) -> Result<String, String> {
+    let s = acme_status(&controller.version().await?, "shared.test")?;
+    if s.state != "valid" {
+        return Err(format!("{s:?}"));
+    }
+    snapshot_cert(controller, "shared.test").await
+}
+
+/// How many certificates pebble issued (its log says `Issued certificate serial … for order …`).
+fn issued(pebble: &Pebble) -> usize {
+    pebble.log().matches("Issued certificate serial").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_sharing_etcd_storage_order_once() {
+    let etcd = etcd_support::Etcd::start().await;
+    let web = free_port().await;
+    let pebble = Pebble::start(web.port(), free_port().await.port()).await;
+    let app = backend("shared-app").await;
+    let resolvers = format!(
+        "  le:\n    acme:\n      email: ops@example.test\n      caServer: {}\n      caCertificates: [{}]\n      httpChallenge:\n        entryPoint: web\n      storageEtcd:\n        endpoints: ['{}']\n        rootKey: /sy/acme/\n        lockTTL: 10s\n",
+        pebble.directory,
+        pebble.ca_file.display(),
+        etcd.client,
+    );
+    let dynamic = format!(
+        "http:\n  routers:\n    app:\n      rule: Host(`shared.test`)\n      entryPoints: [websecure]\n      service: app\n      tls:\n        certResolver: le\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: http://{app}\n"
+    );
+    let (a_web, b_web) = (free_port().await, free_port().await);
+    let _front = challenge_front(web, vec![a_web, b_web]).await;
+    // Both controllers start at once and want the same certificate.
+    let (a, b) = tokio::join!(
+        start_fleet((a_web, free_port().await), &resolvers, &dynamic),
+        start_fleet((b_web, free_port().await), &resolvers, &dynamic),
+    );
+
+    let from_a = eventually("controller A's certificate", ACME_DEADLINE, || {
+        valid_cert(&a.controller)
+    })
+    .await;
+    let from_b = eventually("controller B's certificate", ACME_DEADLINE, || {
+        valid_cert(&b.controller)
+    })
+    .await;
+    assert_eq!(from_a, from_b, "both snapshots carry the same certificate");
+    for fleet in [&a, &b] {
+        let s = acme_status(&fleet.controller.version().await.unwrap(), "shared.test").unwrap();
+        assert!(s.last_error.is_empty(), "{s:?}");
+    }
+    assert_eq!(
+        issued(&pebble),
+        1,
+        "one order reached pebble:\n{}",
+        pebble.log()
+    );
+    // The certificate is in etcd, and no lock is left behind.
+    let stored = etcd
+        .ctl(&[
+            "get",
+            "sy/acme/le/certificates/shared.test",
+            "--print-value-only",
+        ])
+        .await;
+    assert!(stored.contains("BEGIN CERTIFICATE"), "{stored}");
+    let locks = etcd.ctl(&["get", "--prefix", "sy/acme/le/locks/"]).await;
+    assert!(locks.trim().is_empty(), "{locks}");
+    // Both proxies serve it, verified against pebble's root.
+    let root = roots(&pebble.root_pem().await);
+    for fleet in [&a, &b] {
+        let (status, body) = eventually("HTTPS through both proxies", ACME_DEADLINE, || {
+            let root = root.clone();
+            async move { https_get(fleet.websecure, "shared.test", "/", &root).await }
+        })
+        .await;
+        assert_eq!((status, body.as_str()), (200, "shared-app"));
+    }
+
+    // Controller B restarts: the certificate comes back from etcd, without an order.
+    drop(b);
+    let b = start_fleet((free_port().await, free_port().await), &resolvers, &dynamic).await;
+    let restored = eventually("the certificate restored from etcd", ACME_DEADLINE, || {
+        valid_cert(&b.controller)
+    })
+    .await;
+    assert_eq!(restored, from_a);
+    assert_eq!(
+        issued(&pebble),
+        1,
+        "no order after the restart:\n{}",
+        pebble.log()
+    );
+    let _ = (&a.proxy, a.web, a.dir.path(), &b.proxy, b.web, b.dir.path());
+}
+
+/// The order lock on its own, against a real etcd: exclusive, released for the next controller,
+/// and reported lost when its lease can no longer be renewed (etcd gone), so an order stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_order_lock_is_exclusive_and_reports_a_lost_lease() {
+    use switchyard_controller::{acme::storage::etcd::EtcdStore, config::AcmeEtcdStorageConfig};
+
+    let mut etcd = etcd_support::Etcd::start().await;
+    let config: AcmeEtcdStorageConfig = serde_yaml::from_str(&format!(
+        "endpoints: ['{}']\nrootKey: locktest\nlockTTL: 5s\n",
+        etcd.client
+    ))
+    .unwrap();
+    let mut a = EtcdStore::new(&config, "a".into());
+    let mut b = EtcdStore::new(&config, "b".into());
+    let domains = vec!["lock.test".to_owned()];
+
+    let held = a
+        .try_lock("le", &domains)
+        .await
+        .unwrap()
+        .expect("first lock");
+    assert!(
+        b.try_lock("le", &domains).await.unwrap().is_none(),
+        "held by a"
+    );
+    let other = vec!["other.test".to_owned()];
+    let unrelated = b
+        .try_lock("le", &other)
+        .await
+        .unwrap()
+        .expect("another certificate");
+    unrelated.release().await;
+    let holder = etcd
+        .ctl(&["get", "locktest/le/locks/lock.test", "--print-value-only"])
+        .await;
+    assert!(holder.contains("switchyard-controller"), "{holder}");
+    // Renewed while held: still held after more than a TTL.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert!(!*held.lost().borrow(), "kept alive");
+    assert!(
+        b.try_lock("le", &domains).await.unwrap().is_none(),
+        "still held by a"
+    );
+    held.release().await;
+    // Released by revoking the lease, which deletes the lock key at once.
+    let held = b
+        .try_lock("le", &domains)
+        .await
+        .unwrap()
+        .expect("b takes the released lock");
+    // etcd goes away: the lease cannot be renewed and the holder is told, before it could
+    // have expired on etcd's side.
+    let mut lost = held.lost();
+    etcd.kill().await;
+    tokio::time::timeout(std::time::Duration::from_secs(20), lost.wait_for(|l| *l))
+        .await
+        .expect("the lease is reported lost")
+        .expect("keep-alive task alive until then");
 }

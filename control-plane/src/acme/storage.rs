@@ -1,7 +1,14 @@
-//! ACME storage: one JSON file (Traefik's `acme.json` idea, our own layout) holding, per resolver,
-//! the account credentials and the certificates with their keys. Written atomically (temp file,
-//! fsync, rename) with mode 0600; several resolvers may share one file. A file that does not
-//! parse is moved aside (`<file>.corrupt`) rather than overwritten, and the resolver starts empty.
+//! ACME storage, per resolver: the account credentials and the certificates with their keys.
+//!
+//! Two backends behind [`Store`]: a JSON file (the default; Traefik's `acme.json` idea, our own
+//! layout), written atomically (temp file, fsync, rename) with mode 0600, which several
+//! resolvers of one controller may share — a file that does not parse is moved aside
+//! (`<file>.corrupt`) rather than overwritten, and the resolver starts empty; or etcd
+//! ([`etcd`], `storageEtcd`), shared by several controllers, where each order runs under a
+//! [`Lock`] held with an etcd lease. A file is never shared between controllers, so its lock is
+//! a no-op.
+
+pub mod etcd;
 
 use std::{
     collections::BTreeMap,
@@ -11,6 +18,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::{config::AcmeConfig, provider::kv::etcd::EtcdError};
 
 /// The whole file.
 pub type StorageFile = BTreeMap<String, ResolverData>;
@@ -55,7 +65,7 @@ impl std::fmt::Debug for StoredCertificate {
     }
 }
 
-/// Storage failures; each names the file.
+/// Storage failures; each names the file or the store.
 #[derive(Debug, Error)]
 pub enum StorageError {
     #[error("ACME storage {path}: cannot read: {source}")]
@@ -76,6 +86,163 @@ pub enum StorageError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("ACME storage {store}: {source}")]
+    Etcd {
+        store: String,
+        #[source]
+        source: EtcdError,
+    },
+    #[error("ACME storage {store}: cannot encode {key}: {source}")]
+    EncodeKey {
+        store: String,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Where one resolver keeps its data.
+pub enum Store {
+    File(PathBuf),
+    Etcd(Box<etcd::EtcdStore>),
+}
+
+/// Held while a certificate is ordered; see [`Store::lock`].
+pub enum Lock {
+    /// File storage belongs to one controller: nothing to coordinate.
+    Unshared,
+    Etcd(etcd::EtcdLock),
+}
+
+impl Lock {
+    /// Turns `true` when the lock is, or may be, lost (never for [`Lock::Unshared`]).
+    pub fn lost(&self) -> Option<watch::Receiver<bool>> {
+        match self {
+            Lock::Unshared => None,
+            Lock::Etcd(l) => Some(l.lost()),
+        }
+    }
+
+    /// Releases the lock (errors are logged: the lease expires by itself).
+    pub async fn release(self) {
+        if let Lock::Etcd(l) = self {
+            l.release().await;
+        }
+    }
+}
+
+impl Store {
+    /// The backend `certificatesResolvers.<name>.acme` (`option`) asks for.
+    pub fn new(acme: &AcmeConfig, option: &str) -> Self {
+        match &acme.storage_etcd {
+            Some(e) => Store::Etcd(Box::new(etcd::EtcdStore::new(
+                e,
+                format!("{option}.storageEtcd"),
+            ))),
+            None => Store::File(
+                acme.storage
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("acme.json")),
+            ),
+        }
+    }
+
+    /// Shared with other controllers (re-read periodically, orders locked).
+    pub fn shared(&self) -> bool {
+        matches!(self, Store::Etcd(_))
+    }
+
+    /// For logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::File(p) => p.display().to_string(),
+            Store::Etcd(e) => e.describe(),
+        }
+    }
+
+    /// Everything `resolver` has stored.
+    pub async fn load(&mut self, resolver: &str) -> Result<ResolverData, StorageError> {
+        match self {
+            Store::File(path) => Ok(load(path)?.remove(resolver).unwrap_or_default()),
+            Store::Etcd(e) => e.load(resolver).await,
+        }
+    }
+
+    /// The stored certificate for exactly these domains, if any.
+    pub async fn certificate(
+        &mut self,
+        resolver: &str,
+        domains: &[String],
+    ) -> Result<Option<StoredCertificate>, StorageError> {
+        match self {
+            Store::File(_) => Ok(self
+                .load(resolver)
+                .await?
+                .certificates
+                .into_iter()
+                .find(|c| c.domains == domains)),
+            Store::Etcd(e) => e.certificate(resolver, domains).await,
+        }
+    }
+
+    /// Takes the lock for ordering these domains: `None` when another controller holds it.
+    pub async fn lock(
+        &mut self,
+        resolver: &str,
+        domains: &[String],
+    ) -> Result<Option<Lock>, StorageError> {
+        match self {
+            Store::File(_) => Ok(Some(Lock::Unshared)),
+            Store::Etcd(e) => Ok(e.try_lock(resolver, domains).await?.map(Lock::Etcd)),
+        }
+    }
+
+    /// Stores a certificate (replacing the one for the same domains) while `lock` is held:
+    /// `false` when the lock was lost meanwhile and nothing was written.
+    pub async fn put_certificate(
+        &mut self,
+        resolver: &str,
+        certificate: &StoredCertificate,
+        lock: &Lock,
+    ) -> Result<bool, StorageError> {
+        match (self, lock) {
+            (Store::Etcd(e), Lock::Etcd(l)) => e.put_certificate(resolver, certificate, l).await,
+            (Store::Etcd(_), Lock::Unshared) => {
+                debug_assert!(false, "etcd storage written without its lock");
+                Ok(false)
+            }
+            (Store::File(path), _) => {
+                let mut file = load(path)?;
+                let data = file.entry(resolver.to_owned()).or_default();
+                match data
+                    .certificates
+                    .iter_mut()
+                    .find(|c| c.domains == certificate.domains)
+                {
+                    Some(c) => *c = certificate.clone(),
+                    None => data.certificates.push(certificate.clone()),
+                }
+                save(path, &file)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Stores (or, with `None`, forgets) the resolver's account.
+    pub async fn put_account(
+        &mut self,
+        resolver: &str,
+        account: Option<StoredAccount>,
+    ) -> Result<(), StorageError> {
+        match self {
+            Store::File(path) => {
+                let mut file = load(path)?;
+                file.entry(resolver.to_owned()).or_default().account = account;
+                save(path, &file)
+            }
+            Store::Etcd(e) => e.put_account(resolver, account.as_ref()).await,
+        }
+    }
 }
 
 /// Reads the file; a missing file is empty. A corrupt one is moved aside (reported) and read as

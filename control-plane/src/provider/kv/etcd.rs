@@ -11,7 +11,10 @@
 //! jitter. A key that cannot be decoded rejects the whole update (Traefik semantics) with the key
 //! in the error; the next good state is sent as soon as it exists.
 //!
-//! Only this module names the generated etcd types (built from `proto/etcd` by `build.rs`).
+//! Only this module (and its [`client`], the small KV/lease client the ACME storage uses) names
+//! the generated etcd types (built from `proto/etcd` by `build.rs`).
+
+pub mod client;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -187,7 +190,13 @@ async fn session(
     backoff: &mut Backoff,
     first_endpoint: usize,
 ) -> Result<(), EtcdError> {
-    let channel = connect(&provider.endpoints, first_endpoint, provider.tls.as_ref()).await?;
+    let channel = connect(
+        &provider.endpoints,
+        first_endpoint,
+        provider.tls.as_ref(),
+        "providers.etcd.tls",
+    )
+    .await?;
     let token = match &provider.credentials {
         Some((user, password)) => Some(authenticate(channel.clone(), user, password).await?),
         None => None,
@@ -311,18 +320,18 @@ async fn emit(provider: &EtcdProvider, sink: &ProviderSink, mirror: &mut Mirror)
         .await;
 }
 
+/// A channel to the first endpoint that answers, starting at `first`; `option` names the TLS
+/// option in errors.
 async fn connect(
     endpoints: &[String],
     first: usize,
     tls: Option<&ClientTlsConfig>,
+    option: &str,
 ) -> Result<Channel, EtcdError> {
     let needs_tls = tls.is_some() || endpoints.iter().any(|e| e.starts_with("https://"));
     let tls_config = if needs_tls {
         let default = ClientTlsConfig::default();
-        Some(
-            client_tls::client_config(tls.unwrap_or(&default), "providers.etcd.tls")
-                .map_err(EtcdError::Tls)?,
-        )
+        Some(client_tls::client_config(tls.unwrap_or(&default), option).map_err(EtcdError::Tls)?)
     } else {
         None
     };
