@@ -384,7 +384,7 @@ EOF
     for t in "${TARGETS[@]}"; do load tp "$t" small "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test; done
     for t in "${TARGETS[@]}"; do load tp "$t" 16k "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/16k" bench.test; done
     for t in "${TARGETS[@]}"; do load tp "$t" close "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test -H 'Connection: close'; done
-    for t in "${TARGETS[@]:1}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" bench.test; done
+    for t in "${TARGETS[@]:1}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" ""; done
   done
   for t in "${TARGETS[@]:1}"; do printf 'tp\t%s\t%s\t%s\n' "$t" "${IDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
   for t in nginx haproxy traefik switchyard switchyard-ctl; do stop "$t"; done

@@ -108,7 +108,7 @@ fn start_watcher(
     tx: mpsc::Sender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.as_ref().is_ok_and(changes_content) {
             // A full channel already holds a pending reload; dropping the event is fine.
             let _ = tx.try_send(());
         }
@@ -125,6 +125,12 @@ fn start_watcher(
         }
     }
     Ok(watcher)
+}
+
+/// Whether an event can change what the files say. inotify also reports opens and reads
+/// (`Access`), our own reads included: reloading on those would re-read the files forever.
+fn changes_content(event: &notify::Event) -> bool {
+    !matches!(event.kind, notify::EventKind::Access(_))
 }
 
 async fn reload(source: &Source, sink: &ProviderSink, last: &mut Option<DynamicConfig>) {
@@ -258,6 +264,29 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reading the watched files (as every reload does) must not count as a change: with inotify
+    /// reporting opens, that fed back into an endless re-read (a core busy at 50 000 routers).
+    #[tokio::test]
+    async fn reading_the_watched_files_is_not_a_change_but_writing_is() {
+        let dir = std::env::temp_dir().join(format!("sy-file-watch-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.yml");
+        std::fs::write(&file, "http: {}\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let _watcher = start_watcher(&Source::Directory(dir.clone()), tx).unwrap();
+
+        for _ in 0..5 {
+            std::fs::read_to_string(&file).unwrap();
+        }
+        let spurious = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+        assert!(spurious.is_err(), "a read was reported as a change");
+
+        std::fs::write(&file, "http:\n  routers: {}\n").unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
+        assert!(matches!(seen, Ok(Some(()))), "a write was not reported");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn yaml_error_names_file_and_line() {
