@@ -11,6 +11,11 @@
 //! host are three lists of indices in global order, merged lazily. Each candidate's whole rule is
 //! evaluated; the first match wins. A table with thousands of `Host(…)` routers therefore costs a
 //! hash lookup plus the few candidates of that host, not a scan (Traefik scans linearly).
+//!
+//! Within each of the three lists, when many of its routes require a path prefix (`PathPrefix`,
+//! `Path`), a second index keyed by that prefix splits the list: a request looks up only the
+//! prefixes of its own path, by the few distinct prefix lengths the list holds. Ten thousand
+//! `PathPrefix` routers under one host cost a handful of hash lookups, not ten thousand checks.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -90,11 +95,88 @@ pub enum RouterError {
 pub struct RouteTable<T> {
     routes: Vec<Route<T>>,
     /// Normalised host → routes that can match only that host.
-    exact: HashMap<Box<str>, Box<[u32]>>,
+    exact: HashMap<Box<str>, Bucket>,
     /// Parent domain with its leading dot (`.example.com`) → routes holding `*.example.com`.
-    wildcard: HashMap<Box<str>, Box<[u32]>>,
+    wildcard: HashMap<Box<str>, Bucket>,
     /// Routes that do not require a particular host.
-    generic: Box<[u32]>,
+    generic: Bucket,
+}
+
+/// A list of route indices in global order; a long one is split by required path prefix.
+#[derive(Default)]
+struct Bucket {
+    /// Every route of the bucket, or, with `paths`, those that require no path prefix.
+    routes: Box<[u32]>,
+    paths: Option<Box<PathIndex>>,
+}
+
+/// Required path prefix → the bucket's routes that require it (in global order).
+struct PathIndex {
+    by_prefix: HashMap<Box<str>, Box<[u32]>>,
+    /// The distinct lengths (bytes) of the keys, ascending.
+    lengths: Box<[usize]>,
+}
+
+/// From this many path-bound routes on, a bucket gets a [`PathIndex`] (below it a short scan is
+/// cheaper than hashing). Tiny in tests so that the random tables exercise the index.
+const PATH_INDEX_MIN: usize = if cfg!(test) { 2 } else { 16 };
+
+impl Bucket {
+    /// `indices` in global order; `paths[i]` is route `i`'s required path prefixes, if any.
+    fn new(indices: Vec<u32>, paths: &[Option<Vec<&str>>]) -> Self {
+        let required = |i: u32| paths.get(i as usize).and_then(Option::as_ref);
+        let bound = indices.iter().filter(|&&i| required(i).is_some()).count();
+        if bound < PATH_INDEX_MIN {
+            return Self {
+                routes: indices.into_boxed_slice(),
+                paths: None,
+            };
+        }
+        let mut free = Vec::new();
+        let mut by_prefix: HashMap<&str, Vec<u32>> = HashMap::new();
+        for index in indices {
+            match required(index) {
+                None => free.push(index),
+                Some(prefixes) => {
+                    for prefix in prefixes {
+                        let list = by_prefix.entry(prefix).or_default();
+                        if list.last() != Some(&index) {
+                            list.push(index);
+                        }
+                    }
+                }
+            }
+        }
+        let mut lengths: Vec<usize> = by_prefix.keys().map(|k| k.len()).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        Self {
+            routes: free.into_boxed_slice(),
+            paths: Some(Box::new(PathIndex {
+                by_prefix: by_prefix
+                    .into_iter()
+                    .map(|(k, v)| (Box::from(k), v.into_boxed_slice()))
+                    .collect(),
+                lengths: lengths.into_boxed_slice(),
+            })),
+        }
+    }
+
+    /// Adds the lists of routes that may match `path` to `out`.
+    fn lists<'t>(&'t self, path: &str, out: &mut Lists<'t>) {
+        out.push(&self.routes);
+        let Some(index) = &self.paths else { return };
+        for &len in &index.lengths {
+            if len > path.len() {
+                break;
+            }
+            if let Some(key) = path.get(..len)
+                && let Some(list) = index.by_prefix.get(key)
+            {
+                out.push(list);
+            }
+        }
+    }
 }
 
 struct Route<T> {
@@ -155,18 +237,22 @@ impl<T> RouteTable<T> {
                 }
             }
         }
+        let paths: Vec<Option<Vec<&str>>> =
+            compiled.iter().map(|r| r.node.required_paths()).collect();
         let freeze = |map: HashMap<&str, Vec<u32>>| {
             map.into_iter()
-                .map(|(k, v)| (Box::from(k), v.into_boxed_slice()))
+                .map(|(k, v)| (Box::from(k), Bucket::new(v, &paths)))
                 .collect()
         };
         let exact = freeze(exact);
         let wildcard = freeze(wildcard);
+        let generic = Bucket::new(generic, &paths);
+        drop(paths);
         Ok(Self {
             routes: compiled,
             exact,
             wildcard,
-            generic: generic.into_boxed_slice(),
+            generic,
         })
     }
 
@@ -180,7 +266,7 @@ impl<T> RouteTable<T> {
             req,
             client_ip: req.client_ip.to_canonical(),
         };
-        self.candidates(host)
+        self.candidates(host, req.path)
             .filter_map(|index| self.routes.get(index as usize))
             .find(|route| route.node.eval(&ctx))
             .map(|route| &route.payload)
@@ -196,22 +282,23 @@ impl<T> RouteTable<T> {
         self.routes.is_empty()
     }
 
-    /// The routes that may match a request for the normalised `host`, in global order.
-    fn candidates(&self, host: &str) -> Candidates<'_> {
-        let exact = match host {
-            "" => None,
-            host => self.exact.get(host),
-        };
-        let wildcard = host
-            .find('.')
-            .and_then(|dot| self.wildcard.get(&host[dot..]));
-        Candidates {
-            lists: [
-                exact.map_or(&[][..], |v| &v[..]),
-                wildcard.map_or(&[][..], |v| &v[..]),
-                &self.generic,
-            ],
+    /// The routes that may match a request for the normalised `host` and routing `path`, in
+    /// global order.
+    fn candidates(&self, host: &str, path: &str) -> Candidates<'_> {
+        let mut lists = Lists::default();
+        if !host.is_empty()
+            && let Some(bucket) = self.exact.get(host)
+        {
+            bucket.lists(path, &mut lists);
         }
+        if let Some(bucket) = host
+            .find('.')
+            .and_then(|dot| self.wildcard.get(&host[dot..]))
+        {
+            bucket.lists(path, &mut lists);
+        }
+        self.generic.lists(path, &mut lists);
+        Candidates { lists }
     }
 }
 
@@ -221,7 +308,7 @@ impl<T> Default for RouteTable<T> {
             routes: Vec::new(),
             exact: HashMap::new(),
             wildcard: HashMap::new(),
-            generic: Box::default(),
+            generic: Bucket::default(),
         }
     }
 }
@@ -232,22 +319,59 @@ impl<T> fmt::Debug for RouteTable<T> {
             .field("routes", &self.routes.len())
             .field("exact_hosts", &self.exact.len())
             .field("wildcard_domains", &self.wildcard.len())
-            .field("generic", &self.generic.len())
+            .field("generic", &self.generic.routes.len())
             .finish()
+    }
+}
+
+/// The non-empty index lists of one lookup: a few inline (no allocation on the request path),
+/// more spill to the heap (many distinct prefix lengths that all match).
+#[derive(Default)]
+struct Lists<'t> {
+    inline: [&'t [u32]; LISTS_INLINE],
+    len: usize,
+    spill: Vec<&'t [u32]>,
+}
+
+const LISTS_INLINE: usize = 8;
+
+impl<'t> Lists<'t> {
+    fn push(&mut self, list: &'t [u32]) {
+        if list.is_empty() {
+            return;
+        }
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = list;
+                self.len += 1;
+            }
+            None => self.spill.push(list),
+        }
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut &'t [u32]> {
+        self.inline[..self.len]
+            .iter_mut()
+            .chain(self.spill.iter_mut())
     }
 }
 
 /// Lazy ordered union (without duplicates) of sorted index lists.
 struct Candidates<'t> {
-    lists: [&'t [u32]; 3],
+    lists: Lists<'t>,
 }
 
 impl Iterator for Candidates<'_> {
     type Item = u32;
 
     fn next(&mut self) -> Option<u32> {
-        let next = self.lists.iter().filter_map(|l| l.first()).min().copied()?;
-        for list in &mut self.lists {
+        let next = self
+            .lists
+            .iter_mut()
+            .filter_map(|l| l.first())
+            .min()
+            .copied()?;
+        for list in self.lists.iter_mut() {
             if let Some((&head, rest)) = list.split_first()
                 && head == next
             {
@@ -425,6 +549,30 @@ impl Node {
             // Any: each branch must be host-bound for the union to be.
             Node::Any(items) => items.iter().try_fold(Vec::new(), |mut keys, item| {
                 keys.extend(item.required_hosts()?);
+                Some(keys)
+            }),
+            _ => None,
+        }
+    }
+
+    /// The path prefixes this node can match only (the path-index keys), or `None` if it may
+    /// match any path. `Path(p)` requires the prefix `p` too (and is then compared whole).
+    fn required_paths(&self) -> Option<Vec<&str>> {
+        match self {
+            Node::Path(path) | Node::PathPrefix(path) => Some(vec![&**path]),
+            Node::Never => Some(Vec::new()),
+            // All: the fewest keys, then the longest (the most selective).
+            Node::All(items) => items
+                .iter()
+                .filter_map(Node::required_paths)
+                .min_by_key(|keys| {
+                    (
+                        keys.len(),
+                        usize::MAX - keys.iter().map(|k| k.len()).sum::<usize>(),
+                    )
+                }),
+            Node::Any(items) => items.iter().try_fold(Vec::new(), |mut keys, item| {
+                keys.extend(item.required_paths()?);
                 Some(keys)
             }),
             _ => None,

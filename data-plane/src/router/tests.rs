@@ -1098,6 +1098,64 @@ fn bad_client_ip_names_router() {
 // Host index
 
 #[test]
+fn path_index_looks_up_only_the_prefixes_of_the_request_path() {
+    // 10 000 PathPrefix routers under one host, plus host-free and regexp routes.
+    let rules: Vec<(String, Expr)> = (0..10_000)
+        .map(|i| {
+            let rule = all(vec![host("app.test"), prefix(&format!("/p{i}"))]);
+            (format!("r{i:05}"), rule)
+        })
+        .chain([
+            ("exact".into(), all(vec![host("app.test"), path("/p12/x")])),
+            ("re".into(), all(vec![host("app.test"), path_regexp("^/q")])),
+            ("either".into(), any(vec![prefix("/p77"), prefix("/z")])),
+            ("y".into(), prefix("/y")),
+        ])
+        .collect();
+    let t = RouteTable::build(rules.iter().map(|(name, rule)| RouteInput {
+        name,
+        rule,
+        priority: default_priority(&rule.to_string()),
+        payload: name.clone(),
+    }))
+    .unwrap();
+    let candidates = |p: &str| -> Vec<&str> {
+        let mut names: Vec<&str> = t
+            .candidates("app.test", p)
+            .map(|i| &*t.routes[i as usize].name)
+            .collect();
+        names.sort_unstable();
+        names
+    };
+    // `/p1234/x` can only be matched by the prefixes /p1, /p12, /p123, /p1234 and the route
+    // without a path requirement.
+    assert_eq!(
+        candidates("/p1234/x"),
+        ["r00001", "r00012", "r00123", "r01234", "re"]
+    );
+    assert_eq!(candidates("/p12/x"), ["exact", "r00001", "r00012", "re"]);
+    assert_eq!(candidates("/z/1"), ["either", "re"]);
+    assert_eq!(candidates("/nothing"), ["re"]);
+    let route = |p: &str| Req::new().host("app.test").path(p).route(&t).cloned();
+    // Longest rule wins (default priority), as in a linear scan (`route` checks both agree).
+    assert_eq!(route("/p1234/x").as_deref(), Some("r01234"));
+    // `…PathPrefix(`/p12`)` is a longer rule than `…Path(`/p12/x`)`.
+    assert_eq!(route("/p12/x").as_deref(), Some("r00012"));
+    // The host-free `either` is the longer rule.
+    assert_eq!(route("/p77/x").as_deref(), Some("either"));
+    assert_eq!(route("/q").as_deref(), Some("re"));
+    assert_eq!(route("/nothing"), None);
+    assert_eq!(
+        Req::new()
+            .host("other.test")
+            .path("/z")
+            .route(&t)
+            .map(String::as_str),
+        Some("either")
+    );
+}
+
+#[test]
 fn index_skips_routes_for_other_hosts() {
     let rules: Vec<(String, Expr)> = (0..1000)
         .map(|i| {
@@ -1122,7 +1180,7 @@ fn index_skips_routes_for_other_hosts() {
     }))
     .unwrap();
     let candidates = |h: &str| -> Vec<&str> {
-        t.candidates(&normalize_host(h))
+        t.candidates(&normalize_host(h), "/")
             .map(|i| &*t.routes[i as usize].name)
             .collect()
     };
@@ -1199,8 +1257,8 @@ fn random_expr(rng: &mut Rng, depth: u32) -> Expr {
             "example.com:80",
         ])),
         5 => host_regexp(rng.pick(&[r"^[ab]\.", "example", r"\.$"])),
-        6 => prefix(rng.pick(&["/", "/api", "/b"])),
-        7 => path(rng.pick(&["/", "/api", "/b/c"])),
+        6 => prefix(rng.pick(&["/", "/api", "/b", "", "/a", "/api/x", "/b/", "/é"])),
+        7 => path(rng.pick(&["/", "/api", "/b/c", "/api/x", "/é/x"])),
         8 => method(rng.pick(&["GET", "POST"])),
         _ => query("k", rng.pick(&[None, Some("v")])),
     }
@@ -1224,7 +1282,18 @@ fn random_request(rng: &mut Rng) -> Req {
     }
     Req::new()
         .host(&h)
-        .path(rng.pick(&["/", "/api/x", "/b/c", "/b/./c", "/x"]))
+        .path(rng.pick(&[
+            "/",
+            "/api/x",
+            "/b/c",
+            "/b/./c",
+            "/x",
+            "/api",
+            "/ap",
+            "/é/x",
+            "/%C3%A9/x",
+            "/b/",
+        ]))
         .query(rng.pick(&[None, Some("k"), Some("k=v"), Some("a=1")]))
         .method(if rng.below(2) == 0 {
             Method::GET

@@ -274,10 +274,18 @@ async fn subscribe(f: &Flags) -> anyhow::Result<()> {
 
 /// One subscriber: Hello, then for every snapshot: reassemble → verify → decode → ACK.
 async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
-    let mut client = ControlPlaneClient::connect(url.to_owned())
-        .await
-        .with_context(|| format!("cannot connect to {url}"))?
-        .max_decoding_message_size(256 * 1024 * 1024);
+    // The controller may still be starting: retry for a bounded while, like a proxy would.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let client = loop {
+        match ControlPlaneClient::connect(url.to_owned()).await {
+            Ok(client) => break client,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("cannot connect to {url} within 60 s"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let mut client = client.max_decoding_message_size(256 * 1024 * 1024);
     let (tx, rx) = mpsc::channel(8);
     tx.send(pb::SubscribeRequest {
         kind: Some(subscribe_request::Kind::Hello(pb::Hello {
