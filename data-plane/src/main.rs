@@ -63,8 +63,30 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // On one core (an edge box, or a proxy pinned with taskset/cpusets), the current-thread
+    // scheduler serves the same work without the work-stealing machinery; otherwise one worker
+    // per core the process may use.
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let runtime = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(main_async()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_async() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run {
             controllers,
