@@ -6,6 +6,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
+use prost::Message;
 use switchyard_shared::{pb, time::now_unix_ms};
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -128,18 +129,21 @@ impl Runtime {
     ) -> Result<(), String> {
         let mut listeners = self.listeners.lock().await;
         let previous = self.table.load_full();
-        let (table, snapshot) = tokio::task::spawn_blocking(move || {
-            let built = Table::build(&snapshot, Some(&previous));
-            (built, snapshot)
+        let (table, encoded) = tokio::task::spawn_blocking(move || {
+            // What the store will persist, encoded before the wire snapshot is consumed by the
+            // build (compact bytes instead of a second decoded copy alive during the build).
+            let encoded = (source == Source::Controller).then(|| snapshot.encode_to_vec());
+            let built = Table::build_owned(snapshot, Some(&previous));
+            (built, encoded)
         })
         .await
         .map_err(|e| format!("apply task failed: {e}"))?;
         let table = table.map_err(|e| e.to_string())?;
         let desired = self.desired(&table)?;
         let prepared = listeners.prepare(&desired).await?;
-        if source == Source::Controller {
+        if let Some(encoded) = encoded {
             let store = self.store.clone();
-            let saved = tokio::task::spawn_blocking(move || store.save(&snapshot))
+            let saved = tokio::task::spawn_blocking(move || store.save_encoded(&encoded))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));
@@ -171,7 +175,7 @@ impl Runtime {
     /// skipped, never served.
     pub async fn load_from_disk(&self) {
         let mut errors = Vec::new();
-        for candidate in self.store.load_all() {
+        for candidate in self.store.load_each() {
             match candidate {
                 Err(e) => {
                     tracing::error!(error = %e, "skipping state file");

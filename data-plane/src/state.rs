@@ -161,12 +161,24 @@ impl Table {
         versioned: &pb::VersionedSnapshot,
         previous: Option<&Table>,
     ) -> Result<Self, ApplyError> {
-        let wire = versioned
-            .snapshot
-            .clone()
-            .ok_or_else(|| ApplyError::Empty {
-                version: versioned.version.clone(),
-            })?;
+        Self::build_owned(versioned.clone(), previous)
+    }
+
+    /// [`Table::build`] consuming the snapshot: its wire form is decoded in place rather than
+    /// copied first (at 50 000 routers that copy is tens of MB at the peak of an apply).
+    pub fn build_owned(
+        versioned: pb::VersionedSnapshot,
+        previous: Option<&Table>,
+    ) -> Result<Self, ApplyError> {
+        let pb::VersionedSnapshot {
+            version,
+            generation,
+            snapshot: wire,
+            ..
+        } = versioned;
+        let Some(wire) = wire else {
+            return Err(ApplyError::Empty { version });
+        };
         let snapshot = Snapshot::try_from(wire)?;
         for ep in &snapshot.entry_points {
             crate::listener::parse_listen_address(&ep.address).map_err(|reason| {
@@ -250,8 +262,8 @@ impl Table {
             None
         };
         Ok(Table {
-            version: versioned.version.clone(),
-            generation: versioned.generation,
+            version,
+            generation,
             entry_points: snapshot
                 .entry_points
                 .iter()

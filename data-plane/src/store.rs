@@ -66,22 +66,31 @@ impl Store {
     /// Every stored generation, newest first, each decoded or with the reason it cannot be.
     /// Missing files are skipped silently.
     pub fn load_all(&self) -> Vec<Result<pb::VersionedSnapshot, StoreError>> {
-        [CURRENT, PREVIOUS]
-            .iter()
-            .filter_map(|name| {
-                let path = self.dir.join(name);
-                match fs::read(&path) {
-                    Ok(bytes) => Some(decode(&path, &bytes)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(source) => Some(Err(StoreError::Io { path, source })),
-                }
-            })
-            .collect()
+        self.load_each().collect()
+    }
+
+    /// [`Store::load_all`], read and decoded one generation at a time as the caller asks (at boot
+    /// the previous generation is not even read when the current one applies).
+    pub fn load_each(
+        &self,
+    ) -> impl Iterator<Item = Result<pb::VersionedSnapshot, StoreError>> + '_ {
+        [CURRENT, PREVIOUS].into_iter().filter_map(|name| {
+            let path = self.dir.join(name);
+            match fs::read(&path) {
+                Ok(bytes) => Some(decode(&path, &bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => Some(Err(StoreError::Io { path, source })),
+            }
+        })
     }
 
     /// Persists a snapshot as the new current generation.
     pub fn save(&self, snapshot: &pb::VersionedSnapshot) -> Result<(), StoreError> {
-        let payload = snapshot.encode_to_vec();
+        self.save_encoded(&snapshot.encode_to_vec())
+    }
+
+    /// [`Store::save`] of a snapshot already encoded (`VersionedSnapshot::encode_to_vec`).
+    pub fn save_encoded(&self, payload: &[u8]) -> Result<(), StoreError> {
         let tmp = self.dir.join(TMP);
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -97,10 +106,10 @@ impl Store {
             }
             let mut file = options.open(&tmp).map_err(io(&tmp))?;
             file.write_all(MAGIC).map_err(io(&tmp))?;
-            file.write_all(hex::encode(Sha256::digest(&payload)).as_bytes())
+            file.write_all(hex::encode(Sha256::digest(payload)).as_bytes())
                 .map_err(io(&tmp))?;
             file.write_all(b"\n").map_err(io(&tmp))?;
-            file.write_all(&payload).map_err(io(&tmp))?;
+            file.write_all(payload).map_err(io(&tmp))?;
             file.sync_all().map_err(io(&tmp))?;
         }
         let current = self.dir.join(CURRENT);
