@@ -415,3 +415,79 @@ async fn mutual_tls_to_etcd() {
     assert!(status.error.contains("etcd"), "{status:?}");
     assert!(refused.routes().await.unwrap().routers.is_empty());
 }
+
+/// `http/routers/<r>/tls = true` and `tls/certificates/<n>/{certFile,keyFile}` (inline PEM), as
+/// Traefik's KV providers take them: the certificate reaches the snapshot, keys are redacted in
+/// `GetSnapshot`; a bad certificate is reported naming its provider and the good one stays.
+#[tokio::test]
+async fn tls_certificates_from_kv_reach_the_snapshot_and_a_bad_one_is_named() {
+    let etcd = Etcd::start().await;
+    let a = backend("backend-a").await;
+    put_route(&etcd, "web", "secure.example", "svc", a).await;
+    etcd.put("traefik/http/routers/web/tls", "true").await;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["secure.example".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    etcd.put("traefik/tls/certificates/0/certFile", &cert.pem())
+        .await;
+    etcd.put("traefik/tls/certificates/0/keyFile", &key.serialize_pem())
+        .await;
+    let controller = Controller::start(&provider_config(etcd.client)).await;
+
+    let certs = eventually("the KV certificate in the snapshot", DEADLINE, || async {
+        let s = controller.snapshot().await?;
+        let content = s.snapshot.unwrap_or_default();
+        let tls_router = content.routers.iter().any(|r| r.tls.is_some());
+        let certs = content.certificates;
+        if tls_router && certs.iter().any(|c| c.names == ["secure.example"]) {
+            Ok(certs)
+        } else {
+            let status = controller.provider("etcd").await?;
+            Err(format!(
+                "tls router: {tls_router}; certificates: {certs:?}; {status:?}"
+            ))
+        }
+    })
+    .await;
+    assert!(
+        certs.iter().all(|c| !c.key_pem.contains("PRIVATE KEY")),
+        "keys are redacted in GetSnapshot"
+    );
+
+    etcd.put("traefik/tls/certificates/1/certFile", "not a certificate")
+        .await;
+    etcd.put("traefik/tls/certificates/1/keyFile", "not a key")
+        .await;
+    let bad = eventually("the bad certificate reported", DEADLINE, || async {
+        let v = controller.version().await?;
+        let bad: Vec<String> = v
+            .diagnostics
+            .iter()
+            .filter(|d| d.provider == "etcd" && d.object.starts_with("certificate/"))
+            .map(|d| format!("{}: {}", d.object, d.message))
+            .collect();
+        if bad.is_empty() {
+            Err(format!("{:?}", v.diagnostics))
+        } else {
+            Ok(bad)
+        }
+    })
+    .await;
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let content = controller
+        .snapshot()
+        .await
+        .expect("snapshot")
+        .snapshot
+        .unwrap_or_default();
+    assert!(
+        content
+            .certificates
+            .iter()
+            .any(|c| c.names == ["secure.example"]),
+        "the good certificate stays: {:?}",
+        content.certificates
+    );
+}

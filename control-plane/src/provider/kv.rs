@@ -381,6 +381,16 @@ impl Converter<'_> {
     fn node(&mut self, node: &Node, path: &mut Vec<String>) -> Result<Value, DecodeError> {
         if node.children.is_empty() {
             return match node.value.as_deref() {
+                // `http/routers/<name>/tls = true`: TLS with defaults (`tls: {}`), Traefik's usual
+                // KV spelling; `false` means no TLS section.
+                Some(value) if is_router_tls(path) => match parse_bool(value) {
+                    Some(true) => Ok(Value::Mapping(Mapping::new())),
+                    Some(false) => Ok(Value::Null),
+                    None => Err(DecodeError {
+                        key: self.tree.key_of(path),
+                        reason: format!("expected true, false or sub-keys, got `{value}`"),
+                    }),
+                },
                 Some(value) => self.leaf(path, value),
                 // A branch whose children were taken (`loadbalancer.server.*`), or the empty root.
                 None => Ok(Value::Mapping(Mapping::new())),
@@ -528,6 +538,11 @@ fn infer_scalar(value: &str) -> Value {
         return Value::Number(n.into());
     }
     Value::String(value.to_owned())
+}
+
+/// `…/routers/<name>/tls`, which may be a plain boolean.
+fn is_router_tls(path: &[String]) -> bool {
+    matches!(path, [.., routers, _, tls] if routers == "routers" && tls == "tls")
 }
 
 /// Maps whose keys are user-given names, kept as written: `http/routers`, `tls/options`, header

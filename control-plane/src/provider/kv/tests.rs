@@ -194,3 +194,50 @@ fn provider_options_use_traefik_names_and_unsupported_tls_is_a_clear_error() {
         "unknown option rejected"
     );
 }
+
+#[test]
+fn tls_certificates_options_and_stores_decode() {
+    let (config, _) = dec(&[
+        (
+            "traefik/tls/certificates/0/certFile",
+            "-----BEGIN CERTIFICATE-----\nA",
+        ),
+        ("traefik/tls/certificates/0/keyFile", "/etc/k.pem"),
+        ("traefik/tls/certificates/0/stores/0", "default"),
+        ("traefik/tls/options/modern/minVersion", "VersionTLS13"),
+        (
+            "traefik/tls/stores/default/defaultCertificate/certFile",
+            "/c.pem",
+        ),
+        (
+            "traefik/tls/stores/default/defaultCertificate/keyFile",
+            "/k.pem",
+        ),
+    ])
+    .unwrap();
+    let tls = config.tls.expect("tls section");
+    assert_eq!(tls.certificates.len(), 1, "{:?}", tls.certificates);
+    assert!(tls.certificates[0].cert_file.starts_with("-----BEGIN"));
+    assert_eq!(tls.certificates[0].key_file, "/etc/k.pem");
+    assert!(tls.options.contains_key("modern"));
+    assert!(tls.stores["default"].default_certificate.is_some());
+}
+
+#[test]
+fn router_tls_as_a_plain_boolean() {
+    let (config, _) = dec(&[
+        ("traefik/http/routers/on/rule", "Path(`/`)"),
+        ("traefik/http/routers/on/tls", "true"),
+        ("traefik/http/routers/off/rule", "Path(`/`)"),
+        ("traefik/http/routers/off/tls", "false"),
+    ])
+    .unwrap();
+    let http = config.http.unwrap();
+    assert!(http.routers["on"].tls.is_some(), "`tls = true` enables TLS");
+    assert!(http.routers["off"].tls.is_none(), "`tls = false` does not");
+    let err = dec(&[("traefik/http/routers/r/tls", "maybe")]).unwrap_err();
+    assert!(
+        err.to_string().contains("traefik/http/routers/r/tls"),
+        "{err}"
+    );
+}
