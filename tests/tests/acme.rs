@@ -11,12 +11,8 @@
 //! pebble issues exactly one, both snapshots carry it, and a restarted controller restores it
 //! from etcd without ordering.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/etcd.rs"]
-mod etcd_support;
-#[path = "support/providers.rs"]
-mod support;
+use crate::support::etcd as etcd_support;
+use crate::support::providers as support;
 
 use std::{
     net::SocketAddr,

@@ -2,8 +2,6 @@
 //! --admin ADDR [--json]` print a table or JSON with the documented fields, and fail with a
 //! non-zero exit and one line naming the target when it is unreachable.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use serde_json::Value;
 use switchyard_tests::harness::{DEADLINE, Fleet, free_port, run_cli};
 

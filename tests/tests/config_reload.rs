@@ -4,8 +4,6 @@
 //! like Traefik: 404/502/503, X-Forwarded-*, the middlewares, weighted splits. Real processes:
 //! `switchyard-controller`, two or one `switchyard-proxy`, `switchyard-echo` backends.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use http::Method;
 use switchyard_tests::harness::{
     DEADLINE, Fleet, free_port, grpc,

@@ -18,11 +18,8 @@
 //! Without it the test fails: a skipped conformance suite proves nothing.
 
 // Test harness: a failed setup step should panic loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "conformance/fleet.rs"]
 mod fleet;
-#[path = "conformance/wire.rs"]
 mod wire;
 
 use std::{

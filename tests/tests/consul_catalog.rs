@@ -4,10 +4,8 @@
 //! going away and coming back, and everything deregistered.
 
 // Test helpers: a failed setup step should panic loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/providers.rs"]
-mod support;
+use crate::support::providers as support;
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 

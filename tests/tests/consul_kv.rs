@@ -3,10 +3,8 @@
 //! re-read, a malformed key and the agent going away keep the last good configuration.
 
 // Test helpers: a failed setup step should panic loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/providers.rs"]
-mod support;
+use crate::support::providers as support;
 
 use std::net::SocketAddr;
 

@@ -4,8 +4,6 @@
 //! (trying every `--controller` URL in turn), converge on the same version, and are not sent what
 //! they already hold.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::{
     sync::{
         Arc, Mutex,

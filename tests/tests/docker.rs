@@ -4,10 +4,8 @@
 //! discovery-only checks read the compiled snapshot over gRPC.
 
 // Test helpers: a failed setup step should panic loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/providers.rs"]
-mod support;
+use crate::support::providers as support;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 

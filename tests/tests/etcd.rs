@@ -3,12 +3,9 @@
 //! encoding, malformed keys, watch resumption, compaction, and outages.
 
 // Test helpers: a failed setup step should panic loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/etcd.rs"]
-mod etcd_support;
-#[path = "support/providers.rs"]
-mod support;
+use crate::support::etcd as etcd_support;
+use crate::support::providers as support;
 
 use std::net::SocketAddr;
 

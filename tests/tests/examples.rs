@@ -2,8 +2,6 @@
 //! (gRPC moved to a free port, the watched directory made absolute) and compiles every router of
 //! `deploy/examples/dynamic/` without a diagnostic. Keeps `deploy/run-demo.sh` from rotting.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::PathBuf;
 
 use switchyard_tests::harness::{DEADLINE, Fleet, grpc};

@@ -8,10 +8,8 @@
 //! against the pure translation.
 
 // Test helpers: a failed setup step should panic loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/providers.rs"]
-mod support;
+use crate::support::providers as support;
 
 use std::{collections::BTreeSet, net::SocketAddr, path::Path};
 

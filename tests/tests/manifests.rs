@@ -7,7 +7,6 @@
 //! when missing); without it the test fails and says so.
 
 // Test helpers: a failed setup step should panic loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     path::{Path, PathBuf},

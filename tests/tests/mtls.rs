@@ -4,10 +4,7 @@
 //! certificate from another CA, with a used token, or whose node id its certificate does not
 //! name, is refused with a clear error; plaintext is refused off loopback unless allowed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/providers.rs"]
-mod support;
+use crate::support::providers as support;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 

@@ -3,8 +3,6 @@
 //! is sent again. The unappliable snapshot declares an entry point on a loopback port this test
 //! holds (and the proxy does not override it with `--entrypoint`), so the proxy cannot bind it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use switchyard_tests::harness::{DEADLINE, Fleet, RECONNECT_DEADLINE};

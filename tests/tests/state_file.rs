@@ -3,8 +3,6 @@
 //! `GetStatus.state_error`, and never served — the proxy falls back to the previous generation, or
 //! serves nothing until a controller comes back.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::{
     os::unix::fs::PermissionsExt,
     path::Path,

@@ -5,10 +5,8 @@
 //! snapshot is read over gRPC. The node leaves the swarm at the end, even when the test fails.
 
 // Test helpers: a failed setup step should panic loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/providers.rs"]
-mod support;
+use crate::support::providers as support;
 
 use support::{Controller, DEADLINE, eventually, free_port};
 use switchyard_shared::pb;

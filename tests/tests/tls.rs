@@ -3,10 +3,7 @@
 //! wildcard), HTTP/2 via ALPN, entry-point redirection, per-host TLS options (minimum version,
 //! client certificates), a bad certificate costing only itself, keys redacted from GetSnapshot.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/providers.rs"]
-mod support;
+use crate::support::providers as support;
 
 use std::{net::SocketAddr, sync::Arc};
 

@@ -3,8 +3,6 @@
 //! service's servers) are applied while clients keep sending; one raw keep-alive connection
 //! carries requests across all of them and sees every new route.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::{
     sync::{
         Arc, Mutex,

@@ -1,15 +1,14 @@
 //! A real etcd (Debian `etcd-server`) on loopback ports in a temporary data directory, with
-//! `etcdctl` to read and write it; shared by `etcd.rs` and `acme.rs` (included with `#[path]`
-//! next to `support/providers.rs`, which must be the crate's `support` module).
+//! `etcdctl` to read and write it; shared by `etcd.rs` and `acme.rs`.
 
 // Test helpers: a failed setup step should panic loudly.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code)]
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio};
 
 use tokio::process::{Child, Command};
 
-use crate::support::{DEADLINE, TempDir, eventually, free_port};
+use crate::support::providers::{DEADLINE, TempDir, eventually, free_port};
 
 pub const INSTALL_HINT: &str = "the etcd integration tests need a real etcd: install Debian's \
     `etcd-server` and `etcd-client` (`apt-get install -y etcd-server etcd-client`; \

@@ -1,9 +1,8 @@
-//! Shared by the provider integration tests (`etcd.rs`, `consul_kv.rs`, `consul_catalog.rs`):
-//! an in-process controller and proxy, a tiny backend, and bounded polling. Included with
-//! `#[path]` so each test binary stays independent.
+//! Shared by the provider integration tests (`etcd.rs`, `consul_kv.rs`, `consul_catalog.rs`…):
+//! an in-process controller and proxy, a tiny backend, and bounded polling.
 
 // Test helpers: a failed setup step should panic loudly.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code)]
 
 use std::{
     collections::BTreeMap,
