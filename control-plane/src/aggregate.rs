@@ -69,7 +69,8 @@ pub async fn run(
     // The last compile, re-published with fresh ACME certificates/challenges when those change.
     let mut last: Option<(switchyard_shared::snapshot::Snapshot, Vec<Diagnostic>)> = None;
     let mut acme_output = acme_handle.as_ref().map(AcmeHandle::output);
-    let mut configs: BTreeMap<String, DynamicConfig> = BTreeMap::new();
+    // Shared with the compile task: a compile copies no configuration.
+    let mut configs: BTreeMap<String, Arc<DynamicConfig>> = BTreeMap::new();
     let mut warnings: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
     let mut heard: BTreeMap<String, bool> = expected_providers
         .iter()
@@ -122,7 +123,7 @@ pub async fn run(
                     ProviderEvent::Update { provider, config, warnings: w } => {
                         heard.insert(provider.clone(), true);
                         states.insert(provider.clone(), ProviderState { healthy: true, error: None, updated_at_unix_ms: now_ms });
-                        configs.insert(provider.clone(), *config);
+                        configs.insert(provider.clone(), Arc::new(*config));
                         warnings.insert(provider, w);
                     }
                     ProviderEvent::Error { provider, error } => {
@@ -141,11 +142,15 @@ pub async fn run(
                 let eps = entry_points.clone();
                 let extra: Vec<Diagnostic> = warnings.values().flatten().cloned().collect();
                 let resolvers = acme_handle.as_ref().map(|a| a.resolvers().clone());
+                let started = std::time::Instant::now();
                 let compiled = tokio::task::spawn_blocking(move || {
                     let mut input = input;
                     let mut file_diags = Vec::new();
                     for (provider, config) in input.iter_mut() {
-                        file_diags.extend(certs::load_files(provider, config));
+                        // Copied only when it names certificate files to read.
+                        if certs::has_files(config) {
+                            file_diags.extend(certs::load_files(provider, Arc::make_mut(config)));
+                        }
                     }
                     let (snapshot, mut diags) = compile::compile(&eps, &input);
                     diags.extend(file_diags);
@@ -158,16 +163,24 @@ pub async fn run(
                 .await;
                 match compiled {
                     Ok((snapshot, mut diags, demands)) => {
+                        tracing::debug!(
+                            elapsed_ms = started.elapsed().as_millis(),
+                            routers = snapshot.routers.len(),
+                            "compiled"
+                        );
                         diags.extend(extra);
                         diags.sort();
                         diags.dedup();
-                        let mut merged = snapshot.clone();
                         if let (Some(handle), Some(rx)) = (&acme_handle, &acme_output) {
+                            // Kept to re-publish with new certificates without recompiling.
+                            let mut merged = snapshot.clone();
                             handle.set_demands(demands);
                             acme::merge(&mut merged, &rx.borrow());
+                            last = Some((snapshot, diags.clone()));
+                            publisher.publish(merged, diags);
+                        } else {
+                            publisher.publish(snapshot, diags);
                         }
-                        last = Some((snapshot, diags.clone()));
-                        publisher.publish(merged, diags);
                     }
                     Err(e) => tracing::error!(error = %e, "compile task failed; keeping the current snapshot"),
                 }

@@ -15,6 +15,20 @@ fn read(value: &str) -> Result<String, String> {
     std::fs::read_to_string(value).map_err(|e| format!("cannot read {value}: {e}"))
 }
 
+/// Whether [`load_files`] has anything to do: a certificate, a default certificate or client-auth
+/// CA files (inline PEM counts too; reading it is a copy).
+pub fn has_files(config: &DynamicConfig) -> bool {
+    config.tls.as_ref().is_some_and(|tls| {
+        !tls.certificates.is_empty()
+            || tls.stores.values().any(|s| s.default_certificate.is_some())
+            || tls.options.values().any(|o| {
+                o.client_auth
+                    .as_ref()
+                    .is_some_and(|a| !a.ca_files.is_empty())
+            })
+    })
+}
+
 /// Replaces every path with the file's content; returns the problems found.
 pub fn load_files(provider: &str, config: &mut DynamicConfig) -> Vec<Diagnostic> {
     let mut diags = Vec::new();

@@ -7,7 +7,10 @@ pub mod rule;
 pub mod tls;
 mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use switchyard_shared::{
     rule::{MAX_USER_PRIORITY, default_priority},
@@ -84,7 +87,7 @@ pub fn qualify(reference: &str, provider: &str) -> String {
 /// Compiles the providers' configurations (keyed by provider name) into a snapshot.
 pub fn compile(
     entry_points: &[EntryPoint],
-    providers: &BTreeMap<String, DynamicConfig>,
+    providers: &BTreeMap<String, impl Borrow<DynamicConfig>>,
 ) -> (Snapshot, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut entry_points = entry_points.to_vec();
@@ -95,6 +98,7 @@ pub fn compile(
     let mut middlewares: BTreeMap<String, Middleware> = BTreeMap::new();
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
     for (provider, config) in providers {
+        let config: &DynamicConfig = config.borrow();
         validate::report_unsupported_root(provider, config, &mut diags);
         let Some(http) = &config.http else { continue };
         for (name, m) in &http.middlewares {
@@ -117,6 +121,7 @@ pub fn compile(
     // Pass 3: routers.
     let mut routers = Vec::new();
     for (provider, config) in providers {
+        let config: &DynamicConfig = config.borrow();
         let Some(http) = &config.http else { continue };
         for (name, r) in &http.routers {
             let object = format!("router/{}", qualify(name, provider));

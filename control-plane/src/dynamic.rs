@@ -308,6 +308,11 @@ impl DynamicConfig {
             theirs: BTreeMap<String, T>,
             skipped: &mut Vec<String>,
         ) {
+            if ours.is_empty() {
+                // The common case of one big file: take the map as it is.
+                *ours = theirs;
+                return;
+            }
             for (name, value) in theirs {
                 match ours.entry(name) {
                     std::collections::btree_map::Entry::Occupied(e) => {

@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
+use prost::Message;
+
 use switchyard_shared::{
-    chunk, pb, snapshot::Snapshot, time::now_unix_ms, version::snapshot_version,
+    chunk, pb, snapshot::Snapshot, time::now_unix_ms, version::encoded_version,
 };
 use tokio::sync::watch;
 
@@ -43,8 +45,12 @@ impl Publisher {
     /// Versions and publishes a compiled snapshot unless it equals the current one (diagnostics
     /// are refreshed in any case).
     pub fn publish(&self, snapshot: Snapshot, diagnostics: Vec<Diagnostic>) {
+        let started = std::time::Instant::now();
         let wire = pb::Snapshot::from(&snapshot);
-        let version = snapshot_version(&wire);
+        drop(snapshot);
+        // Encoded once: hashed for the version, and chunked from the same bytes.
+        let encoded = wire.encode_to_vec();
+        let version = encoded_version(&encoded);
         for d in &diagnostics {
             match d.severity {
                 Severity::Error => {
@@ -74,17 +80,24 @@ impl Publisher {
                 routers = wire.routers.len(),
                 "publishing snapshot"
             );
-            let snapshot = pb::VersionedSnapshot {
+            let mut snapshot = pb::VersionedSnapshot {
                 version: version.clone(),
                 generation,
                 created_at_unix_ms: now_unix_ms(),
-                snapshot: Some(wire.clone()),
+                snapshot: None,
             };
+            let messages = chunk::messages_encoded(&snapshot, &wire, &encoded);
+            snapshot.snapshot = Some(wire);
             *current = Arc::new(Published {
-                messages: chunk::messages(&snapshot),
+                messages,
                 snapshot,
                 diagnostics,
             });
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis(),
+                bytes = encoded.len(),
+                "snapshot encoded and chunked"
+            );
             true
         });
     }

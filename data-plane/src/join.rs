@@ -30,7 +30,10 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
 use sha2::{Digest, Sha256};
-use switchyard_shared::pb::{self, control_plane_client::ControlPlaneClient};
+use switchyard_shared::{
+    chunk,
+    pb::{self, control_plane_client::ControlPlaneClient},
+};
 use thiserror::Error;
 use tokio::{net::TcpStream, sync::watch};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -357,6 +360,8 @@ fn endpoint(url: &str) -> Result<Endpoint, String> {
     Ok(Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("invalid controller URL {url}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(chunk::RECEIVE_WINDOW_BYTES)
+        .initial_connection_window_size(chunk::RECEIVE_WINDOW_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true))

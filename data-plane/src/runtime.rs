@@ -127,26 +127,54 @@ impl Runtime {
         snapshot: pb::VersionedSnapshot,
         source: Source,
     ) -> Result<(), String> {
+        self.apply_encoded(snapshot, None, source).await
+    }
+
+    /// [`Runtime::apply`] with the snapshot's encoding when the caller has it (a reassembled
+    /// chunked snapshot), persisted as it is instead of encoding the snapshot again.
+    pub async fn apply_encoded(
+        &self,
+        snapshot: pb::VersionedSnapshot,
+        encoded: Option<Vec<u8>>,
+        source: Source,
+    ) -> Result<(), String> {
+        let started = std::time::Instant::now();
         let mut listeners = self.listeners.lock().await;
         let previous = self.table.load_full();
-        let (table, encoded) = tokio::task::spawn_blocking(move || {
-            // What the store will persist, encoded before the wire snapshot is consumed by the
-            // build (compact bytes instead of a second decoded copy alive during the build).
-            let encoded = (source == Source::Controller).then(|| snapshot.encode_to_vec());
-            let built = Table::build_owned(snapshot, Some(&previous));
-            (built, encoded)
-        })
-        .await
-        .map_err(|e| format!("apply task failed: {e}"))?;
-        let table = table.map_err(|e| e.to_string())?;
+        // The new generation is written and synced to the state dir while the table builds (the
+        // build is CPU, the sync mostly waiting on the disk); it becomes current only once the
+        // table is built and the listeners prepared, before the swap and the ACK.
+        let staging = (source == Source::Controller).then(|| {
+            let encoded = encoded.unwrap_or_else(|| snapshot.encode_to_vec());
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.stage_encoded(&encoded))
+        });
+        let built =
+            tokio::task::spawn_blocking(move || Table::build_owned(snapshot, Some(&previous)))
+                .await;
+        let built_ms = started.elapsed().as_millis();
+        // Always waited for, so no staging outlives this apply.
+        let staged = match staging {
+            Some(task) => Some(match task.await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }),
+            None => None,
+        };
+        let table = built
+            .map_err(|e| format!("apply task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
         let desired = self.desired(&table)?;
         let prepared = listeners.prepare(&desired).await?;
-        if let Some(encoded) = encoded {
+        if let Some(staged) = staged {
             let store = self.store.clone();
-            let saved = tokio::task::spawn_blocking(move || store.save_encoded(&encoded))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+            let saved = match staged {
+                Ok(()) => tokio::task::spawn_blocking(move || store.commit_staged())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                Err(e) => Err(e),
+            };
             match saved {
                 Ok(()) => self.with_status(|s| s.state_error.clear()),
                 Err(e) => {
@@ -167,7 +195,14 @@ impl Runtime {
             s.source = source;
             s.applied_at_unix_ms = now_unix_ms();
         });
-        tracing::info!(%version, routers, source = source.as_str(), "snapshot applied");
+        tracing::info!(
+            %version,
+            routers,
+            source = source.as_str(),
+            built_ms,
+            elapsed_ms = started.elapsed().as_millis(),
+            "snapshot applied"
+        );
         Ok(())
     }
 

@@ -91,6 +91,14 @@ impl Store {
 
     /// [`Store::save`] of a snapshot already encoded (`VersionedSnapshot::encode_to_vec`).
     pub fn save_encoded(&self, payload: &[u8]) -> Result<(), StoreError> {
+        self.stage_encoded(payload)?;
+        self.commit_staged()
+    }
+
+    /// First half of [`Store::save_encoded`]: writes and syncs the new generation beside the
+    /// current one without making it current (the slow part, which the proxy overlaps with the
+    /// table build). Staging again replaces what was staged; one apply stages at a time.
+    pub fn stage_encoded(&self, payload: &[u8]) -> Result<(), StoreError> {
         let tmp = self.dir.join(TMP);
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -112,6 +120,17 @@ impl Store {
             file.write_all(payload).map_err(io(&tmp))?;
             file.sync_all().map_err(io(&tmp))?;
         }
+        Ok(())
+    }
+
+    /// Second half of [`Store::save_encoded`]: the staged generation becomes current and the
+    /// current one previous (two renames and a directory sync).
+    pub fn commit_staged(&self) -> Result<(), StoreError> {
+        let tmp = self.dir.join(TMP);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
         let current = self.dir.join(CURRENT);
         let previous = self.dir.join(PREVIOUS);
         if current.exists() {
@@ -185,6 +204,28 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A staged generation is not served until committed (a NACKed snapshot stays staged only).
+    #[test]
+    fn staged_generation_counts_only_once_committed() {
+        let dir = temp_dir("stage");
+        let store = Store::open(&dir).unwrap();
+        store.save(&snapshot("a")).unwrap();
+        store.stage_encoded(&snapshot("b").encode_to_vec()).unwrap();
+        let versions = |store: &Store| -> Vec<String> {
+            store
+                .load_all()
+                .into_iter()
+                .map(|r| r.unwrap().version)
+                .collect()
+        };
+        assert_eq!(versions(&store), vec!["a"]);
+        // Staging again replaces what was staged.
+        store.stage_encoded(&snapshot("c").encode_to_vec()).unwrap();
+        store.commit_staged().unwrap();
+        assert_eq!(versions(&store), vec!["c", "a"]);
         let _ = fs::remove_dir_all(&dir);
     }
 

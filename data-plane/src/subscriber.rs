@@ -97,13 +97,22 @@ async fn session(
     while let Some(message) = inbound.next().await {
         let message = message.map_err(|s| format!("stream error: {}", status_text(&s)))?;
         delivered = true;
+        // A whole snapshot is verified by re-encoding its content; a chunked (large) one by
+        // hashing the content bytes as received, which are then persisted as they are.
         let received = match message.kind {
-            Some(subscribe_response::Kind::Snapshot(snapshot)) => Ok(snapshot),
+            Some(subscribe_response::Kind::Snapshot(snapshot)) => match chunk::verify(&snapshot) {
+                Ok(()) => Ok((snapshot, None)),
+                Err(e) => Err((snapshot.version.clone(), e)),
+            },
             Some(subscribe_response::Kind::Chunk(chunk)) => {
                 let version = chunk.version.clone();
                 match chunks.push(chunk) {
                     Ok(None) => continue,
-                    Ok(Some(snapshot)) => Ok(snapshot),
+                    Ok(Some((snapshot, encoded))) => {
+                        chunk::verify_encoded(&snapshot.version, &encoded)
+                            .map(|()| (snapshot, Some(encoded)))
+                            .map_err(|e| (version, e))
+                    }
                     Err(error) => Err((version, error)),
                 }
             }
@@ -115,18 +124,17 @@ async fn session(
             None => continue,
         };
         runtime.with_status(|s| s.snapshots_received += 1);
-        let checked = received.and_then(|snapshot| match chunk::verify(&snapshot) {
-            Ok(()) => Ok(snapshot),
-            Err(e) => Err((snapshot.version.clone(), e)),
-        });
-        let reply = match checked {
+        let reply = match received {
             Err((version, error)) => nack(runtime, version, error),
-            Ok(snapshot) => {
+            Ok((snapshot, encoded)) => {
                 let version = snapshot.version.clone();
                 if version == runtime.version() {
                     subscribe_request::Kind::Ack(pb::Ack { version })
                 } else {
-                    match runtime.apply(snapshot, Source::Controller).await {
+                    match runtime
+                        .apply_encoded(snapshot, encoded, Source::Controller)
+                        .await
+                    {
                         Ok(()) => {
                             runtime.with_status(|s| s.last_error.clear());
                             subscribe_request::Kind::Ack(pb::Ack { version })

@@ -2,26 +2,62 @@
 //! [`CHUNK_BYTES`] is sent as consecutive `SnapshotChunk`s and reassembled by the proxy, which
 //! then checks that the content hashes to the announced version before using it.
 
-use prost::Message;
+use prost::{
+    Message,
+    encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint},
+};
 
-use crate::{pb, version::snapshot_version};
+use crate::{
+    pb,
+    version::{encoded_version, snapshot_version},
+};
+
+/// Field number of `VersionedSnapshot.snapshot` (the content), the message's last field.
+const CONTENT_FIELD: u32 = 4;
 
 /// Largest chunk payload (well under tonic's 4 MiB default, leaving room for framing).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// HTTP/2 receive window (stream and connection) a proxy opens on its controller channel: a
+/// whole chunk travels without waiting for window updates (the default 64 KiB window made a
+/// 1 MiB chunk take 16 round trips between two busy processes).
+pub const RECEIVE_WINDOW_BYTES: u32 = 2 * CHUNK_BYTES as u32;
 
 /// Largest snapshot a proxy accepts (guards memory against a runaway sender).
 pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
 
 /// The stream messages that carry `snapshot`: one `Snapshot`, or `Chunk`s when it is large.
 pub fn messages(snapshot: &pb::VersionedSnapshot) -> Vec<pb::SubscribeResponse> {
+    let header = pb::VersionedSnapshot {
+        snapshot: None,
+        ..snapshot.clone()
+    };
+    let content = snapshot.snapshot.clone().unwrap_or_default();
+    let encoded = content.encode_to_vec();
+    messages_encoded(&header, &content, &encoded)
+}
+
+/// [`messages`] for a snapshot whose content (`wire`) is already encoded (`encoded`, the bytes
+/// its version was hashed from): a large snapshot is chunked from those bytes, not re-encoded.
+/// `header` is the `VersionedSnapshot` without its content.
+pub fn messages_encoded(
+    header: &pb::VersionedSnapshot,
+    wire: &pb::Snapshot,
+    encoded: &[u8],
+) -> Vec<pb::SubscribeResponse> {
     use pb::subscribe_response::Kind;
-    let len = snapshot.encoded_len();
+    // Header, then the content field's key and length, then the content.
+    let len = header.encoded_len() + 1 + prost::length_delimiter_len(encoded.len()) + encoded.len();
     if len <= CHUNK_BYTES {
         return vec![pb::SubscribeResponse {
-            kind: Some(Kind::Snapshot(snapshot.clone())),
+            kind: Some(Kind::Snapshot(pb::VersionedSnapshot {
+                snapshot: Some(wire.clone()),
+                ..header.clone()
+            })),
         }];
     }
-    let bytes = snapshot.encode_to_vec();
+    let bytes = encode_with_content(header, encoded);
+    let snapshot = header;
     let count = bytes.len().div_ceil(CHUNK_BYTES);
     bytes
         .chunks(CHUNK_BYTES)
@@ -35,6 +71,59 @@ pub fn messages(snapshot: &pb::VersionedSnapshot) -> Vec<pb::SubscribeResponse> 
             })),
         })
         .collect()
+}
+
+/// The encoding of `header` with `content` (an encoded `Snapshot`) as its content field: the same
+/// bytes as encoding the whole `VersionedSnapshot`, since the content is its last field.
+pub fn encode_with_content(header: &pb::VersionedSnapshot, content: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(header.encoded_len() + 16 + content.len());
+    header.encode_raw(&mut buf);
+    encode_key(CONTENT_FIELD, WireType::LengthDelimited, &mut buf);
+    encode_varint(content.len() as u64, &mut buf);
+    buf.extend_from_slice(content);
+    buf
+}
+
+/// The content bytes (the encoded `Snapshot`) inside an encoded `VersionedSnapshot`.
+pub fn encoded_content(mut bytes: &[u8]) -> Result<&[u8], String> {
+    let mut content = None;
+    while !bytes.is_empty() {
+        let (field, wire_type) = decode_key(&mut bytes).map_err(|e| e.to_string())?;
+        match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut bytes).map_err(|e| e.to_string())?;
+            }
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut bytes).map_err(|e| e.to_string())?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|l| *l <= bytes.len())
+                    .ok_or("truncated field")?;
+                let (value, rest) = bytes.split_at(len);
+                if field == CONTENT_FIELD && content.replace(value).is_some() {
+                    return Err("content field repeated".into());
+                }
+                bytes = rest;
+            }
+            WireType::SixtyFourBit if bytes.len() >= 8 => bytes = &bytes[8..],
+            WireType::ThirtyTwoBit if bytes.len() >= 4 => bytes = &bytes[4..],
+            other => return Err(format!("unexpected {other:?} field {field}")),
+        }
+    }
+    content.ok_or_else(|| "no content".to_owned())
+}
+
+/// Checks that the content inside an encoded `VersionedSnapshot` hashes to `version`: the bytes
+/// received are hashed as they are, without decoding and re-encoding them.
+pub fn verify_encoded(version: &str, bytes: &[u8]) -> Result<(), String> {
+    let content = encoded_content(bytes).map_err(|e| format!("snapshot {version}: {e}"))?;
+    let actual = encoded_version(content);
+    if actual != version {
+        return Err(format!(
+            "snapshot {version} does not match its content (hashes to {actual})"
+        ));
+    }
+    Ok(())
 }
 
 /// Rebuilds a chunked snapshot.
@@ -52,7 +141,7 @@ impl Reassembler {
     pub fn push(
         &mut self,
         chunk: pb::SnapshotChunk,
-    ) -> Result<Option<pb::VersionedSnapshot>, String> {
+    ) -> Result<Option<(pb::VersionedSnapshot, Vec<u8>)>, String> {
         if chunk.index == 0 {
             self.version = chunk.version.clone();
             self.next = 0;
@@ -82,9 +171,12 @@ impl Reassembler {
         let bytes = std::mem::take(&mut self.buf);
         let version = std::mem::take(&mut self.version);
         *self = Self::default();
-        pb::VersionedSnapshot::decode(bytes.as_slice())
-            .map(Some)
-            .map_err(|e| format!("snapshot {version}: reassembled chunks do not decode: {e}"))
+        match pb::VersionedSnapshot::decode(bytes.as_slice()) {
+            Ok(snapshot) => Ok(Some((snapshot, bytes))),
+            Err(e) => Err(format!(
+                "snapshot {version}: reassembled chunks do not decode: {e}"
+            )),
+        }
     }
 }
 
@@ -154,9 +246,19 @@ mod tests {
             assert!(c.data.len() <= CHUNK_BYTES);
             out = r.push(c).unwrap();
         }
-        let out = out.unwrap();
+        let (out, bytes) = out.unwrap();
         assert_eq!(out, s);
+        assert_eq!(
+            bytes,
+            s.encode_to_vec(),
+            "chunks carry the canonical encoding"
+        );
         verify(&out).unwrap();
+        verify_encoded(&out.version, &bytes).unwrap();
+        assert_eq!(
+            encoded_content(&bytes).unwrap(),
+            s.snapshot.as_ref().unwrap().encode_to_vec()
+        );
     }
 
     #[test]
@@ -182,5 +284,12 @@ mod tests {
             c.routers[0].service = "other@file".into();
         }
         assert!(verify(&s).unwrap_err().contains("does not match"));
+        let bytes = s.encode_to_vec();
+        assert!(
+            verify_encoded(&s.version, &bytes)
+                .unwrap_err()
+                .contains("does not match")
+        );
+        assert!(verify_encoded(&s.version, &bytes[..bytes.len() - 3]).is_err());
     }
 }

@@ -12,7 +12,12 @@ pub const VERSION_LEN: usize = 16;
 
 /// `hex(sha256(encoded snapshot))[..16]`.
 pub fn snapshot_version(snapshot: &pb::Snapshot) -> String {
-    let digest = Sha256::digest(snapshot.encode_to_vec());
+    encoded_version(&snapshot.encode_to_vec())
+}
+
+/// The version of an already encoded `Snapshot`.
+pub fn encoded_version(encoded: &[u8]) -> String {
+    let digest = Sha256::digest(encoded);
     let mut text = hex::encode(digest);
     text.truncate(VERSION_LEN);
     text

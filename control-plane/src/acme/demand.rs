@@ -2,7 +2,10 @@
 //! resolver wants one certificate per `tls.domains` entry (main + SANs), or — without domains —
 //! one certificate for the `Host` names of its rule (Traefik's behaviour). Pure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use switchyard_shared::rule::{Expr, Matcher};
 
@@ -23,12 +26,13 @@ pub struct Demand {
 /// diagnostic for each router whose request cannot be served (unknown resolver, wildcard or
 /// no name). The router itself is always kept: it is served from the certificate store.
 pub fn demands(
-    providers: &BTreeMap<String, DynamicConfig>,
+    providers: &BTreeMap<String, impl Borrow<DynamicConfig>>,
     resolvers: &BTreeSet<String>,
 ) -> (Vec<Demand>, Vec<Diagnostic>) {
     let mut out = BTreeSet::new();
     let mut diags = Vec::new();
     for (provider, config) in providers {
+        let config: &DynamicConfig = config.borrow();
         let Some(http) = &config.http else { continue };
         for (name, router) in &http.routers {
             let Some(tls) = &router.tls else { continue };

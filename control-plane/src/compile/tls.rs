@@ -4,7 +4,7 @@
 //! — PEM decodes, the key matches, names and expiry read — so a bad one is left out with a reason
 //! and never reaches a proxy. Pure: certificate files were already read (see `crate::certs`).
 
-use std::collections::BTreeMap;
+use std::{borrow::Borrow, collections::BTreeMap};
 
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -28,13 +28,14 @@ pub(super) struct CompiledTls {
 }
 
 pub(super) fn compile(
-    providers: &BTreeMap<String, DynamicConfig>,
+    providers: &BTreeMap<String, impl Borrow<DynamicConfig>>,
     diags: &mut Vec<Diagnostic>,
 ) -> CompiledTls {
     let mut out = CompiledTls::default();
     let mut default_options_from: Vec<&str> = Vec::new();
     let mut default_store_from: Vec<&str> = Vec::new();
     for (provider, config) in providers {
+        let config: &DynamicConfig = config.borrow();
         let Some(tls) = &config.tls else { continue };
         for key in tls.other.keys() {
             diags.push(Diagnostic::warning(

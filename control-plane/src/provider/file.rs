@@ -2,13 +2,20 @@
 //! in path order, first definition wins as in Traefik), watched with inotify and debounced. Any
 //! read or parse error rejects the whole new file configuration with `path:line:column: reason`;
 //! the previous one stays in service.
+//!
+//! Reloads re-read every file but re-parse only those whose content changed (a per-file cache
+//! keyed by content digest), and send nothing when no file changed: a one-line change next to a
+//! 50 000-router file costs a read and a digest of the big file, not its YAML parse.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
 use super::{Provider, ProviderSink, ProviderTask};
@@ -78,8 +85,8 @@ async fn run(provider: FileProvider, sink: ProviderSink, mut shutdown: watch::Re
     } else {
         None
     };
-    let mut last: Option<DynamicConfig> = None;
-    reload(&provider.source, &sink, &mut last).await;
+    let mut cache = Some(ParseCache::default());
+    reload(&provider.source, &sink, &mut cache).await;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -91,7 +98,7 @@ async fn run(provider: FileProvider, sink: ProviderSink, mut shutdown: watch::Re
                 }
                 // Debounce: swallow the burst, then read once.
                 while let Ok(Some(())) = tokio::time::timeout(FS_DEBOUNCE, fs_rx.recv()).await {}
-                reload(&provider.source, &sink, &mut last).await;
+                reload(&provider.source, &sink, &mut cache).await;
             }
         }
     }
@@ -133,23 +140,31 @@ fn changes_content(event: &notify::Event) -> bool {
     !matches!(event.kind, notify::EventKind::Access(_))
 }
 
-async fn reload(source: &Source, sink: &ProviderSink, last: &mut Option<DynamicConfig>) {
+async fn reload(source: &Source, sink: &ProviderSink, cache: &mut Option<ParseCache>) {
     let source = source.clone();
-    let loaded = tokio::task::spawn_blocking(move || load(&source)).await;
+    // The cache travels into the blocking task and back (a panic there loses it: start afresh).
+    let mut owned = cache.take().unwrap_or_default();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let result = owned.load(&source);
+        (owned, result)
+    })
+    .await;
     match loaded {
-        Ok(Ok((config, warnings))) => {
-            if last.as_ref() == Some(&config) {
-                return;
+        Ok((owned, result)) => {
+            *cache = Some(owned);
+            match result {
+                Ok(None) => {}
+                Ok(Some((config, warnings))) => {
+                    tracing::info!(
+                        routers = config.http.as_ref().map_or(0, |h| h.routers.len()),
+                        "file provider configuration loaded"
+                    );
+                    sink.update(config, warnings).await;
+                }
+                Err(error) => {
+                    sink.error(error).await;
+                }
             }
-            tracing::info!(
-                routers = config.http.as_ref().map_or(0, |h| h.routers.len()),
-                "file provider configuration loaded"
-            );
-            *last = Some(config.clone());
-            sink.update(config, warnings).await;
-        }
-        Ok(Err(error)) => {
-            sink.error(error).await;
         }
         Err(join) => {
             sink.error(format!("file provider reload failed: {join}"))
@@ -160,24 +175,100 @@ async fn reload(source: &Source, sink: &ProviderSink, last: &mut Option<DynamicC
 
 /// Reads the whole source. Any error rejects everything (Traefik semantics).
 pub fn load(source: &Source) -> Result<(DynamicConfig, Vec<Diagnostic>), String> {
-    let files = match source {
-        Source::File(path) => vec![path.clone()],
-        Source::Directory(dir) => {
-            let mut files = Vec::new();
-            collect_files(dir, &mut files)?;
-            files.sort();
-            files
+    ParseCache::default()
+        .load(source)
+        .map(|loaded| loaded.unwrap_or_default())
+}
+
+/// Parsed files by path, with the digest of the text they were parsed from.
+#[derive(Debug, Default)]
+struct ParseCache {
+    files: HashMap<PathBuf, CachedFile>,
+    /// Whether the last `load` succeeded: after a failure the next good read must be sent even if
+    /// it equals the configuration before the failure (the provider was reported unhealthy).
+    last_ok: bool,
+}
+
+/// A file's path and what it says.
+type ParsedFile = (PathBuf, Arc<DynamicConfig>);
+
+#[derive(Debug)]
+struct CachedFile {
+    digest: [u8; 32],
+    config: Arc<DynamicConfig>,
+}
+
+impl ParseCache {
+    /// Reads every file of `source`, parsing only those whose text changed. `Ok(None)`: the same
+    /// files with the same content as the last successful load, nothing to send.
+    fn load(
+        &mut self,
+        source: &Source,
+    ) -> Result<Option<(DynamicConfig, Vec<Diagnostic>)>, String> {
+        let read = self.read(source);
+        let was_ok = std::mem::replace(&mut self.last_ok, read.is_ok());
+        let (changed, parsed) = read?;
+        if !changed && was_ok {
+            return Ok(None);
         }
-    };
+        Ok(Some(merge(parsed)))
+    }
+
+    /// Every file's configuration in path order, and whether any file was added, removed or
+    /// changed since the last read.
+    fn read(&mut self, source: &Source) -> Result<(bool, Vec<ParsedFile>), String> {
+        let files = match source {
+            Source::File(path) => vec![path.clone()],
+            Source::Directory(dir) => {
+                let mut files = Vec::new();
+                collect_files(dir, &mut files)?;
+                files.sort();
+                files
+            }
+        };
+        let mut changed = false;
+        let mut parsed = Vec::with_capacity(files.len());
+        for path in files {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+            let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+            let config = match self.files.get(&path) {
+                Some(cached) if cached.digest == digest => Arc::clone(&cached.config),
+                _ => {
+                    changed = true;
+                    let config = Arc::new(parse_file(&path, &text)?);
+                    self.files.insert(
+                        path.clone(),
+                        CachedFile {
+                            digest,
+                            config: Arc::clone(&config),
+                        },
+                    );
+                    config
+                }
+            };
+            parsed.push((path, config));
+        }
+        if self.files.len() != parsed.len() {
+            // Forget removed files (`parsed` is sorted by path).
+            self.files
+                .retain(|path, _| parsed.binary_search_by(|(p, _)| p.cmp(path)).is_ok());
+            changed = true;
+        }
+        Ok((changed, parsed))
+    }
+}
+
+/// Merges files in path order; the first definition of a name wins, later ones are warnings.
+fn merge(parsed: Vec<ParsedFile>) -> (DynamicConfig, Vec<Diagnostic>) {
     let mut merged = DynamicConfig {
         http: Some(HttpConfig::default()),
         ..Default::default()
     };
     let mut warnings = Vec::new();
-    for path in files {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let config = parse_file(&path, &text)?;
+    for (path, config) in parsed {
+        // The cache keeps its copy; the merge takes one (far cheaper than a re-parse).
+        let config = Arc::unwrap_or_clone(config);
         for skipped in merged.merge_first_wins(config) {
             warnings.push(Diagnostic::warning(
                 "file",
@@ -186,7 +277,7 @@ pub fn load(source: &Source) -> Result<(DynamicConfig, Vec<Diagnostic>), String>
             ));
         }
     }
-    Ok((merged, warnings))
+    (merged, warnings)
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
@@ -330,6 +421,52 @@ mod tests {
         std::fs::write(dir.join("c.yml"), "http: [").unwrap();
         let err = load(&Source::Directory(dir.clone())).unwrap_err();
         assert!(err.contains("c.yml:1:"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Only changed files are parsed again; an unchanged directory sends nothing; removed files
+    /// are forgotten; after a failed read the next good one is sent even if it is unchanged.
+    #[test]
+    fn reloads_parse_only_changed_files() {
+        let dir = std::env::temp_dir().join(format!("sy-file-cache-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let router = |name: &str| {
+            format!(
+                "http:\n  routers:\n    {name}:\n      rule: Path(`/{name}`)\n      service: s\n"
+            )
+        };
+        std::fs::write(dir.join("a.yml"), router("a")).unwrap();
+        std::fs::write(dir.join("b.yml"), router("b")).unwrap();
+        let source = Source::Directory(dir.clone());
+        let mut cache = ParseCache::default();
+        let names = |loaded: Option<(DynamicConfig, Vec<Diagnostic>)>| -> Vec<String> {
+            let (config, _) = loaded.expect("a configuration to send");
+            config.http.unwrap().routers.into_keys().collect()
+        };
+
+        assert_eq!(names(cache.load(&source).unwrap()), ["a", "b"]);
+        let parsed_a = Arc::clone(&cache.files[&dir.join("a.yml")].config);
+        assert!(cache.load(&source).unwrap().is_none(), "nothing changed");
+
+        std::fs::write(dir.join("b.yml"), router("b2")).unwrap();
+        assert_eq!(names(cache.load(&source).unwrap()), ["a", "b2"]);
+        assert!(
+            Arc::ptr_eq(&parsed_a, &cache.files[&dir.join("a.yml")].config),
+            "the unchanged file was parsed again"
+        );
+
+        std::fs::remove_file(dir.join("b.yml")).unwrap();
+        assert_eq!(names(cache.load(&source).unwrap()), ["a"]);
+        assert_eq!(cache.files.len(), 1);
+
+        std::fs::write(dir.join("c.yml"), "http: [").unwrap();
+        assert!(cache.load(&source).unwrap_err().contains("c.yml:1:"));
+        std::fs::remove_file(dir.join("c.yml")).unwrap();
+        assert_eq!(
+            names(cache.load(&source).unwrap()),
+            ["a"],
+            "the good configuration is sent again after an error"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

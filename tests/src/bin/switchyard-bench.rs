@@ -277,8 +277,12 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
     // The controller may still be starting: retry for a bounded while, like a proxy would.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let client = loop {
-        match ControlPlaneClient::connect(url.to_owned()).await {
-            Ok(client) => break client,
+        // The proxy's channel settings (data-plane join.rs): a chunk fits the receive window.
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .initial_stream_window_size(chunk::RECEIVE_WINDOW_BYTES)
+            .initial_connection_window_size(chunk::RECEIVE_WINDOW_BYTES);
+        match endpoint.connect().await {
+            Ok(channel) => break ControlPlaneClient::new(channel),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(e).with_context(|| format!("cannot connect to {url} within 60 s"));
             }
@@ -305,16 +309,22 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
     let mut chunks = Reassembler::default();
     let mut held: Option<Snapshot> = None;
     while let Some(message) = inbound.next().await {
+        // Verified as the proxy does (subscriber.rs): a chunked snapshot by its received bytes.
         let snapshot = match message?.kind {
-            Some(subscribe_response::Kind::Snapshot(s)) => s,
+            Some(subscribe_response::Kind::Snapshot(s)) => {
+                chunk::verify(&s).map_err(anyhow::Error::msg)?;
+                s
+            }
             Some(subscribe_response::Kind::Chunk(c)) => match chunks.push(c) {
-                Ok(Some(s)) => s,
+                Ok(Some((s, encoded))) => {
+                    chunk::verify_encoded(&s.version, &encoded).map_err(anyhow::Error::msg)?;
+                    s
+                }
                 Ok(None) => continue,
                 Err(e) => bail!("{e}"),
             },
             _ => continue,
         };
-        chunk::verify(&snapshot).map_err(anyhow::Error::msg)?;
         let version = snapshot.version.clone();
         let content = snapshot.snapshot.context("snapshot without content")?;
         let reply = match Snapshot::try_from(content) {
