@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Chunks are cut from one shared buffer and sent to every proxy without copying.
+        .bytes(".switchyard.v1.SnapshotChunk.data")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -17,7 +17,8 @@ use crate::compile::{Diagnostic, Severity};
 #[derive(Debug, Default)]
 pub struct Published {
     pub snapshot: pb::VersionedSnapshot,
-    /// The stream messages carrying `snapshot` (chunked when large), built once for every proxy.
+    /// The stream messages carrying `snapshot` (chunks of one shared buffer), built once for every
+    /// proxy.
     pub messages: Vec<pb::SubscribeResponse>,
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -86,7 +87,7 @@ impl Publisher {
                 created_at_unix_ms: now_unix_ms(),
                 snapshot: None,
             };
-            let messages = chunk::messages_encoded(&snapshot, &wire, &encoded);
+            let messages = chunk::messages_encoded(&snapshot, &encoded);
             snapshot.snapshot = Some(wire);
             *current = Arc::new(Published {
                 messages,

@@ -106,8 +106,13 @@ async fn subscribe_sends_snapshot_then_up_to_date_for_holders() {
         .unwrap()
         .into_inner();
     match stream.next().await.unwrap().unwrap().kind {
-        Some(pb::subscribe_response::Kind::Snapshot(s)) => assert_eq!(s.version, version),
-        other => panic!("expected a snapshot, got {other:?}"),
+        Some(pb::subscribe_response::Kind::Chunk(c)) => {
+            assert_eq!(
+                (c.version.as_str(), c.index, c.count),
+                (version.as_str(), 0, 1)
+            );
+        }
+        other => panic!("expected the snapshot as one chunk, got {other:?}"),
     }
     tx.send(pb::SubscribeRequest {
         kind: Some(pb::subscribe_request::Kind::Ack(pb::Ack {

@@ -97,8 +97,9 @@ async fn session(
     while let Some(message) = inbound.next().await {
         let message = message.map_err(|s| format!("stream error: {}", status_text(&s)))?;
         delivered = true;
-        // A whole snapshot is verified by re-encoding its content; a chunked (large) one by
-        // hashing the content bytes as received, which are then persisted as they are.
+        // Snapshots arrive as chunks: verified by hashing the content bytes as received, which
+        // are then persisted as they are. A whole `Snapshot` message (sent by controllers before
+        // every snapshot was chunked) is verified by re-encoding its content.
         let received = match message.kind {
             Some(subscribe_response::Kind::Snapshot(snapshot)) => match chunk::verify(&snapshot) {
                 Ok(()) => Ok((snapshot, None)),

@@ -26,49 +26,46 @@ pub const RECEIVE_WINDOW_BYTES: u32 = 2 * CHUNK_BYTES as u32;
 /// Largest snapshot a proxy accepts (guards memory against a runaway sender).
 pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
 
-/// The stream messages that carry `snapshot`: one `Snapshot`, or `Chunk`s when it is large.
+/// The stream messages that carry `snapshot`: its encoding cut into `Chunk`s.
 pub fn messages(snapshot: &pb::VersionedSnapshot) -> Vec<pb::SubscribeResponse> {
     let header = pb::VersionedSnapshot {
         snapshot: None,
         ..snapshot.clone()
     };
-    let content = snapshot.snapshot.clone().unwrap_or_default();
-    let encoded = content.encode_to_vec();
-    messages_encoded(&header, &content, &encoded)
+    let encoded = snapshot
+        .snapshot
+        .as_ref()
+        .map(Message::encode_to_vec)
+        .unwrap_or_default();
+    messages_encoded(&header, &encoded)
 }
 
-/// [`messages`] for a snapshot whose content (`wire`) is already encoded (`encoded`, the bytes
-/// its version was hashed from): a large snapshot is chunked from those bytes, not re-encoded.
-/// `header` is the `VersionedSnapshot` without its content.
+/// [`messages`] for a snapshot whose content is already encoded (`encoded`, the bytes its
+/// version was hashed from); `header` is the `VersionedSnapshot` without its content.
+///
+/// Every snapshot travels as chunks, a small one as a single chunk: the chunks are slices of
+/// one shared buffer, so sending them to many proxies copies nothing until the transport
+/// writes them, and a proxy hashes the content bytes it received instead of re-encoding.
 pub fn messages_encoded(
     header: &pb::VersionedSnapshot,
-    wire: &pb::Snapshot,
     encoded: &[u8],
 ) -> Vec<pb::SubscribeResponse> {
     use pb::subscribe_response::Kind;
-    // Header, then the content field's key and length, then the content.
-    let len = header.encoded_len() + 1 + prost::length_delimiter_len(encoded.len()) + encoded.len();
-    if len <= CHUNK_BYTES {
-        return vec![pb::SubscribeResponse {
-            kind: Some(Kind::Snapshot(pb::VersionedSnapshot {
-                snapshot: Some(wire.clone()),
-                ..header.clone()
-            })),
-        }];
-    }
-    let bytes = encode_with_content(header, encoded);
-    let snapshot = header;
-    let count = bytes.len().div_ceil(CHUNK_BYTES);
-    bytes
-        .chunks(CHUNK_BYTES)
-        .enumerate()
-        .map(|(i, data)| pb::SubscribeResponse {
-            kind: Some(Kind::Chunk(pb::SnapshotChunk {
-                version: snapshot.version.clone(),
-                index: u32::try_from(i).unwrap_or(u32::MAX),
-                count: u32::try_from(count).unwrap_or(u32::MAX),
-                data: data.to_vec(),
-            })),
+    let bytes = bytes::Bytes::from(encode_with_content(header, encoded));
+    let count = bytes.len().div_ceil(CHUNK_BYTES).max(1);
+    let count_u32 = u32::try_from(count).unwrap_or(u32::MAX);
+    (0..count)
+        .map(|i| {
+            let start = i * CHUNK_BYTES;
+            let end = bytes.len().min(start + CHUNK_BYTES);
+            pb::SubscribeResponse {
+                kind: Some(Kind::Chunk(pb::SnapshotChunk {
+                    version: header.version.clone(),
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    count: count_u32,
+                    data: bytes.slice(start..end),
+                })),
+            }
         })
         .collect()
 }
@@ -126,6 +123,9 @@ pub fn verify_encoded(version: &str, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Most a reassembly reserves before the chunks arrive.
+const RESERVE_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
 /// Rebuilds a chunked snapshot.
 #[derive(Debug, Default)]
 pub struct Reassembler {
@@ -146,7 +146,11 @@ impl Reassembler {
             self.version = chunk.version.clone();
             self.next = 0;
             self.count = chunk.count;
-            self.buf.clear();
+            self.buf = Vec::new();
+            // Room for every chunk up front (bounded: `count` comes from the network), so the
+            // buffer is not copied again each time it grows.
+            let expected = (chunk.count as usize).saturating_mul(CHUNK_BYTES);
+            self.buf.reserve(expected.min(RESERVE_LIMIT_BYTES));
         }
         if chunk.version != self.version || chunk.index != self.next || chunk.count != self.count {
             let err = format!(
@@ -221,15 +225,18 @@ mod tests {
     }
 
     #[test]
-    fn small_snapshots_travel_whole() {
+    fn small_snapshots_travel_as_one_chunk() {
         let s = big(1);
-        let m = messages(&s);
+        let mut m = messages(&s);
         assert_eq!(m.len(), 1);
-        assert!(matches!(
-            m[0].kind,
-            Some(pb::subscribe_response::Kind::Snapshot(_))
-        ));
-        verify(&s).unwrap();
+        let Some(pb::subscribe_response::Kind::Chunk(c)) = m.remove(0).kind else {
+            panic!("expected a chunk")
+        };
+        assert_eq!((c.index, c.count), (0, 1));
+        let (out, bytes) = Reassembler::default().push(c).unwrap().unwrap();
+        assert_eq!(out, s);
+        verify(&out).unwrap();
+        verify_encoded(&out.version, &bytes).unwrap();
     }
 
     #[test]

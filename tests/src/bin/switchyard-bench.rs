@@ -36,6 +36,12 @@ use switchyard_shared::{
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 
+/// The controller's allocator, so `compile` measures what the controller does; `subscribe` runs
+/// N subscribers in one process, whose shared glibc heap spent most of its time consolidating
+/// chunks that N separate proxies never would.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: switchyard-bench <command> [--flag value]…
   gen        --kind host|host-path|path --routers N --backend URL --out FILE
   compile    --file FILE [--out FILE]
