@@ -67,7 +67,7 @@ if any(r["section"] == "tp" for r in runs):
     p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scen in ["small", "16k", "close", "h2c"]:
         base = agg("tp", "nginx", scen)
-        for t in ["direct", "nginx", "haproxy", "traefik", "switchyard"]:
+        for t in ["direct", "nginx", "haproxy", "traefik", "switchyard", "switchyard-alt"]:
             a = agg("tp", t, scen)
             if not a:
                 continue
@@ -82,7 +82,7 @@ if any(r["section"] == "tp" for r in runs):
     p("| proxy | idle RSS MiB | peak RSS MiB (VmHWM, whole run) | × nginx |")
     p("|---|---:|---:|---:|")
     base = mem.get(("tp", "nginx"))
-    for t in ["nginx", "haproxy", "traefik", "switchyard"]:
+    for t in ["nginx", "haproxy", "traefik", "switchyard", "switchyard-alt"]:
         m = mem.get(("tp", t))
         if not m:
             continue

@@ -24,6 +24,7 @@
 # process this script starts is stopped by its PID on exit.
 #
 # Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_DURATION=4 SECTIONS=… TRAEFIK_SCALE=1
+#        ALT_PROXY=PATH (throughput: also measure this switchyard-proxy build, as switchyard-alt)
 #        KEEP=1 (keep the work dir) WRITE_DOCS=1 (replace the results block in docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -367,6 +368,15 @@ EOF
   declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=19101 [haproxy]=19102 [traefik]=19104 [switchyard]=19105)
   declare -A H2PORT=([nginx]=19111 [haproxy]=19112 [traefik]=19104 [switchyard]=19105)
   TARGETS=(direct nginx haproxy traefik switchyard)
+  if [[ -n ${ALT_PROXY:-} ]]; then
+    # A second proxy build (ALT_PROXY=path), fed by the same controller, measured in the same
+    # interleaved rounds: for A/B comparisons of a change to the proxy (allocator, build flags).
+    start switchyard-alt "$PROXY_CPU" env RUST_LOG=warn "$ALT_PROXY" run --controller "http://$LO:19700" \
+      --node-id switchyard-alt --state-dir "$W/switchyard-alt/state" --admin "$LO:19801" --entrypoint "web=$LO:19106"
+    PORT[switchyard-alt]=19106
+    H2PORT[switchyard-alt]=19106
+    TARGETS+=(switchyard-alt)
+  fi
   for t in "${TARGETS[@]:1}"; do
     wait_http "$t" "$LO:${PORT[$t]}" bench.test / 30
     wait_http "$t" "$LO:${PORT[$t]}" bench.test /16k 5 "$BODY_16K"
@@ -387,7 +397,7 @@ EOF
     for t in "${TARGETS[@]:1}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" ""; done
   done
   for t in "${TARGETS[@]:1}"; do printf 'tp\t%s\t%s\t%s\n' "$t" "${IDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
-  for t in nginx haproxy traefik switchyard switchyard-ctl; do stop "$t"; done
+  for t in "${TARGETS[@]:1}" switchyard-ctl; do stop "$t"; done
 fi
 
 # ---------------------------------------------------------------------------------------------

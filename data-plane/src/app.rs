@@ -82,7 +82,7 @@ impl App {
             store,
             config.entry_point_overrides.clone(),
             listeners,
-        ));
+        )?);
         runtime.load_from_disk().await;
         runtime
             .start_listeners()

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use switchyard_shared::{
     backoff::Backoff,
-    chunk::{self, Reassembler},
+    chunk::{self, Reassembled, Reassembler},
     pb::{self, control_plane_client::ControlPlaneClient, subscribe_request, subscribe_response},
 };
 use tokio::sync::{mpsc, watch};
@@ -97,23 +97,20 @@ async fn session(
     while let Some(message) = inbound.next().await {
         let message = message.map_err(|s| format!("stream error: {}", status_text(&s)))?;
         delivered = true;
-        // Snapshots arrive as chunks: verified by hashing the content bytes as received, which
-        // are then persisted as they are. A whole `Snapshot` message (sent by controllers before
-        // every snapshot was chunked) is verified by re-encoding its content.
+        // Snapshots arrive as chunks: verified by hashing the content bytes as received (on the
+        // build thread, see `Runtime::apply_received`), which are then persisted as they are. A
+        // whole `Snapshot` message (sent by controllers before every snapshot was chunked) is
+        // verified here by re-encoding its content.
         let received = match message.kind {
             Some(subscribe_response::Kind::Snapshot(snapshot)) => match chunk::verify(&snapshot) {
-                Ok(()) => Ok((snapshot, None)),
+                Ok(()) => Ok(Received::Whole(Box::new(snapshot))),
                 Err(e) => Err((snapshot.version.clone(), e)),
             },
             Some(subscribe_response::Kind::Chunk(chunk)) => {
                 let version = chunk.version.clone();
                 match chunks.push(chunk) {
                     Ok(None) => continue,
-                    Ok(Some((snapshot, encoded))) => {
-                        chunk::verify_encoded(&snapshot.version, &encoded)
-                            .map(|()| (snapshot, Some(encoded)))
-                            .map_err(|e| (version, e))
-                    }
+                    Ok(Some(reassembled)) => Ok(Received::Chunks(reassembled)),
                     Err(error) => Err((version, error)),
                 }
             }
@@ -127,15 +124,18 @@ async fn session(
         runtime.with_status(|s| s.snapshots_received += 1);
         let reply = match received {
             Err((version, error)) => nack(runtime, version, error),
-            Ok((snapshot, encoded)) => {
-                let version = snapshot.version.clone();
+            Ok(received) => {
+                let version = received.version().to_owned();
                 if version == runtime.version() {
                     subscribe_request::Kind::Ack(pb::Ack { version })
                 } else {
-                    match runtime
-                        .apply_encoded(snapshot, encoded, Source::Controller)
-                        .await
-                    {
+                    let applied = match received {
+                        Received::Whole(snapshot) => {
+                            runtime.apply(*snapshot, Source::Controller).await
+                        }
+                        Received::Chunks(reassembled) => runtime.apply_received(reassembled).await,
+                    };
+                    match applied {
                         Ok(()) => {
                             runtime.with_status(|s| s.last_error.clear());
                             subscribe_request::Kind::Ack(pb::Ack { version })
@@ -150,6 +150,23 @@ async fn session(
             .map_err(|_| "stream closed".to_owned())?;
     }
     Ok(delivered)
+}
+
+/// A snapshot off the stream.
+enum Received {
+    /// A whole `Snapshot` message, already verified.
+    Whole(Box<pb::VersionedSnapshot>),
+    /// Reassembled chunks, verified and decoded when applied.
+    Chunks(Reassembled),
+}
+
+impl Received {
+    fn version(&self) -> &str {
+        match self {
+            Received::Whole(snapshot) => &snapshot.version,
+            Received::Chunks(reassembled) => &reassembled.version,
+        }
+    }
 }
 
 fn nack(runtime: &Runtime, version: String, error: String) -> subscribe_request::Kind {

@@ -136,12 +136,10 @@ pub struct Reassembler {
 }
 
 impl Reassembler {
-    /// Adds a chunk; returns the snapshot once the last chunk arrived. A chunk out of order
-    /// restarts reassembly (and is an error unless it is the first chunk of a new snapshot).
-    pub fn push(
-        &mut self,
-        chunk: pb::SnapshotChunk,
-    ) -> Result<Option<(pb::VersionedSnapshot, Vec<u8>)>, String> {
+    /// Adds a chunk; returns the snapshot's bytes once the last chunk arrived (check them with
+    /// [`open`]). A chunk out of order restarts reassembly (and is an error unless it is the
+    /// first chunk of a new snapshot).
+    pub fn push(&mut self, chunk: pb::SnapshotChunk) -> Result<Option<Reassembled>, String> {
         if chunk.index == 0 {
             self.version = chunk.version.clone();
             self.next = 0;
@@ -172,16 +170,36 @@ impl Reassembler {
         if self.next < self.count {
             return Ok(None);
         }
-        let bytes = std::mem::take(&mut self.buf);
-        let version = std::mem::take(&mut self.version);
-        *self = Self::default();
-        match pb::VersionedSnapshot::decode(bytes.as_slice()) {
-            Ok(snapshot) => Ok(Some((snapshot, bytes))),
-            Err(e) => Err(format!(
-                "snapshot {version}: reassembled chunks do not decode: {e}"
-            )),
-        }
+        let done = std::mem::take(self);
+        Ok(Some(Reassembled {
+            version: done.version,
+            bytes: done.buf,
+        }))
     }
+}
+
+/// A snapshot's encoding as the chunks delivered it: neither verified nor decoded yet.
+#[derive(Debug)]
+pub struct Reassembled {
+    /// The version the chunks announce.
+    pub version: String,
+    /// The encoded `VersionedSnapshot`.
+    pub bytes: Vec<u8>,
+}
+
+/// Checks that the content inside `bytes` (an encoded `VersionedSnapshot`) hashes to `version`,
+/// then decodes it; the decoded snapshot must announce the same version.
+pub fn open(version: &str, bytes: &[u8]) -> Result<pb::VersionedSnapshot, String> {
+    verify_encoded(version, bytes)?;
+    let snapshot = pb::VersionedSnapshot::decode(bytes)
+        .map_err(|e| format!("snapshot {version}: reassembled chunks do not decode: {e}"))?;
+    if snapshot.version != version {
+        return Err(format!(
+            "snapshot {}: delivered in chunks announcing version {version}",
+            snapshot.version
+        ));
+    }
+    Ok(snapshot)
 }
 
 /// Checks that a snapshot's content hashes to its announced version.
@@ -233,10 +251,10 @@ mod tests {
             panic!("expected a chunk")
         };
         assert_eq!((c.index, c.count), (0, 1));
-        let (out, bytes) = Reassembler::default().push(c).unwrap().unwrap();
+        let r = Reassembler::default().push(c).unwrap().unwrap();
+        let out = open(&r.version, &r.bytes).unwrap();
         assert_eq!(out, s);
         verify(&out).unwrap();
-        verify_encoded(&out.version, &bytes).unwrap();
     }
 
     #[test]
@@ -253,7 +271,8 @@ mod tests {
             assert!(c.data.len() <= CHUNK_BYTES);
             out = r.push(c).unwrap();
         }
-        let (out, bytes) = out.unwrap();
+        let Reassembled { version, bytes } = out.unwrap();
+        let out = open(&version, &bytes).unwrap();
         assert_eq!(out, s);
         assert_eq!(
             bytes,
@@ -282,6 +301,25 @@ mod tests {
         let mut r = Reassembler::default();
         r.push(chunks[0].clone()).unwrap();
         assert!(r.push(chunks[1].clone()).is_err());
+    }
+
+    #[test]
+    fn chunks_must_announce_the_version_inside() {
+        let s = big(2);
+        let mut other = big(3);
+        other.version = s.version.clone();
+        assert_eq!(open(&s.version, &s.encode_to_vec()).unwrap(), s);
+        // The content matches the chunks' version but the header inside names another one.
+        let mut renamed = s.clone();
+        renamed.version = "0123456789abcdef".into();
+        let err = open(&s.version, &renamed.encode_to_vec()).unwrap_err();
+        assert!(err.contains("announcing version"), "{err}");
+        // A content that does not hash to the announced version: refused before decoding.
+        assert!(
+            open(&s.version, &other.encode_to_vec())
+                .unwrap_err()
+                .contains("does not match")
+        );
     }
 
     #[test]

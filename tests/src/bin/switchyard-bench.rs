@@ -322,10 +322,7 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
                 s
             }
             Some(subscribe_response::Kind::Chunk(c)) => match chunks.push(c) {
-                Ok(Some((s, encoded))) => {
-                    chunk::verify_encoded(&s.version, &encoded).map_err(anyhow::Error::msg)?;
-                    s
-                }
+                Ok(Some(r)) => chunk::open(&r.version, &r.bytes).map_err(anyhow::Error::msg)?,
                 Ok(None) => continue,
                 Err(e) => bail!("{e}"),
             },
