@@ -10,6 +10,7 @@ use prost::Message;
 use switchyard_shared::{
     chunk::{self, Reassembled},
     pb,
+    snapshot::Snapshot,
     time::now_unix_ms,
 };
 use tokio::sync::Mutex as AsyncMutex;
@@ -77,14 +78,14 @@ impl BuildThread {
         Ok(Self { jobs })
     }
 
-    /// Drops `table` on the build thread, then lets glibc merge what was freed. Freeing a big
-    /// table leaves hundreds of thousands of small chunks in glibc's fast bins, and the next
-    /// request for a larger block merges all of them first (`malloc_consolidate`): that is
-    /// done here, between applies, instead of at the start of the next build. Nothing waits
-    /// for it.
-    fn retire(&self, table: Arc<Table>) {
+    /// Drops `garbage` (the replaced table, the snapshot the new one was built from) on the
+    /// build thread after the swap, then lets glibc merge what was freed. Freeing a big table
+    /// leaves hundreds of thousands of small chunks in glibc's fast bins, and the next request
+    /// for a larger block merges all of them first (`malloc_consolidate`): that is done here,
+    /// between applies, instead of inside the next build. Nothing waits for it.
+    fn retire(&self, garbage: impl Send + 'static) {
         let _ = self.jobs.send(Box::new(move || {
-            drop(table);
+            drop(garbage);
             // A request above glibc's small-bin sizes and below its mmap threshold.
             let block: Vec<u8> = Vec::with_capacity(64 * 1024);
             drop(std::hint::black_box(block));
@@ -195,7 +196,7 @@ impl Runtime {
     ) -> Result<(), String> {
         let encoded = (source == Source::Controller).then(|| Arc::new(snapshot.encode_to_vec()));
         self.apply_with(encoded, source, move |previous| {
-            Table::build_owned(snapshot, Some(previous)).map_err(|e| e.to_string())
+            Table::build_keeping_input(snapshot, Some(previous)).map_err(|e| e.to_string())
         })
         .await
     }
@@ -210,7 +211,7 @@ impl Runtime {
         self.apply_with(Some(encoded), Source::Controller, move |previous| {
             let snapshot = chunk::open(&version, &bytes)?;
             drop(bytes);
-            Table::build_owned(snapshot, Some(previous)).map_err(|e| e.to_string())
+            Table::build_keeping_input(snapshot, Some(previous)).map_err(|e| e.to_string())
         })
         .await
     }
@@ -221,7 +222,7 @@ impl Runtime {
         &self,
         encoded: Option<Arc<Vec<u8>>>,
         source: Source,
-        build: impl FnOnce(&Table) -> Result<Table, String> + Send + 'static,
+        build: impl FnOnce(&Table) -> Result<(Table, Snapshot), String> + Send + 'static,
     ) -> Result<(), String> {
         let started = std::time::Instant::now();
         let mut listeners = self.listeners.lock().await;
@@ -243,7 +244,8 @@ impl Runtime {
             }),
             None => None,
         };
-        let table = built??;
+        // The decoded snapshot is freed with the replaced table, after the swap.
+        let (table, input) = built??;
         let desired = self.desired(&table)?;
         let prepared = listeners.prepare(&desired).await?;
         if let Some(staged) = staged {
@@ -272,7 +274,7 @@ impl Runtime {
         let replaced = self.table.swap(Arc::new(table));
         // The replaced table (often the last reference) is freed on the build thread, not here
         // where requests are served; see `BuildThread::retire`.
-        self.builder.retire(replaced);
+        self.builder.retire((replaced, input));
         listeners.commit(prepared);
         self.with_status(|s| {
             s.source = source;
