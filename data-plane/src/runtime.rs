@@ -246,8 +246,18 @@ impl Runtime {
         };
         // The decoded snapshot is freed with the replaced table, after the swap.
         let (table, input) = built??;
-        let desired = self.desired(&table)?;
-        let prepared = listeners.prepare(&desired).await?;
+        let prepared = match self.desired(&table) {
+            Ok(desired) => listeners.prepare(&desired).await,
+            Err(e) => Err(e),
+        };
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // NACKed: the unused table is freed where it was built, like a replaced one.
+                self.builder.retire((table, input));
+                return Err(e);
+            }
+        };
         if let Some(staged) = staged {
             let store = self.store.clone();
             let saved = match staged {

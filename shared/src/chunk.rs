@@ -82,7 +82,7 @@ pub fn encode_with_content(header: &pb::VersionedSnapshot, content: &[u8]) -> Ve
 }
 
 /// The content bytes (the encoded `Snapshot`) inside an encoded `VersionedSnapshot`.
-pub fn encoded_content(mut bytes: &[u8]) -> Result<&[u8], String> {
+fn encoded_content(mut bytes: &[u8]) -> Result<&[u8], String> {
     let mut content = None;
     while !bytes.is_empty() {
         let (field, wire_type) = decode_key(&mut bytes).map_err(|e| e.to_string())?;
@@ -112,7 +112,7 @@ pub fn encoded_content(mut bytes: &[u8]) -> Result<&[u8], String> {
 
 /// Checks that the content inside an encoded `VersionedSnapshot` hashes to `version`: the bytes
 /// received are hashed as they are, without decoding and re-encoding them.
-pub fn verify_encoded(version: &str, bytes: &[u8]) -> Result<(), String> {
+fn verify_encoded(version: &str, bytes: &[u8]) -> Result<(), String> {
     let content = encoded_content(bytes).map_err(|e| format!("snapshot {version}: {e}"))?;
     let actual = encoded_version(content);
     if actual != version {
