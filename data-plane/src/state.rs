@@ -161,21 +161,13 @@ impl Table {
         versioned: &pb::VersionedSnapshot,
         previous: Option<&Table>,
     ) -> Result<Self, ApplyError> {
-        Self::build_owned(versioned.clone(), previous)
+        Self::build_keeping_input(versioned.clone(), previous).map(|(table, _)| table)
     }
 
-    /// [`Table::build`] consuming the snapshot: its wire form is decoded in place rather than
-    /// copied first (at 50 000 routers that copy is tens of MB at the peak of an apply).
-    pub fn build_owned(
-        versioned: pb::VersionedSnapshot,
-        previous: Option<&Table>,
-    ) -> Result<Self, ApplyError> {
-        Self::build_keeping_input(versioned, previous).map(|(table, _)| table)
-    }
-
-    /// [`Table::build_owned`] that also hands back the decoded snapshot it was built from, so
-    /// the caller decides when to free it (at 50 000 routers, hundreds of thousands of
-    /// allocations) instead of paying for that inside the build.
+    /// [`Table::build`] consuming the snapshot (its wire form is decoded in place rather than
+    /// copied first: at 50 000 routers that copy is tens of MB at the peak of an apply), and
+    /// handing back the decoded snapshot, so the caller decides when to free it (hundreds of
+    /// thousands of allocations at 50 000 routers) instead of paying for that inside the build.
     pub fn build_keeping_input(
         versioned: pb::VersionedSnapshot,
         previous: Option<&Table>,

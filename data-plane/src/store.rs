@@ -100,10 +100,6 @@ impl Store {
     /// table build). Staging again replaces what was staged; one apply stages at a time.
     pub fn stage_encoded(&self, payload: &[u8]) -> Result<(), StoreError> {
         let tmp = self.dir.join(TMP);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { path, source }
-        };
         {
             let mut options = fs::OpenOptions::new();
             options.write(true).create(true).truncate(true);
@@ -127,10 +123,6 @@ impl Store {
     /// current one previous (two renames and a directory sync).
     pub fn commit_staged(&self) -> Result<(), StoreError> {
         let tmp = self.dir.join(TMP);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { path, source }
-        };
         let current = self.dir.join(CURRENT);
         let previous = self.dir.join(PREVIOUS);
         if current.exists() {
@@ -160,6 +152,12 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<pb::VersionedSnapshot, StoreError
         return Err(corrupt("checksum mismatch"));
     }
     pb::VersionedSnapshot::decode(payload).map_err(|e| corrupt(&format!("undecodable: {e}")))
+}
+
+/// `map_err` for an I/O error on `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Io { path, source }
 }
 
 #[cfg(test)]

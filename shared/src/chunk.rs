@@ -1,6 +1,7 @@
-//! Moving big snapshots under gRPC's message limits: a `VersionedSnapshot` whose encoding exceeds
-//! [`CHUNK_BYTES`] is sent as consecutive `SnapshotChunk`s and reassembled by the proxy, which
-//! then checks that the content hashes to the announced version before using it.
+//! Moving snapshots under gRPC's message limits: every `VersionedSnapshot` is sent as its
+//! encoding cut into consecutive `SnapshotChunk`s of at most [`CHUNK_BYTES`] (a small one as a
+//! single chunk) and reassembled by the proxy, which checks that the content hashes to the
+//! announced version before decoding it.
 
 use prost::{
     Message,
@@ -72,7 +73,7 @@ pub fn messages_encoded(
 
 /// The encoding of `header` with `content` (an encoded `Snapshot`) as its content field: the same
 /// bytes as encoding the whole `VersionedSnapshot`, since the content is its last field.
-pub fn encode_with_content(header: &pb::VersionedSnapshot, content: &[u8]) -> Vec<u8> {
+fn encode_with_content(header: &pb::VersionedSnapshot, content: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(header.encoded_len() + 16 + content.len());
     header.encode_raw(&mut buf);
     encode_key(CONTENT_FIELD, WireType::LengthDelimited, &mut buf);
