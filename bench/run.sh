@@ -10,7 +10,8 @@
 #               p99, proxy CPU µs/request (/proc/PID/stat), peak RSS (VmHWM)
 #   scale       10 / 1 000 / 10 000 / 50 000 Host routers, 50 000 Host && PathPrefix, 10 000
 #               PathPrefix under one host (+ Traefik at 10 000): req/s matching and not, RSS,
-#               compile time, snapshot size raw / gzip / zstd, largest gRPC message
+#               compile time, snapshot size raw / gzip / zstd, largest gRPC message,
+#               the proxy's apply in-process (verify + decode, build, free)
 #   propagation write to the file provider → ACK at the controller, N = 1, 10 (proxy processes),
 #               100 (lightweight subscribers), with 10 and 10 000 routers; one proxy at 50 000;
 #               Traefik's file provider reload as the reference
@@ -74,11 +75,12 @@ NGINX=$(command -v nginx)
 
 log "building Switchyard (release)"
 cargo build --release -q -p switchyard-proxy -p switchyard-controller -p switchyard-tests \
-  --bin switchyard-proxy --bin switchyard-controller --bin switchyard-bench
+  --bin switchyard-proxy --bin switchyard-controller --bin switchyard-bench --bin switchyard-apply
 BIN=$ROOT/target/release
 SYPROXY=$BIN/switchyard-proxy
 SYCTL=$BIN/switchyard-controller
 SYBENCH=$BIN/switchyard-bench
+SYAPPLY=$BIN/switchyard-apply
 
 # ---------------------------------------------------------------------------------------------
 # Work dir and processes (all stopped by PID)
@@ -413,18 +415,20 @@ SCALES=(
   "path-10k path 10000 app.bench.test /p5000/x app.bench.test /nothing"
 )
 COMPILE=$R/compile.tsv
-printf 'config\trouters\tparse_ms\tcompile_ms\tpublish_ms\tsnapshot_bytes\tgzip_bytes\tzstd_bytes\tmessages\tmax_message_bytes\tyaml_bytes\n' >"$COMPILE"
-gen_scale() { # NAME KIND ROUTERS → $W/scale/NAME/routes.yml + compile row
-  local name=$1 kind=$2 n=$3 g c
+printf 'config\trouters\tparse_ms\tcompile_ms\tpublish_ms\tsnapshot_bytes\tgzip_bytes\tzstd_bytes\tmessages\tmax_message_bytes\tyaml_bytes\topen_ms\tbuild_ms\tfree_ms\n' >"$COMPILE"
+gen_scale() { # NAME KIND ROUTERS → $W/scale/NAME/routes.yml + compile row (+ the proxy's apply)
+  local name=$1 kind=$2 n=$3 g c a
   mkdir -p "$W/scale/$name"
   g=$("$SYBENCH" gen --kind "$kind" --routers "$n" --backend "$ORIGIN" --out "$W/scale/$name/routes.yml")
   c=$("$SYBENCH" compile --file "$W/scale/$name/routes.yml" --out "$W/scale/$name.snapshot")
+  a=$(taskset -c "$PROXY_CPU" "$SYAPPLY" "$W/scale/$name.snapshot" 5)
   python3 - "$name" "$g" "$c" "$(gzip -c "$W/scale/$name.snapshot" | wc -c)" \
-    "$(zstd -q -c "$W/scale/$name.snapshot" | wc -c)" >>"$COMPILE" <<'PY'
+    "$(zstd -q -c "$W/scale/$name.snapshot" | wc -c)" "$a" >>"$COMPILE" <<'PY'
 import json, sys
-name, g, c, gz, zs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+name, g, c, gz, zs, a = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5], json.loads(sys.argv[6])
 print("\t".join(str(x) for x in [name, c["routers"], c["parse_ms"], c["compile_ms"], c["publish_ms"],
-      c["snapshot_bytes"], gz, zs, c["messages"], c["max_message_bytes"], g["yaml_bytes"]]))
+      c["snapshot_bytes"], gz, zs, c["messages"], c["max_message_bytes"], g["yaml_bytes"],
+      a["open_ms"], a["build_ms"], a["free_ms"]]))
 PY
 }
 if has scale || has coldstart || has propagation; then

@@ -209,9 +209,15 @@ impl Runtime {
         let bytes = Arc::new(bytes);
         let encoded = Arc::clone(&bytes);
         self.apply_with(Some(encoded), Source::Controller, move |previous| {
-            let snapshot = chunk::open(&version, &bytes)?;
+            let opened = chunk::open(&version, &bytes)?;
             drop(bytes);
-            Table::build_keeping_input(snapshot, Some(previous)).map_err(|e| e.to_string())
+            Table::from_snapshot(
+                opened.version,
+                opened.generation,
+                opened.snapshot,
+                Some(previous),
+            )
+            .map_err(|e| e.to_string())
         })
         .await
     }

@@ -5,15 +5,20 @@
 
 use prost::{
     Message,
-    encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint},
+    encoding::{WireType, encode_key, encode_varint},
 };
 
 use crate::{
     pb,
+    snapshot::Snapshot,
     version::{encoded_version, snapshot_version},
+    wire::{self, Value},
 };
 
-/// Field number of `VersionedSnapshot.snapshot` (the content), the message's last field.
+/// Field numbers of `VersionedSnapshot`; the content is the message's last field.
+const VERSION_FIELD: u32 = 1;
+const GENERATION_FIELD: u32 = 2;
+const CREATED_AT_FIELD: u32 = 3;
 const CONTENT_FIELD: u32 = 4;
 
 /// Largest chunk payload (well under tonic's 4 MiB default, leaving room for framing).
@@ -82,46 +87,49 @@ fn encode_with_content(header: &pb::VersionedSnapshot, content: &[u8]) -> Vec<u8
     buf
 }
 
-/// The content bytes (the encoded `Snapshot`) inside an encoded `VersionedSnapshot`.
-fn encoded_content(mut bytes: &[u8]) -> Result<&[u8], String> {
-    let mut content = None;
-    while !bytes.is_empty() {
-        let (field, wire_type) = decode_key(&mut bytes).map_err(|e| e.to_string())?;
-        match wire_type {
-            WireType::Varint => {
-                decode_varint(&mut bytes).map_err(|e| e.to_string())?;
-            }
-            WireType::LengthDelimited => {
-                let len = decode_varint(&mut bytes).map_err(|e| e.to_string())?;
-                let len = usize::try_from(len)
-                    .ok()
-                    .filter(|l| *l <= bytes.len())
-                    .ok_or("truncated field")?;
-                let (value, rest) = bytes.split_at(len);
-                if field == CONTENT_FIELD && content.replace(value).is_some() {
-                    return Err("content field repeated".into());
-                }
-                bytes = rest;
-            }
-            WireType::SixtyFourBit if bytes.len() >= 8 => bytes = &bytes[8..],
-            WireType::ThirtyTwoBit if bytes.len() >= 4 => bytes = &bytes[4..],
-            other => return Err(format!("unexpected {other:?} field {field}")),
-        }
-    }
-    content.ok_or_else(|| "no content".to_owned())
+/// An encoded `VersionedSnapshot` taken apart: its header fields and its content bytes (the
+/// encoded `Snapshot`), which are not decoded.
+struct Parts<'a> {
+    version: String,
+    generation: u64,
+    created_at_unix_ms: i64,
+    content: &'a [u8],
 }
 
-/// Checks that the content inside an encoded `VersionedSnapshot` hashes to `version`: the bytes
-/// received are hashed as they are, without decoding and re-encoding them.
-fn verify_encoded(version: &str, bytes: &[u8]) -> Result<(), String> {
-    let content = encoded_content(bytes).map_err(|e| format!("snapshot {version}: {e}"))?;
-    let actual = encoded_version(content);
-    if actual != version {
-        return Err(format!(
-            "snapshot {version} does not match its content (hashes to {actual})"
-        ));
+fn parts(bytes: &[u8]) -> Result<Parts<'_>, String> {
+    let mut parts = Parts {
+        version: String::new(),
+        generation: 0,
+        created_at_unix_ms: 0,
+        content: &[],
+    };
+    let mut has_content = false;
+    for field in wire::fields(bytes) {
+        match field? {
+            (VERSION_FIELD, Value::Bytes(v)) => {
+                parts.version = std::str::from_utf8(v)
+                    .map_err(|_| "version is not UTF-8".to_owned())?
+                    .to_owned();
+            }
+            (GENERATION_FIELD, Value::Varint(v)) => parts.generation = v,
+            // int64: two's complement in a varint.
+            (CREATED_AT_FIELD, Value::Varint(v)) => parts.created_at_unix_ms = v as i64,
+            (CONTENT_FIELD, Value::Bytes(v)) => {
+                if std::mem::replace(&mut has_content, true) {
+                    return Err("content field repeated".into());
+                }
+                parts.content = v;
+            }
+            (VERSION_FIELD | GENERATION_FIELD | CREATED_AT_FIELD | CONTENT_FIELD, _) => {
+                return Err("a header field has the wrong wire type".into());
+            }
+            _ => {}
+        }
     }
-    Ok(())
+    if !has_content {
+        return Err("no content".into());
+    }
+    Ok(parts)
 }
 
 /// Most a reassembly reserves before the chunks arrive.
@@ -188,19 +196,41 @@ pub struct Reassembled {
     pub bytes: Vec<u8>,
 }
 
-/// Checks that the content inside `bytes` (an encoded `VersionedSnapshot`) hashes to `version`,
-/// then decodes it; the decoded snapshot must announce the same version.
-pub fn open(version: &str, bytes: &[u8]) -> Result<pb::VersionedSnapshot, String> {
-    verify_encoded(version, bytes)?;
-    let snapshot = pb::VersionedSnapshot::decode(bytes)
-        .map_err(|e| format!("snapshot {version}: reassembled chunks do not decode: {e}"))?;
-    if snapshot.version != version {
+/// A received snapshot, verified and decoded.
+#[derive(Debug)]
+pub struct Opened {
+    pub version: String,
+    pub generation: u64,
+    pub created_at_unix_ms: i64,
+    pub snapshot: Snapshot,
+}
+
+/// Checks that the content inside `bytes` (an encoded `VersionedSnapshot`) hashes to `version` —
+/// the bytes received are hashed as they are, never decoded and encoded again — and that the
+/// header announces the same version, then decodes the content straight into the domain
+/// [`Snapshot`] (one element at a time: the wire form of the whole snapshot is never built).
+pub fn open(version: &str, bytes: &[u8]) -> Result<Opened, String> {
+    let parts = parts(bytes).map_err(|e| format!("snapshot {version}: {e}"))?;
+    let actual = encoded_version(parts.content);
+    if actual != version {
         return Err(format!(
-            "snapshot {}: delivered in chunks announcing version {version}",
-            snapshot.version
+            "snapshot {version} does not match its content (hashes to {actual})"
         ));
     }
-    Ok(snapshot)
+    if parts.version != version {
+        return Err(format!(
+            "snapshot {}: delivered in chunks announcing version {version}",
+            parts.version
+        ));
+    }
+    let snapshot =
+        Snapshot::decode(parts.content).map_err(|e| format!("snapshot {version}: {e}"))?;
+    Ok(Opened {
+        version: parts.version,
+        generation: parts.generation,
+        created_at_unix_ms: parts.created_at_unix_ms,
+        snapshot,
+    })
 }
 
 /// Checks that a snapshot's content hashes to its announced version.
@@ -223,24 +253,45 @@ pub fn verify(snapshot: &pb::VersionedSnapshot) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn big(routers: usize) -> pb::VersionedSnapshot {
-        let content = pb::Snapshot {
+    fn domain(routers: usize) -> Snapshot {
+        use crate::{
+            rule::{Expr, Matcher},
+            snapshot::Router,
+        };
+        Snapshot {
             routers: (0..routers)
-                .map(|i| pb::Router {
+                .map(|i| Router {
                     name: format!("router-{i}@file"),
+                    provider: "file".into(),
+                    entry_points: vec!["web".into()],
+                    rule: Expr::Matcher(Matcher::Host(format!("h{i}.example"))),
+                    priority: 1,
+                    middlewares: Vec::new(),
                     service: "s@file".into(),
                     rule_text: "x".repeat(200),
-                    ..Default::default()
+                    tls: None,
                 })
                 .collect(),
             ..Default::default()
-        };
+        }
+    }
+
+    fn big(routers: usize) -> pb::VersionedSnapshot {
+        let content = pb::Snapshot::from(&domain(routers));
         pb::VersionedSnapshot {
             version: snapshot_version(&content),
             generation: 1,
-            created_at_unix_ms: 0,
+            created_at_unix_ms: 1_700_000_000_000,
             snapshot: Some(content),
         }
+    }
+
+    /// `open` gives back what was sent.
+    fn assert_opened(out: &Opened, sent: &pb::VersionedSnapshot, routers: usize) {
+        assert_eq!(out.version, sent.version);
+        assert_eq!(out.generation, sent.generation);
+        assert_eq!(out.created_at_unix_ms, sent.created_at_unix_ms);
+        assert_eq!(out.snapshot, domain(routers));
     }
 
     #[test]
@@ -254,8 +305,8 @@ mod tests {
         assert_eq!((c.index, c.count), (0, 1));
         let r = Reassembler::default().push(c).unwrap().unwrap();
         let out = open(&r.version, &r.bytes).unwrap();
-        assert_eq!(out, s);
-        verify(&out).unwrap();
+        assert_opened(&out, &s, 1);
+        verify(&s).unwrap();
     }
 
     #[test]
@@ -274,16 +325,15 @@ mod tests {
         }
         let Reassembled { version, bytes } = out.unwrap();
         let out = open(&version, &bytes).unwrap();
-        assert_eq!(out, s);
+        assert_opened(&out, &s, 20_000);
         assert_eq!(
             bytes,
             s.encode_to_vec(),
             "chunks carry the canonical encoding"
         );
-        verify(&out).unwrap();
-        verify_encoded(&out.version, &bytes).unwrap();
+        verify(&s).unwrap();
         assert_eq!(
-            encoded_content(&bytes).unwrap(),
+            parts(&bytes).unwrap().content,
             s.snapshot.as_ref().unwrap().encode_to_vec()
         );
     }
@@ -309,7 +359,7 @@ mod tests {
         let s = big(2);
         let mut other = big(3);
         other.version = s.version.clone();
-        assert_eq!(open(&s.version, &s.encode_to_vec()).unwrap(), s);
+        assert_opened(&open(&s.version, &s.encode_to_vec()).unwrap(), &s, 2);
         // The content matches the chunks' version but the header inside names another one.
         let mut renamed = s.clone();
         renamed.version = "0123456789abcdef".into();
@@ -332,10 +382,10 @@ mod tests {
         assert!(verify(&s).unwrap_err().contains("does not match"));
         let bytes = s.encode_to_vec();
         assert!(
-            verify_encoded(&s.version, &bytes)
+            open(&s.version, &bytes)
                 .unwrap_err()
                 .contains("does not match")
         );
-        assert!(verify_encoded(&s.version, &bytes[..bytes.len() - 3]).is_err());
+        assert!(open(&s.version, &bytes[..bytes.len() - 3]).is_err());
     }
 }

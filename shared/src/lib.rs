@@ -14,3 +14,4 @@ pub mod telemetry;
 pub mod time;
 pub mod tls;
 pub mod version;
+mod wire;

@@ -1,4 +1,5 @@
 use proptest::prelude::*;
+use prost::Message;
 
 use super::*;
 use crate::version::snapshot_version;
@@ -138,6 +139,14 @@ proptest! {
     }
 
     #[test]
+    fn decoding_the_bytes_equals_converting_the_wire_form(snapshot in arb_snapshot()) {
+        let wire = pb::Snapshot::from(&snapshot);
+        let decoded = Snapshot::decode(&wire.encode_to_vec()).expect("valid snapshot decodes");
+        prop_assert_eq!(&decoded, &snapshot);
+        prop_assert_eq!(decoded, Snapshot::try_from(wire).expect("valid snapshot converts"));
+    }
+
+    #[test]
     fn version_is_a_function_of_content(snapshot in arb_snapshot()) {
         let a = snapshot_version(&pb::Snapshot::from(&snapshot));
         let b = snapshot_version(&pb::Snapshot::from(&snapshot.clone()));
@@ -157,6 +166,59 @@ fn missing_rule_names_the_router() {
     };
     let err = Snapshot::try_from(wire).unwrap_err();
     assert_eq!(err.to_string(), "router web@file: has no rule");
+}
+
+#[test]
+fn decode_checks_elements_like_the_conversion() {
+    let wire = pb::Snapshot {
+        routers: vec![pb::Router {
+            name: "web@file".into(),
+            service: "s@file".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let err = Snapshot::decode(&wire.encode_to_vec()).unwrap_err();
+    assert_eq!(err.to_string(), "router web@file: has no rule");
+}
+
+#[test]
+fn decode_skips_unknown_fields_and_rejects_malformed_ones() {
+    let snapshot = Snapshot {
+        entry_points: vec![EntryPoint {
+            name: "web".into(),
+            address: ":80".into(),
+            redirect: None,
+        }],
+        default_certificate: Some(Certificate {
+            cert_pem: "C".into(),
+            key_pem: "K".into(),
+            names: vec!["a.example".into()],
+            source: "file:x".into(),
+            not_after_unix: 7,
+        }),
+        ..Default::default()
+    };
+    let mut bytes = pb::Snapshot::from(&snapshot).encode_to_vec();
+    // Field 15, a varint: from a newer controller.
+    prost::encoding::encode_key(15, prost::encoding::WireType::Varint, &mut bytes);
+    prost::encoding::encode_varint(3, &mut bytes);
+    assert_eq!(Snapshot::decode(&bytes).unwrap(), snapshot);
+
+    let err = Snapshot::decode(&bytes[..bytes.len() - 4]).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("content does not decode: field"),
+        "{err}"
+    );
+    // A known list field that is not a message.
+    let mut wrong = Vec::new();
+    prost::encoding::encode_key(2, prost::encoding::WireType::Varint, &mut wrong);
+    prost::encoding::encode_varint(1, &mut wrong);
+    assert_eq!(
+        Snapshot::decode(&wrong).unwrap_err().to_string(),
+        "content does not decode: field 2 is not length-delimited"
+    );
 }
 
 #[test]

@@ -315,30 +315,33 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
     let mut chunks = Reassembler::default();
     let mut held: Option<Snapshot> = None;
     while let Some(message) = inbound.next().await {
-        // Verified as the proxy does (subscriber.rs): a chunked snapshot by its received bytes.
-        let snapshot = match message?.kind {
+        // Verified and decoded as the proxy does (subscriber.rs, runtime.rs): a chunked snapshot
+        // by its received bytes, decoded straight into the domain snapshot.
+        let (version, decoded) = match message?.kind {
             Some(subscribe_response::Kind::Snapshot(s)) => {
                 chunk::verify(&s).map_err(anyhow::Error::msg)?;
-                s
+                let content = s.snapshot.context("snapshot without content")?;
+                (
+                    s.version,
+                    Snapshot::try_from(content).map_err(|e| e.to_string()),
+                )
             }
             Some(subscribe_response::Kind::Chunk(c)) => match chunks.push(c) {
-                Ok(Some(r)) => chunk::open(&r.version, &r.bytes).map_err(anyhow::Error::msg)?,
+                Ok(Some(r)) => match chunk::open(&r.version, &r.bytes) {
+                    Ok(opened) => (opened.version, Ok(opened.snapshot)),
+                    Err(e) => (r.version, Err(e)),
+                },
                 Ok(None) => continue,
                 Err(e) => bail!("{e}"),
             },
             _ => continue,
         };
-        let version = snapshot.version.clone();
-        let content = snapshot.snapshot.context("snapshot without content")?;
-        let reply = match Snapshot::try_from(content) {
+        let reply = match decoded {
             Ok(decoded) => {
                 held = Some(decoded);
                 subscribe_request::Kind::Ack(pb::Ack { version })
             }
-            Err(e) => subscribe_request::Kind::Nack(pb::Nack {
-                version,
-                error: e.to_string(),
-            }),
+            Err(error) => subscribe_request::Kind::Nack(pb::Nack { version, error }),
         };
         tx.send(pb::SubscribeRequest { kind: Some(reply) }).await?;
     }

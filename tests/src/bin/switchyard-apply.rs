@@ -1,0 +1,92 @@
+//! `switchyard-apply`: the proxy's apply, in-process, for `bench/run.sh`. Reads a snapshot as the
+//! controller sends it (an encoded `VersionedSnapshot`, written by `switchyard-bench compile
+//! --out`) and applies it several times the way the proxy's build thread does: verify the content
+//! hash and decode (`chunk::open`), build the table over the previous one (`Table::from_snapshot`),
+//! then free the decoded snapshot and the replaced table. Prints the medians as one JSON object.
+//!
+//! A binary of its own, not a `switchyard-bench` command: it must run on the proxy's allocator
+//! (glibc's), and `switchyard-bench` runs on mimalloc like the controller.
+
+use std::{process::ExitCode, time::Instant};
+
+use anyhow::Context;
+use switchyard_proxy::state::Table;
+use switchyard_shared::chunk;
+
+const USAGE: &str = "usage: switchyard-apply SNAPSHOT_FILE [ROUNDS]";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-apply: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().context(USAGE)?;
+    let rounds: usize = match args.next() {
+        Some(r) => r
+            .parse()
+            .with_context(|| format!("ROUNDS `{r}`\n{USAGE}"))?,
+        None => 5,
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {path}"))?;
+    let version = header_version(&bytes)?;
+    let (mut open_ms, mut build_ms, mut free_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut previous: Option<Table> = None;
+    let mut routers = 0;
+    // The first apply builds over nothing (a proxy's first snapshot); the others over the previous
+    // table, like a change.
+    for _ in 0..rounds.max(2) {
+        let t = Instant::now();
+        let opened = chunk::open(&version, &bytes).map_err(anyhow::Error::msg)?;
+        open_ms.push(ms(t));
+        let t = Instant::now();
+        let (table, input) = Table::from_snapshot(
+            opened.version,
+            opened.generation,
+            opened.snapshot,
+            previous.as_ref(),
+        )?;
+        build_ms.push(ms(t));
+        routers = table.router_count;
+        let t = Instant::now();
+        drop(input);
+        drop(previous.replace(table));
+        free_ms.push(ms(t));
+    }
+    // Changes only: the first apply had nothing to reuse or free.
+    println!(
+        "{{\"routers\":{routers},\"open_ms\":{:.2},\"build_ms\":{:.2},\"free_ms\":{:.2}}}",
+        median(&mut open_ms[1..]),
+        median(&mut build_ms[1..]),
+        median(&mut free_ms[1..])
+    );
+    Ok(())
+}
+
+/// The version a `VersionedSnapshot`'s header announces (what its chunks would carry).
+fn header_version(bytes: &[u8]) -> anyhow::Result<String> {
+    use prost::Message;
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Header {
+        #[prost(string, tag = "1")]
+        version: String,
+    }
+    Ok(Header::decode(bytes)
+        .context("not an encoded VersionedSnapshot")?
+        .version)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}
