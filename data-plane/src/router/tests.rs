@@ -1029,7 +1029,7 @@ fn routes_are_stored_in_match_order() {
         ("z@x", 5, prefix("/")),
         ("n@x", -5, prefix("/")),
     ]);
-    let names: Vec<_> = t.routes.iter().map(|r| &*r.name).collect();
+    let names: Vec<_> = t.routes.iter().map(|r| r.payload).collect();
     assert_eq!(names, ["z@x", "a@x", "b@x", "n@x"]);
     assert_eq!(t.len(), 4);
     assert!(!t.is_empty());
@@ -1122,7 +1122,7 @@ fn path_index_looks_up_only_the_prefixes_of_the_request_path() {
     let candidates = |p: &str| -> Vec<&str> {
         let mut names: Vec<&str> = t
             .candidates("app.test", p)
-            .map(|i| &*t.routes[i as usize].name)
+            .map(|i| t.routes[i as usize].payload.as_str())
             .collect();
         names.sort_unstable();
         names
@@ -1181,7 +1181,7 @@ fn index_skips_routes_for_other_hosts() {
     .unwrap();
     let candidates = |h: &str| -> Vec<&str> {
         t.candidates(&normalize_host(h), "/")
-            .map(|i| &*t.routes[i as usize].name)
+            .map(|i| t.routes[i as usize].payload.as_str())
             .collect()
     };
     assert_eq!(

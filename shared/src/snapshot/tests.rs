@@ -43,7 +43,7 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
             priority,
             middlewares: vec!["m@file".into()],
             service: "s@file".into(),
-            rule_text: String::new(),
+            rule_text: format!("rule of {name}"),
             tls: (priority % 2 == 0).then(|| RouterTls {
                 options: "default".into(),
             }),
@@ -144,6 +144,17 @@ proptest! {
         let decoded = Snapshot::decode(&wire.encode_to_vec()).expect("valid snapshot decodes");
         prop_assert_eq!(&decoded, &snapshot);
         prop_assert_eq!(decoded, Snapshot::try_from(wire).expect("valid snapshot converts"));
+    }
+
+    #[test]
+    fn decoding_to_serve_leaves_out_only_the_text_for_humans(snapshot in arb_snapshot()) {
+        let bytes = pb::Snapshot::from(&snapshot).encode_to_vec();
+        let mut expected = snapshot;
+        for r in &mut expected.routers {
+            r.provider.clear();
+            r.rule_text.clear();
+        }
+        prop_assert_eq!(Snapshot::decode_to_serve(&bytes).expect("valid snapshot decodes"), expected);
     }
 
     #[test]
