@@ -119,7 +119,13 @@ pub fn compile(
     let tls_out = tls::compile(providers, &mut diags);
 
     // Pass 3: routers.
-    let mut routers = Vec::new();
+    let mut routers = Vec::with_capacity(
+        providers
+            .values()
+            .filter_map(|c| c.borrow().http.as_ref())
+            .map(|http| http.routers.len())
+            .sum(),
+    );
     for (provider, config) in providers {
         let config: &DynamicConfig = config.borrow();
         let Some(http) = &config.http else { continue };
@@ -255,7 +261,9 @@ pub fn compile(
             });
         }
     }
-    routers.sort_by(|a, b| a.name.cmp(&b.name));
+    // Qualified names are unique (one map per provider, `@` refused in names), so an unstable
+    // sort is deterministic; it needs no buffer and is linear on a run already in order.
+    routers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     diags.sort();
     diags.dedup();
     let snapshot = Snapshot {
