@@ -5,9 +5,6 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-/// A set hashed like [`Map`].
-type Set<K> = HashSet<K, foldhash::fast::RandomState>;
-
 use http::{HeaderValue, uri::Authority};
 use switchyard_shared::{
     pb,
@@ -22,6 +19,9 @@ use crate::{
     router::{Map, RouteInput, RouteTable},
     tls::TlsState,
 };
+
+/// A set hashed like [`Map`].
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// Why a snapshot cannot be applied. The message is what the NACK carries.
 #[derive(Debug, Error)]

@@ -507,13 +507,17 @@ impl Snapshot {
     }
 
     fn decode_with(content: &[u8], text: Text) -> Result<Self, SnapshotError> {
-        fn element<M: Message + Default>(field: u32, value: Value<'_>) -> Result<M, SnapshotError> {
-            let Value::Bytes(bytes) = value else {
-                return Err(SnapshotError::Wire(format!(
+        fn message_bytes(field: u32, value: Value<'_>) -> Result<&[u8], SnapshotError> {
+            match value {
+                Value::Bytes(bytes) => Ok(bytes),
+                _ => Err(SnapshotError::Wire(format!(
                     "field {field} is not length-delimited"
-                )));
-            };
-            M::decode(bytes).map_err(|e| SnapshotError::Wire(format!("field {field}: {e}")))
+                ))),
+            }
+        }
+        fn element<M: Message + Default>(field: u32, value: Value<'_>) -> Result<M, SnapshotError> {
+            M::decode(message_bytes(field, value)?)
+                .map_err(|e| SnapshotError::Wire(format!("field {field}: {e}")))
         }
         // Every list sized exactly before the decode: growing by doubling would copy each list
         // several times and leave up to half of it unused, at the peak of the apply.
@@ -557,17 +561,10 @@ impl Snapshot {
                     .tls_options
                     .push(tls_options_from_pb(element(number, value)?)),
                 // A singular message field seen twice is merged, as protobuf specifies.
-                7 => {
-                    let Value::Bytes(bytes) = value else {
-                        return Err(SnapshotError::Wire(
-                            "field 7 is not length-delimited".into(),
-                        ));
-                    };
-                    default_certificate
-                        .get_or_insert_with(Default::default)
-                        .merge(bytes)
-                        .map_err(|e| SnapshotError::Wire(format!("field 7: {e}")))?;
-                }
+                7 => default_certificate
+                    .get_or_insert_with(Default::default)
+                    .merge(message_bytes(number, value)?)
+                    .map_err(|e| SnapshotError::Wire(format!("field 7: {e}")))?,
                 8 => s
                     .http_challenges
                     .push(http_challenge_from_pb(element(number, value)?)),
