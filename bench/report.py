@@ -34,11 +34,13 @@ def agg(section, target, scen):
         return None
     rps = [int(r["requests"]) / float(r["seconds"]) for r in rs]
     cpu = [int(r["proxy_ticks"]) / CLK * 1e6 / max(1, int(r["requests"])) for r in rs]
+    sys_cpu = [int(r.get("proxy_sys_ticks") or 0) / CLK * 1e6 / max(1, int(r["requests"])) for r in rs]
     return dict(
         rps=med(rps), lo=min(rps), hi=max(rps),
         p50=med([int(r["p50_us"]) / 1000 for r in rs]),
         p99=med([int(r["p99_us"]) / 1000 for r in rs]),
         cpu=None if target == "direct" else med(cpu),
+        sys=None if target == "direct" else med(sys_cpu),
         errors=sum(int(r["errors"]) for r in rs),
         non2xx=sum(int(r["non2xx"]) for r in rs),
         n=len(rs),
@@ -62,9 +64,10 @@ if any(r["section"] == "tp" for r in runs):
     p(f"wrk -t1 -c{conns} -d{dur}s (h2load -t1 -c16 -m10 -D {dur} for h2c; its p50 column is the mean "
       f"latency, it reports no percentiles). Median of {rounds} interleaved rounds. Proxy on one core, "
       f"wrk + origin on the other. × nginx: ratio of medians in this run. CPU µs/req: the proxy's "
-      f"utime+stime (all threads, /proc/PID/stat) ÷ requests.\n")
-    p("| target | scenario | req/s | min–max | × nginx | p50 ms | p99 ms | proxy CPU µs/req | CPU × nginx | errors / non-2xx |")
-    p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+      f"utime+stime (all threads, /proc/PID/stat) ÷ requests; kernel: its stime part (the "
+      f"socket work every proxy does: on loopback a write also runs the peer's receive path).\n")
+    p("| target | scenario | req/s | min–max | × nginx | p50 ms | p99 ms | proxy CPU µs/req | of it kernel | CPU × nginx | errors / non-2xx |")
+    p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scen in ["small", "16k", "close", "h2c"]:
         base = agg("tp", "nginx", scen)
         for t in ["direct", "nginx", "haproxy", "traefik", "switchyard", "switchyard-alt"]:
@@ -73,11 +76,12 @@ if any(r["section"] == "tp" for r in runs):
                 continue
             ratio = f"{a['rps'] / base['rps']:.2f}" if base and t != "direct" else "—"
             cpu = "—" if a["cpu"] is None else f"{a['cpu']:.1f}"
+            kernel = "—" if a["sys"] is None else f"{a['sys']:.1f}"
             cpur = f"{a['cpu'] / base['cpu']:.2f}" if base and a["cpu"] is not None else "—"
             p99 = "—" if scen == "h2c" else f"{a['p99']:.2f}"
             name = f"**{t}**" if t == "switchyard" else t
             p(f"| {name} | {LABEL[scen]} | {a['rps']:,.0f} | {a['lo']:,.0f}–{a['hi']:,.0f} | {ratio} | "
-              f"{a['p50']:.2f} | {p99} | {cpu} | {cpur} | {a['errors']} / {a['non2xx']} |")
+              f"{a['p50']:.2f} | {p99} | {cpu} | {kernel} | {cpur} | {a['errors']} / {a['non2xx']} |")
     p("")
     p("| proxy | idle RSS MiB | peak RSS MiB (VmHWM, whole run) | × nginx |")
     p("|---|---:|---:|---:|")

@@ -130,13 +130,14 @@ tree_pids() {
   echo "$1"
   for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree_pids "$c"; done
 }
-ticks() { # utime+stime of NAME's process tree
-  local pid s=0 v
+ticks() { # "utime+stime stime" of NAME's process tree
+  local pid s=0 k=0 v w
   for pid in $(tree_pids "${PID_OF[$1]}"); do
-    v=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    s=$((s + v))
+    read -r v w < <(awk '{sub(/^.*\) /, ""); print $12 + $13, $13}' "/proc/$pid/stat" 2>/dev/null ||
+      echo 0 0)
+    s=$((s + ${v:-0})); k=$((k + ${w:-0}))
   done
-  echo "$s"
+  echo "$s $k"
 }
 mem_kb() { # NAME [VmHWM|VmRSS] summed over the process tree
   local pid s=0 v
@@ -182,12 +183,13 @@ EOF
 
 # One measured load run → a TSV row in $R/runs.tsv:
 #   section target scenario round requests seconds p50_us p99_us errors non2xx proxy_ticks
+#   proxy_sys_ticks (the kernel's part of proxy_ticks)
 RUNS=$R/runs.tsv
-printf 'section\ttarget\tscenario\tround\trequests\tseconds\tp50_us\tp99_us\terrors\tnon2xx\tproxy_ticks\n' >"$RUNS"
+printf 'section\ttarget\tscenario\tround\trequests\tseconds\tp50_us\tp99_us\terrors\tnon2xx\tproxy_ticks\tproxy_sys_ticks\n' >"$RUNS"
 load() { # SECTION TARGET(process name or -) SCENARIO ROUND SECONDS TOOL URL [HOST] [extra args…]
   local section=$1 target=$2 scen=$3 round=$4 secs=$5 tool=$6 url=$7 host=${8:-}; shift 8 || shift $#
-  local out="$W/load-$section-$target-$scen-$round.txt" t0=0 t1=0 line
-  [[ $target == direct ]] || t0=$(ticks "$target")
+  local out="$W/load-$section-$target-$scen-$round.txt" t0=0 t1=0 k0=0 k1=0 line
+  [[ $target == direct ]] || read -r t0 k0 < <(ticks "$target")
   case $tool in
     wrk)
       timeout $((secs + 30)) taskset -c "$GEN_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --latency \
@@ -198,15 +200,15 @@ load() { # SECTION TARGET(process name or -) SCENARIO ROUND SECONDS TOOL URL [HO
         ${host:+-H "host: $host"} "$@" "$url" >"$out" 2>&1 ||
         die "h2load failed: $section $target $scen: $(tail -3 "$out")" ;;
   esac
-  [[ $target == direct ]] || t1=$(ticks "$target")
+  [[ $target == direct ]] || read -r t1 k1 < <(ticks "$target")
   ((round > 0)) || return 0
   if [[ $tool == wrk ]]; then
     line=$(grep '^WRK ' "$out") || die "no WRK line in $out"
     local -A kv=(); local f
     for f in ${line#WRK }; do kv[${f%%=*}]=${f#*=}; done
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$target" "$scen" "$round" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$target" "$scen" "$round" \
       "${kv[requests]}" "$(awk -v d="${kv[duration_us]}" 'BEGIN{print d/1e6}')" "${kv[p50_us]}" \
-      "${kv[p99_us]}" "${kv[errors]}" "${kv[non2xx]}" "$((t1 - t0))" >>"$RUNS"
+      "${kv[p99_us]}" "${kv[errors]}" "${kv[non2xx]}" "$((t1 - t0))" "$((k1 - k0))" >>"$RUNS"
   else
     # h2load: "finished in 5.00s, …", "requests: N total, N started, N done, N succeeded, N failed…",
     # "time for request: min max mean sd" (no percentiles: p50 column holds the mean).
@@ -215,8 +217,9 @@ load() { # SECTION TARGET(process name or -) SCENARIO ROUND SECONDS TOOL URL [HO
     fin=$(awk '/^finished in/{gsub(/s,/, "", $3); print $3}' "$out")
     mean=$(awk '/^time for request:/{v=$6; if (v ~ /ms$/) {sub(/ms$/, "", v); v*=1000} else if (v ~ /us$/) {sub(/us$/, "", v)} else {sub(/s$/, "", v); v*=1e6}; print int(v)}' "$out")
     local failed; failed=$(awk '/^requests:/{print $10 + $12 + $14}' "$out")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$target" "$scen" "$round" \
-      "${done_n:-0}" "${fin:-$secs}" "${mean:-0}" "0" "${failed:-0}" "$(( ${done_n:-0} - ${ok:-0} ))" "$((t1 - t0))" >>"$RUNS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$target" "$scen" "$round" \
+      "${done_n:-0}" "${fin:-$secs}" "${mean:-0}" "0" "${failed:-0}" "$(( ${done_n:-0} - ${ok:-0} ))" \
+      "$((t1 - t0))" "$((k1 - k0))" >>"$RUNS"
   fi
   log "$(printf '%-12s %-18s %-10s r%s %8.0f req/s' "$section" "$target" "$scen" "$round" \
     "$(tail -1 "$RUNS" | awk -F'\t' '{print $5/$6}')")"
