@@ -110,7 +110,7 @@ pub struct RouteTable<T> {
 }
 
 /// A list of route indices in global order; a long one is split by required path prefix.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Bucket {
     /// Every route of the bucket, or, with `paths`, those that require no path prefix.
     routes: Indices,
@@ -119,6 +119,7 @@ struct Bucket {
 
 /// Route indices in global order. Most hosts have one router, whose index is kept inline: at
 /// 50 000 `Host` routers that is 50 000 fewer allocations per table.
+#[derive(Clone)]
 enum Indices {
     One(u32),
     Many(Box<[u32]>),
@@ -149,10 +150,40 @@ impl Indices {
 }
 
 /// Required path prefix → the bucket's routes that require it (in global order).
+#[derive(Clone)]
 struct PathIndex {
     by_prefix: Map<Box<str>, Box<[u32]>>,
     /// The distinct lengths (bytes) of the keys, ascending.
     lengths: Box<[usize]>,
+}
+
+impl PathIndex {
+    fn new(by_prefix: Map<Box<str>, Box<[u32]>>) -> Self {
+        let mut lengths: Vec<usize> = by_prefix.keys().map(|k| k.len()).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        Self {
+            by_prefix,
+            lengths: lengths.into_boxed_slice(),
+        }
+    }
+}
+
+/// What [`RouteTable::patch`] maps the index of a route that is gone to.
+const GONE: u32 = u32::MAX;
+
+/// Moves the indices of `list` through `moved` (old → new position, or [`GONE`]), in place when
+/// none is gone; `false` when none is left. The mapping keeps the order.
+fn remap(list: &mut Box<[u32]>, moved: &[u32]) -> bool {
+    let to = |i: u32| moved.get(i as usize).copied().unwrap_or(GONE);
+    if list.iter().any(|&i| to(i) == GONE) {
+        *list = list.iter().map(|&i| to(i)).filter(|&i| i != GONE).collect();
+    } else {
+        for index in list.iter_mut() {
+            *index = to(*index);
+        }
+    }
+    !list.is_empty()
 }
 
 /// From this many path-bound routes on, a bucket gets a [`PathIndex`] (below it a short scan is
@@ -160,9 +191,8 @@ struct PathIndex {
 const PATH_INDEX_MIN: usize = if cfg!(test) { 2 } else { 16 };
 
 impl Bucket {
-    /// `indices` in global order; `paths[i]` is route `i`'s required path prefixes, if any.
-    fn new(indices: Vec<u32>, paths: &[Option<Vec<&str>>]) -> Self {
-        let required = |i: u32| paths.get(i as usize).and_then(Option::as_ref);
+    /// `indices` in global order; `required(i)` is route `i`'s required path prefixes, if any.
+    fn new<'p>(indices: Vec<u32>, required: impl Fn(u32) -> Option<&'p [&'p str]>) -> Self {
         let bound = indices.iter().filter(|&&i| required(i).is_some()).count();
         if bound < PATH_INDEX_MIN {
             return Self {
@@ -185,19 +215,55 @@ impl Bucket {
                 }
             }
         }
-        let mut lengths: Vec<usize> = by_prefix.keys().map(|k| k.len()).collect();
-        lengths.sort_unstable();
-        lengths.dedup();
         Self {
             routes: free.into(),
-            paths: Some(Box::new(PathIndex {
-                by_prefix: by_prefix
+            paths: Some(Box::new(PathIndex::new(
+                by_prefix
                     .into_iter()
                     .map(|(k, v)| (Box::from(k), v.into_boxed_slice()))
                     .collect(),
-                lengths: lengths.into_boxed_slice(),
-            })),
+            ))),
         }
+    }
+
+    /// Every route of the bucket, in global order.
+    fn all(&self) -> Vec<u32> {
+        let mut all = self.routes.as_slice().to_vec();
+        if let Some(index) = &self.paths {
+            for list in index.by_prefix.values() {
+                all.extend_from_slice(list);
+            }
+            all.sort_unstable();
+            all.dedup();
+        }
+        all
+    }
+
+    /// Moves every route index through `moved` (see [`RouteTable::patch`]), leaving out the
+    /// routes that are gone; `false` when none is left.
+    fn remap(&mut self, moved: &[u32]) -> bool {
+        let mut left = match &mut self.routes {
+            Indices::One(index) => match moved.get(*index as usize) {
+                Some(&to) if to != GONE => {
+                    *index = to;
+                    true
+                }
+                _ => {
+                    self.routes = Indices::default();
+                    false
+                }
+            },
+            Indices::Many(list) => remap(list, moved),
+        };
+        if let Some(index) = &mut self.paths {
+            let before = index.by_prefix.len();
+            index.by_prefix.retain(|_, list| remap(list, moved));
+            if index.by_prefix.len() != before {
+                **index = PathIndex::new(std::mem::take(&mut index.by_prefix));
+            }
+            left |= !index.by_prefix.is_empty();
+        }
+        left
     }
 
     /// Adds the lists of routes that may match `path` to `out`.
@@ -260,7 +326,136 @@ impl<T> RouteTable<T> {
         // Collected in place (the names dropped in the buffer that held them): no second list of
         // every route at the peak of an apply.
         let compiled: Vec<Route<T>> = named.into_iter().map(|(_, route)| route).collect();
+        Ok(Self::index(compiled))
+    }
 
+    /// This table with some routes left out or replaced and others added, without compiling the
+    /// routes it keeps again: `keep` gives each route's payload in the new table (`None`: left
+    /// out); `added` are compiled and merged into the order. `name_of` names a payload's router,
+    /// which breaks priority ties as in [`RouteTable::build`]. The result equals a table built
+    /// from the same routers.
+    pub fn patch<'a>(
+        &self,
+        mut keep: impl FnMut(&T) -> Option<T>,
+        added: Vec<RouteInput<'a, T>>,
+        name_of: impl Fn(&T) -> &str,
+    ) -> Result<Self, RouterError> {
+        let mut fresh = added
+            .into_iter()
+            .map(|input| {
+                Ok(Route {
+                    node: compile(input.rule, input.name)?,
+                    priority: input.priority,
+                    payload: input.payload,
+                })
+            })
+            .collect::<Result<Vec<_>, RouterError>>()?;
+        let first = |a: &Route<T>, b: &Route<T>| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| name_of(&a.payload).cmp(name_of(&b.payload)))
+        };
+        fresh.sort_by(first);
+        let mut fresh = fresh.into_iter().peekable();
+        let mut merged = Vec::with_capacity(self.routes.len() + fresh.len());
+        // Old position → new position (or GONE), and the positions of the added routes.
+        let mut moved = Vec::with_capacity(self.routes.len());
+        let mut added_at = Vec::with_capacity(fresh.len());
+        let position = |merged: &Vec<Route<T>>| u32::try_from(merged.len()).unwrap_or(GONE);
+        for old in &self.routes {
+            let Some(payload) = keep(&old.payload) else {
+                moved.push(GONE);
+                continue;
+            };
+            let route = Route {
+                priority: old.priority,
+                node: old.node.clone(),
+                payload,
+            };
+            while let Some(next) = fresh.next_if(|f| first(f, &route).is_lt()) {
+                added_at.push(position(&merged));
+                merged.push(next);
+            }
+            moved.push(position(&merged));
+            merged.push(route);
+        }
+        for next in fresh {
+            added_at.push(position(&merged));
+            merged.push(next);
+        }
+        if u32::try_from(merged.len()).is_err() {
+            return Err(RouterError::TooManyRoutes {
+                count: merged.len(),
+            });
+        }
+
+        // The index: the old one moved to the new positions (no key hashed again), then the
+        // buckets that receive an added route rebuilt with it.
+        let mut exact = self.exact.clone();
+        exact.retain(|_, bucket| bucket.remap(&moved));
+        let mut wildcard = self.wildcard.clone();
+        wildcard.retain(|_, bucket| bucket.remap(&moved));
+        let mut generic = self.generic.clone();
+        generic.remap(&moved);
+        let mut to_exact: Map<Arc<str>, Vec<u32>> = Map::default();
+        let mut to_wildcard: Map<Arc<str>, Vec<u32>> = Map::default();
+        let mut to_generic = Vec::new();
+        for &index in &added_at {
+            let Some(route) = merged.get(index as usize) else {
+                continue;
+            };
+            match route.node.required_hosts() {
+                None => to_generic.push(index),
+                Some(keys) => {
+                    for key in keys {
+                        let list = match key {
+                            HostKey::Exact(host) => to_exact.entry(Arc::clone(host)).or_default(),
+                            HostKey::Wildcard(parent) => {
+                                to_wildcard.entry(Arc::clone(parent)).or_default()
+                            }
+                        };
+                        list.push(index);
+                    }
+                }
+            }
+        }
+        let with = |bucket: Option<&Bucket>, added: Vec<u32>| {
+            let mut all = bucket.map(Bucket::all).unwrap_or_default();
+            all.extend(added);
+            all.sort_unstable();
+            all.dedup();
+            let paths: Map<u32, Option<Vec<&str>>> = all
+                .iter()
+                .map(|&i| {
+                    let required = merged
+                        .get(i as usize)
+                        .and_then(|route| route.node.required_paths());
+                    (i, required)
+                })
+                .collect();
+            Bucket::new(all, |i| paths.get(&i).and_then(|p| p.as_deref()))
+        };
+        for (host, added) in to_exact {
+            let bucket = with(exact.get(&host), added);
+            exact.insert(host, bucket);
+        }
+        for (parent, added) in to_wildcard {
+            let bucket = with(wildcard.get(&parent), added);
+            wildcard.insert(parent, bucket);
+        }
+        if !to_generic.is_empty() {
+            generic = with(Some(&generic), to_generic);
+        }
+        Ok(Self {
+            routes: merged,
+            exact,
+            wildcard,
+            generic,
+        })
+    }
+
+    /// The table of routes already in match order: the host and path indices.
+    fn index(compiled: Vec<Route<T>>) -> Self {
         let mut exact: Map<Arc<str>, Vec<u32>> = Map::default();
         let mut wildcard: Map<Arc<str>, Vec<u32>> = Map::default();
         let mut generic = Vec::new();
@@ -285,21 +480,22 @@ impl<T> RouteTable<T> {
         }
         let paths: Vec<Option<Vec<&str>>> =
             compiled.iter().map(|r| r.node.required_paths()).collect();
+        let required = |i: u32| paths.get(i as usize).and_then(|p| p.as_deref());
         let freeze = |map: Map<Arc<str>, Vec<u32>>| {
             map.into_iter()
-                .map(|(k, v)| (k, Bucket::new(v, &paths)))
+                .map(|(k, v)| (k, Bucket::new(v, required)))
                 .collect()
         };
         let exact = freeze(exact);
         let wildcard = freeze(wildcard);
-        let generic = Bucket::new(generic, &paths);
+        let generic = Bucket::new(generic, required);
         drop(paths);
-        Ok(Self {
+        Self {
             routes: compiled,
             exact,
             wildcard,
             generic,
-        })
+        }
     }
 
     /// The payload of the first route (in order) whose rule matches `req`.
@@ -431,8 +627,9 @@ impl Iterator for Candidates<'_> {
 // ---------------------------------------------------------------------------------------------
 // Compiled rules
 
-/// An [`Expr`] with its arguments prepared for evaluation.
-#[derive(Debug)]
+/// An [`Expr`] with its arguments prepared for evaluation. Cloned when a table is patched (a
+/// host is shared, a regex is reference-counted).
+#[derive(Clone, Debug)]
 enum Node {
     All(Box<[Node]>),
     Any(Box<[Node]>),
@@ -453,7 +650,7 @@ enum Node {
     Never,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum HostExpr {
     /// ``Host(`*`)``: every request, even without a host (Traefik v3.7.7+).
     Any,

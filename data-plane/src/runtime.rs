@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 use arc_swap::ArcSwap;
 use prost::Message;
 use switchyard_shared::{
+    changes,
     chunk::{self, Reassembled},
     pb,
     snapshot::Snapshot,
@@ -17,7 +18,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::{
     listener::{Listeners, parse_listen_address},
-    state::Table,
+    state::{self, Table, Wire},
     store::Store,
 };
 
@@ -113,6 +114,25 @@ impl BuildThread {
     }
 }
 
+/// A table built by the build thread, with what it leaves to free on that thread once the new
+/// table is live (the decoded snapshot or changes it was built from).
+struct Built {
+    table: Table,
+    garbage: Box<dyn Send>,
+    /// Patched from the table served: how many routers and services changed.
+    patched: Option<usize>,
+}
+
+impl Built {
+    fn whole(table: Table, input: Snapshot) -> Self {
+        Self {
+            table,
+            garbage: Box::new(input),
+            patched: None,
+        }
+    }
+}
+
 /// Shared proxy state.
 pub struct Runtime {
     pub node_id: String,
@@ -196,28 +216,59 @@ impl Runtime {
     ) -> Result<(), String> {
         let encoded = (source == Source::Controller).then(|| Arc::new(snapshot.encode_to_vec()));
         self.apply_with(encoded, source, move |previous| {
-            Table::build_keeping_input(snapshot, Some(previous)).map_err(|e| e.to_string())
+            let (table, input) =
+                Table::build_keeping_input(snapshot, Some(previous)).map_err(|e| e.to_string())?;
+            Ok(Built::whole(table, input))
         })
         .await
     }
 
-    /// [`Runtime::apply`] for a snapshot as its chunks delivered it: verified, decoded and built
-    /// on the build thread (the request path never waits for the hash or the decode), and
-    /// persisted as received instead of being encoded again.
+    /// [`Runtime::apply`] for a snapshot as its chunks delivered it: verified and built on the
+    /// build thread (the request path never waits for the hash or the decode), and persisted as
+    /// received instead of being encoded again. When the served table was built from a snapshot
+    /// this one differs from only in a few routers and services, just those are decoded and the
+    /// table is patched ([`Table::patch`]); otherwise the whole snapshot is decoded and built.
     pub async fn apply_received(&self, received: Reassembled) -> Result<(), String> {
         let Reassembled { version, bytes } = received;
         let bytes = Arc::new(bytes);
         let encoded = Arc::clone(&bytes);
         self.apply_with(Some(encoded), Source::Controller, move |previous| {
-            let opened = chunk::open(&version, &bytes)?;
-            drop(bytes);
-            Table::from_snapshot(
-                opened.version,
-                opened.generation,
-                opened.snapshot,
+            let checked = chunk::check(&version, &bytes)?;
+            let wire = Wire::new(bytes, checked.content);
+            let patched = previous.wire.as_ref().and_then(|old| {
+                let limit = state::patch_limit(previous.router_count);
+                let changes = changes::between(old.content(), wire.content(), limit)?;
+                let table =
+                    previous.patch(checked.version.clone(), checked.generation, &changes)?;
+                Some((table, changes))
+            });
+            if let Some((mut table, changes)) = patched {
+                table.wire = Some(wire);
+                let changed = changes
+                    .routers_added
+                    .len()
+                    .max(changes.routers_removed.len())
+                    + changes
+                        .services_added
+                        .len()
+                        .max(changes.services_removed.len());
+                return Ok(Built {
+                    table,
+                    garbage: Box::new(changes),
+                    patched: Some(changed),
+                });
+            }
+            let snapshot = Snapshot::decode_to_serve(wire.content())
+                .map_err(|e| format!("snapshot {version}: {e}"))?;
+            let (mut table, input) = Table::from_snapshot(
+                checked.version,
+                checked.generation,
+                snapshot,
                 Some(previous),
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+            table.wire = Some(wire);
+            Ok(Built::whole(table, input))
         })
         .await
     }
@@ -228,7 +279,7 @@ impl Runtime {
         &self,
         encoded: Option<Arc<Vec<u8>>>,
         source: Source,
-        build: impl FnOnce(&Table) -> Result<(Table, Snapshot), String> + Send + 'static,
+        build: impl FnOnce(&Table) -> Result<Built, String> + Send + 'static,
     ) -> Result<(), String> {
         let started = std::time::Instant::now();
         let mut listeners = self.listeners.lock().await;
@@ -251,7 +302,11 @@ impl Runtime {
             None => None,
         };
         // The decoded snapshot is freed with the replaced table, after the swap.
-        let (table, input) = built??;
+        let Built {
+            table,
+            garbage: input,
+            patched,
+        } = built??;
         let prepared = match self.desired(&table) {
             Ok(desired) => listeners.prepare(&desired).await,
             Err(e) => Err(e),
@@ -300,6 +355,8 @@ impl Runtime {
             %version,
             routers,
             source = source.as_str(),
+            patched = patched.is_some(),
+            changed = patched.unwrap_or(routers),
             built_ms,
             elapsed_ms = started.elapsed().as_millis(),
             "snapshot applied"

@@ -3,10 +3,11 @@
 //! touched. Any failure is an error that the subscriber NACKs; the previous table keeps serving.
 //! Load balancers whose definition did not change are carried over, so rotation continues.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, ops::Range, sync::Arc};
 
 use http::{HeaderValue, uri::Authority};
 use switchyard_shared::{
+    changes::Changes,
     pb,
     snapshot::{self, LoadBalancer, MiddlewareKind, ServiceKind, Snapshot},
 };
@@ -125,12 +126,38 @@ pub struct Redirect {
     pub permanent: bool,
 }
 
-/// The routes of one entry point: plain-HTTP routers and TLS routers never mix (Traefik).
-#[derive(Debug, Default)]
+/// The routes of one entry point: plain-HTTP routers and TLS routers never mix (Traefik). Shared
+/// with the next table when a patch leaves them alone.
+#[derive(Clone, Debug, Default)]
 pub struct EntryTables {
-    pub plain: RouteTable<Arc<Route>>,
-    pub tls: RouteTable<Arc<Route>>,
+    pub plain: Arc<RouteTable<Arc<Route>>>,
+    pub tls: Arc<RouteTable<Arc<Route>>>,
     pub redirect: Option<Redirect>,
+}
+
+/// The encoded snapshot a table was built from (the `VersionedSnapshot` as received, and where
+/// its content lies in it), kept so that the next snapshot can be compared with it.
+#[derive(Clone, Debug)]
+pub struct Wire {
+    bytes: Arc<Vec<u8>>,
+    content: Range<usize>,
+}
+
+impl Wire {
+    pub fn new(bytes: Arc<Vec<u8>>, content: Range<usize>) -> Self {
+        Self { bytes, content }
+    }
+
+    /// The encoded `Snapshot`.
+    pub fn content(&self) -> &[u8] {
+        self.bytes.get(self.content.clone()).unwrap_or_default()
+    }
+}
+
+/// Most routers and services a patch changes in a table of `routers` routers: beyond that a
+/// full build costs about the same.
+pub fn patch_limit(routers: usize) -> usize {
+    (routers / 8).max(64)
 }
 
 /// Everything the request path needs, swapped atomically per snapshot.
@@ -146,7 +173,13 @@ pub struct Table {
     services: Map<String, Arc<ServiceHandle>>,
     pub router_count: usize,
     /// ACME HTTP-01 challenges (answered before routing).
-    pub acme_http: HttpChallenges,
+    pub acme_http: Arc<HttpChallenges>,
+    /// The snapshot's middlewares, for the routes a patch adds.
+    middlewares: Arc<MiddlewareSet>,
+    /// Whether any service is weighted (its children are handles of other services).
+    has_weighted: bool,
+    /// What the table was built from, when it came from a controller.
+    pub wire: Option<Wire>,
 }
 
 impl Table {
@@ -267,8 +300,8 @@ impl Table {
                 })
             };
             let tables = EntryTables {
-                plain: build(false)?,
-                tls: build(true)?,
+                plain: Arc::new(build(false)?),
+                tls: Arc::new(build(true)?),
                 redirect: ep.redirect.as_ref().map(|r| Redirect {
                     scheme: r.scheme.clone(),
                     port: r.port.clone(),
@@ -287,6 +320,9 @@ impl Table {
             None
         };
         let router_count = snapshot.routers.len();
+        let has_weighted = services
+            .values()
+            .any(|s| matches!(**s, ServiceHandle::Weighted { .. }));
         let table = Table {
             version,
             generation,
@@ -299,9 +335,153 @@ impl Table {
             tls,
             services,
             router_count,
-            acme_http: HttpChallenges::new(&snapshot.http_challenges),
+            acme_http: Arc::new(HttpChallenges::new(&snapshot.http_challenges)),
+            middlewares: Arc::new(middlewares),
+            has_weighted,
+            wire: None,
         };
         Ok((table, snapshot))
+    }
+
+    /// The table of a snapshot that differs from the one `self` was built from only by `changes`
+    /// (see `switchyard_shared::changes`): the routes and services that did not change are shared
+    /// or reused rather than built again, and only the entry points a change touches get new
+    /// route tables. `None` when the changes need a full build — a router with TLS (the SNI
+    /// resolver is built from them), a changed service that a weighted one may use, or anything a
+    /// full build would refuse (which then reports it).
+    pub fn patch(&self, version: String, generation: u64, changes: &Changes) -> Option<Table> {
+        let removed_routers: Set<&str> = changes
+            .routers_removed
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        if changes
+            .routers_removed
+            .iter()
+            .chain(&changes.routers_added)
+            .any(|r| r.tls.is_some())
+        {
+            return None;
+        }
+
+        // Services: a changed or removed one is replaced wherever a route uses it.
+        let mut services = self.services.clone();
+        let mut replaced: Map<*const ServiceHandle, Option<Arc<ServiceHandle>>> = Map::default();
+        let mut replaced_names: Map<&str, *const ServiceHandle> = Map::default();
+        for name in &changes.services_removed {
+            let old = services.remove(name)?;
+            replaced.insert(Arc::as_ptr(&old), None);
+            replaced_names.insert(name, Arc::as_ptr(&old));
+        }
+        if self.has_weighted && !replaced.is_empty() {
+            return None;
+        }
+        for s in &changes.services_added {
+            let ServiceKind::LoadBalancer(lb) = &s.kind else {
+                return None;
+            };
+            let handle = Arc::new(ServiceHandle::LoadBalancer(build_balancer(lb).ok()?));
+            if let Some(old) = replaced_names.get(s.name.as_str()) {
+                replaced.insert(*old, Some(Arc::clone(&handle)));
+            }
+            services.insert(s.name.clone(), handle);
+        }
+
+        // The routes added, per entry point.
+        let mut added: Map<&str, Vec<RouteInput<'_, Arc<Route>>>> = Map::default();
+        for r in &changes.routers_added {
+            let service = services.get(&r.service)?.clone();
+            let mut chain = Vec::new();
+            for m in &r.middlewares {
+                flatten(m, &self.middlewares, &mut chain, 0).ok()?;
+            }
+            let route = Arc::new(Route {
+                name: Arc::from(r.name.as_str()),
+                middlewares: chain,
+                service,
+            });
+            for ep in &r.entry_points {
+                if !self.routes.contains_key(ep) {
+                    return None;
+                }
+                added.entry(ep.as_str()).or_default().push(RouteInput {
+                    name: &r.name,
+                    rule: &r.rule,
+                    priority: r.priority,
+                    payload: route.clone(),
+                });
+            }
+        }
+        let touched: Set<&str> = changes
+            .routers_removed
+            .iter()
+            .flat_map(|r| &r.entry_points)
+            .map(String::as_str)
+            .chain(added.keys().copied())
+            .collect();
+
+        // A kept route whose service was replaced gets the new one; a route whose service is
+        // gone means the snapshot is inconsistent: left to the full build to report.
+        let mut broken = false;
+        let mut keep = |route: &Arc<Route>| -> Option<Arc<Route>> {
+            if removed_routers.contains(&*route.name) {
+                return None;
+            }
+            match replaced.get(&Arc::as_ptr(&route.service)) {
+                None => Some(Arc::clone(route)),
+                Some(Some(service)) => Some(Arc::new(Route {
+                    name: Arc::clone(&route.name),
+                    middlewares: route.middlewares.clone(),
+                    service: Arc::clone(service),
+                })),
+                Some(None) => {
+                    broken = true;
+                    None
+                }
+            }
+        };
+        fn name_of(route: &Arc<Route>) -> &str {
+            &route.name
+        }
+        let mut routes = Map::default();
+        for (ep, tables) in &self.routes {
+            // Any route may use a replaced service.
+            if replaced.is_empty() && !touched.contains(ep.as_str()) {
+                routes.insert(ep.clone(), tables.clone());
+                continue;
+            }
+            let inputs = added.remove(ep.as_str()).unwrap_or_default();
+            let plain = tables.plain.patch(&mut keep, inputs, name_of).ok()?;
+            let tls = if replaced.is_empty() {
+                Arc::clone(&tables.tls)
+            } else {
+                Arc::new(tables.tls.patch(&mut keep, Vec::new(), name_of).ok()?)
+            };
+            routes.insert(
+                ep.clone(),
+                EntryTables {
+                    plain: Arc::new(plain),
+                    tls,
+                    redirect: tables.redirect.clone(),
+                },
+            );
+        }
+        if broken {
+            return None;
+        }
+        Some(Table {
+            version,
+            generation,
+            entry_points: self.entry_points.clone(),
+            routes,
+            tls: self.tls.clone(),
+            services,
+            router_count: changes.router_count,
+            acme_http: Arc::clone(&self.acme_http),
+            middlewares: Arc::clone(&self.middlewares),
+            has_weighted: self.has_weighted,
+            wire: None,
+        })
     }
 }
 

@@ -205,12 +205,20 @@ pub struct Opened {
     pub snapshot: Snapshot,
 }
 
+/// A received snapshot whose content hashes to the version it announces; not decoded.
+#[derive(Debug)]
+pub struct Checked {
+    pub version: String,
+    pub generation: u64,
+    pub created_at_unix_ms: i64,
+    /// Where the content (the encoded `Snapshot`) lies in the bytes checked.
+    pub content: std::ops::Range<usize>,
+}
+
 /// Checks that the content inside `bytes` (an encoded `VersionedSnapshot`) hashes to `version` —
 /// the bytes received are hashed as they are, never decoded and encoded again — and that the
-/// header announces the same version, then decodes the content straight into the domain
-/// [`Snapshot`] as a proxy serves it (one element at a time: the wire form of the whole snapshot
-/// is never built; see [`Snapshot::decode_to_serve`] for the text fields left out).
-pub fn open(version: &str, bytes: &[u8]) -> Result<Opened, String> {
+/// header announces the same version.
+pub fn check(version: &str, bytes: &[u8]) -> Result<Checked, String> {
     let parts = parts(bytes).map_err(|e| format!("snapshot {version}: {e}"))?;
     let actual = encoded_version(parts.content);
     if actual != version {
@@ -224,12 +232,28 @@ pub fn open(version: &str, bytes: &[u8]) -> Result<Opened, String> {
             parts.version
         ));
     }
-    let snapshot =
-        Snapshot::decode_to_serve(parts.content).map_err(|e| format!("snapshot {version}: {e}"))?;
-    Ok(Opened {
+    // The content is a slice of `bytes`: its offset is the distance between their addresses.
+    let start = parts.content.as_ptr() as usize - bytes.as_ptr() as usize;
+    Ok(Checked {
         version: parts.version,
         generation: parts.generation,
         created_at_unix_ms: parts.created_at_unix_ms,
+        content: start..start + parts.content.len(),
+    })
+}
+
+/// [`check`], then decodes the content straight into the domain [`Snapshot`] as a proxy serves
+/// it (one element at a time: the wire form of the whole snapshot is never built; see
+/// [`Snapshot::decode_to_serve`] for the text fields left out).
+pub fn open(version: &str, bytes: &[u8]) -> Result<Opened, String> {
+    let checked = check(version, bytes)?;
+    let content = bytes.get(checked.content.clone()).unwrap_or_default();
+    let snapshot =
+        Snapshot::decode_to_serve(content).map_err(|e| format!("snapshot {version}: {e}"))?;
+    Ok(Opened {
+        version: checked.version,
+        generation: checked.generation,
+        created_at_unix_ms: checked.created_at_unix_ms,
         snapshot,
     })
 }
@@ -340,6 +364,11 @@ mod tests {
         verify(&s).unwrap();
         assert_eq!(
             parts(&bytes).unwrap().content,
+            s.snapshot.as_ref().unwrap().encode_to_vec()
+        );
+        let checked = check(&version, &bytes).unwrap();
+        assert_eq!(
+            bytes[checked.content],
             s.snapshot.as_ref().unwrap().encode_to_vec()
         );
     }

@@ -4,6 +4,7 @@
 //! Traefik's configuration language stops at the controller.
 
 pub mod backoff;
+pub mod changes;
 pub mod chunk;
 pub mod drain;
 pub mod pb;

@@ -579,6 +579,21 @@ impl Snapshot {
     }
 }
 
+/// One encoded router (an element of `Snapshot.routers`) decoded as [`Snapshot::decode_to_serve`]
+/// decodes it.
+pub(crate) fn decode_router_to_serve(bytes: &[u8]) -> Result<Router, SnapshotError> {
+    let wire =
+        ServedRouter::decode(bytes).map_err(|e| SnapshotError::Wire(format!("field 2: {e}")))?;
+    router_from_pb(wire.into())
+}
+
+/// One encoded service (an element of `Snapshot.services`), decoded.
+pub(crate) fn decode_service(bytes: &[u8]) -> Result<Service, SnapshotError> {
+    let wire =
+        pb::Service::decode(bytes).map_err(|e| SnapshotError::Wire(format!("field 3: {e}")))?;
+    service_from_pb(wire)
+}
+
 /// Whether [`Snapshot::decode_with`] keeps the text fields only humans read.
 #[derive(Clone, Copy)]
 enum Text {

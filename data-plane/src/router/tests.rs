@@ -1336,6 +1336,80 @@ fn host_index_matches_linear_scan() {
     assert!(matched > 2_000 && matched < 18_000, "{matched}");
 }
 
+fn table_of(routes: &[(String, Expr, i64)]) -> RouteTable<String> {
+    RouteTable::build(routes.iter().map(|(name, rule, priority)| RouteInput {
+        name,
+        rule,
+        priority: *priority,
+        payload: name.clone(),
+    }))
+    .unwrap()
+}
+
+#[test]
+fn patched_tables_route_like_built_ones() {
+    fn name_of(payload: &String) -> &str {
+        payload
+    }
+    let mut rng = Rng(0x5EED_CAFE_F00D_0002);
+    let mut differed = 0;
+    for round in 0..300 {
+        let count = rng.below(12);
+        let old: Vec<(String, Expr, i64)> = (0..count)
+            .map(|i| {
+                let priority = rng.below(5) as i64 - 2;
+                (format!("r{i}"), random_expr(&mut rng, 3), priority)
+            })
+            .collect();
+        // Some routers go, some change, some are new.
+        let mut new: Vec<(String, Expr, i64)> = Vec::new();
+        for (name, rule, priority) in &old {
+            match rng.below(6) {
+                0 => {}
+                1 => new.push((name.clone(), random_expr(&mut rng, 3), *priority)),
+                2 => new.push((name.clone(), rule.clone(), rng.below(5) as i64 - 2)),
+                _ => new.push((name.clone(), rule.clone(), *priority)),
+            }
+        }
+        for i in 0..rng.below(4) {
+            let priority = rng.below(5) as i64 - 2;
+            new.push((format!("n{round}-{i}"), random_expr(&mut rng, 3), priority));
+        }
+        let unchanged = |r: &(String, Expr, i64)| old.contains(r);
+        let gone: Vec<&str> = old
+            .iter()
+            .filter(|r| !new.contains(r))
+            .map(|r| r.0.as_str())
+            .collect();
+        let added: Vec<RouteInput<'_, String>> = new
+            .iter()
+            .filter(|r| !unchanged(r))
+            .map(|(name, rule, priority)| RouteInput {
+                name,
+                rule,
+                priority: *priority,
+                payload: name.clone(),
+            })
+            .collect();
+        differed += usize::from(!gone.is_empty() || !added.is_empty());
+        let patched = table_of(&old)
+            .patch(
+                |name| (!gone.contains(&name.as_str())).then(|| name.clone()),
+                added,
+                name_of,
+            )
+            .unwrap();
+        let built = table_of(&new);
+        assert_eq!(patched.len(), built.len());
+        for _ in 0..60 {
+            // `route` also checks each table's index against a scan of its routes.
+            let req = random_request(&mut rng);
+            assert_eq!(req.route(&patched), req.route(&built), "round {round}");
+        }
+    }
+    assert!(differed > 200, "{differed}");
+}
+
 fn random_text(rng: &mut Rng) -> String {
     const PIECES: &[&str] = &[
         "%", "%2", "%2F", "%2f", "%2E", "%C3", "%A9", "%FF", "%zz", "[", "]", ":", ".", "..", "/",
