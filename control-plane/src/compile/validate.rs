@@ -9,7 +9,7 @@ use switchyard_shared::snapshot::{
     LoadBalancer, Middleware, MiddlewareKind, Server, Service, ServiceKind, WeightedService,
 };
 
-use super::{Diagnostic, qualify};
+use super::{Diagnostic, ObjectName, qualify};
 use crate::dynamic::{self, DynamicConfig, Extra};
 
 /// Maximum depth of nested chains / weighted services (guards against deep recursion).
@@ -40,7 +40,7 @@ pub(super) fn report_unsupported_root(
 
 pub(super) fn report_extra(
     provider: &str,
-    object: &str,
+    object: ObjectName<'_>,
     extra: &Extra,
     diags: &mut Vec<Diagnostic>,
 ) {
@@ -63,9 +63,9 @@ pub(super) fn middleware(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Middleware> {
     let qualified = qualify(name, provider);
-    let object = format!("middleware/{qualified}");
+    let object = ObjectName::new("middleware", &qualified);
     let fail = |diags: &mut Vec<Diagnostic>, message: String| {
-        diags.push(Diagnostic::error(provider, object.as_str(), message));
+        diags.push(Diagnostic::error(provider, object, message));
     };
     if name.contains('@') {
         fail(diags, "`@` is not allowed in a middleware name".into());
@@ -157,7 +157,7 @@ pub(super) fn middleware(
                 return None;
             }
         };
-        report_extra(provider, &object, &h.other, diags);
+        report_extra(provider, object, &h.other, diags);
         MiddlewareKind::Headers { request, response }
     } else if let Some(r) = &m.redirect_scheme {
         if r.scheme.is_empty() {
@@ -208,9 +208,9 @@ pub(super) fn service(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Service> {
     let qualified = qualify(name, provider);
-    let object = format!("service/{qualified}");
+    let object = ObjectName::new("service", &qualified);
     let fail = |diags: &mut Vec<Diagnostic>, message: String| {
-        diags.push(Diagnostic::error(provider, object.as_str(), message));
+        diags.push(Diagnostic::error(provider, object, message));
     };
     if name.contains('@') {
         fail(diags, "`@` is not allowed in a service name".into());
@@ -232,10 +232,10 @@ pub(super) fn service(
         return None;
     }
     let kind = if let Some(lb) = &s.load_balancer {
-        report_extra(provider, &object, &lb.other, diags);
+        report_extra(provider, object, &lb.other, diags);
         let mut servers = Vec::with_capacity(lb.servers.len());
         for (i, server) in lb.servers.iter().enumerate() {
-            report_extra(provider, &object, &server.other, diags);
+            report_extra(provider, object, &server.other, diags);
             if let Err(e) = check_server_url(&server.url) {
                 fail(diags, format!("servers[{i}].url: {e}"));
                 return None;
@@ -250,7 +250,7 @@ pub(super) fn service(
             pass_host_header: lb.pass_host_header.unwrap_or(true),
         })
     } else if let Some(w) = &s.weighted {
-        report_extra(provider, &object, &w.other, diags);
+        report_extra(provider, object, &w.other, diags);
         ServiceKind::Weighted(
             w.services
                 .iter()
