@@ -726,11 +726,22 @@ impl Manager {
         self.refresh();
         let wanted = self.challenges.clone();
         let deadline = tokio::time::Instant::now() + DISTRIBUTION_TIMEOUT;
+        // Whether a version carries the challenges: decoded once per version, not per poll.
+        let mut checked: Option<(String, bool)> = None;
         loop {
             let published = self.snapshots.borrow().clone();
-            if let Some(snapshot) = &published.snapshot.snapshot
-                && carries(snapshot, &wanted)
-            {
+            let carried = match &checked {
+                Some((version, carried)) if version == published.version() => *carried,
+                _ => {
+                    let carried = published
+                        .decoded()
+                        .and_then(|whole| whole.snapshot)
+                        .is_some_and(|snapshot| carries(&snapshot, &wanted));
+                    checked = Some((published.version().to_owned(), carried));
+                    carried
+                }
+            };
+            if carried {
                 let version = published.version();
                 let proxies = self.fleet.list();
                 let waiting: Vec<&str> = proxies

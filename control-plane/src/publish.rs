@@ -16,6 +16,8 @@ use crate::compile::{Diagnostic, Severity};
 /// A published snapshot with its identity and the diagnostics of its compile.
 #[derive(Debug, Default)]
 pub struct Published {
+    /// Version, generation and creation time; the content travels (and is kept) only encoded, in
+    /// `messages`: see [`Published::decoded`].
     pub snapshot: pb::VersionedSnapshot,
     /// The stream messages carrying `snapshot` (chunks of one shared buffer), built once for every
     /// proxy.
@@ -26,6 +28,18 @@ pub struct Published {
 impl Published {
     pub fn version(&self) -> &str {
         &self.snapshot.version
+    }
+
+    /// The whole snapshot, content included, decoded from the stream messages (operators'
+    /// `GetSnapshot`, the ACME manager's check that challenges went out): a copy per call.
+    pub fn decoded(&self) -> Option<pb::VersionedSnapshot> {
+        let mut bytes = Vec::new();
+        for message in &self.messages {
+            if let Some(pb::subscribe_response::Kind::Chunk(chunk)) = &message.kind {
+                bytes.extend_from_slice(&chunk.data);
+            }
+        }
+        pb::VersionedSnapshot::decode(bytes.as_slice()).ok()
     }
 }
 
@@ -47,10 +61,10 @@ impl Publisher {
     /// are refreshed in any case).
     pub fn publish(&self, snapshot: Snapshot, diagnostics: Vec<Diagnostic>) {
         let started = std::time::Instant::now();
-        let wire = pb::Snapshot::from(&snapshot);
-        drop(snapshot);
         // Encoded once: hashed for the version, and chunked from the same bytes.
-        let encoded = wire.encode_to_vec();
+        let encoded = snapshot.encode();
+        let routers = snapshot.routers.len();
+        drop(snapshot);
         let version = encoded_version(&encoded);
         for d in &diagnostics {
             match d.severity {
@@ -78,17 +92,16 @@ impl Publisher {
             tracing::info!(
                 %version,
                 generation,
-                routers = wire.routers.len(),
+                routers,
                 "publishing snapshot"
             );
-            let mut snapshot = pb::VersionedSnapshot {
+            let snapshot = pb::VersionedSnapshot {
                 version: version.clone(),
                 generation,
                 created_at_unix_ms: now_unix_ms(),
                 snapshot: None,
             };
             let messages = chunk::messages_encoded(&snapshot, &encoded);
-            snapshot.snapshot = Some(wire);
             *current = Arc::new(Published {
                 messages,
                 snapshot,

@@ -198,7 +198,10 @@ impl ControlPlane for ControlPlaneService {
         if current.snapshot.version.is_empty() {
             return Err(Status::unavailable("no snapshot compiled yet"));
         }
-        Ok(Response::new(redacted(&current.snapshot)))
+        let whole = current
+            .decoded()
+            .ok_or_else(|| Status::internal("the current snapshot does not decode"))?;
+        Ok(Response::new(redacted(&whole)))
     }
 
     async fn join(

@@ -2,7 +2,10 @@
 //! (`TryFrom<pb::Snapshot>`, whose errors name the object) and to it deterministically
 //! (`From<&Snapshot>`), so the version hash is stable.
 
-use prost::Message;
+use prost::{
+    Message,
+    encoding::{WireType, encode_key, encode_varint},
+};
 use thiserror::Error;
 
 use crate::{
@@ -486,6 +489,100 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 .map(tls_challenge_from_pb)
                 .collect(),
         })
+    }
+}
+
+impl Snapshot {
+    /// The encoding of `pb::Snapshot::from(self)`, byte for byte, without building that wire
+    /// form first: routers (the bulk of a big snapshot) are written field by field from the domain
+    /// type, every other element through its own wire form, one at a time. At 50 000 routers the
+    /// whole wire form was 50 000 copies of every router string, made and freed per change.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(128 * (self.routers.len() + self.services.len()) + 1024);
+        let mut scratch = Vec::new();
+        let mut element = |field: u32, buf: &mut Vec<u8>, write: &dyn Fn(&mut Vec<u8>)| {
+            scratch.clear();
+            write(&mut scratch);
+            encode_key(field, WireType::LengthDelimited, buf);
+            encode_varint(scratch.len() as u64, buf);
+            buf.extend_from_slice(&scratch);
+        };
+        // The short lists through the conversion of the whole (their elements have no
+        // conversion of their own).
+        let pb::Snapshot {
+            entry_points,
+            tls_options,
+            http_challenges,
+            tls_challenges,
+            ..
+        } = pb::Snapshot::from(&Snapshot {
+            entry_points: self.entry_points.clone(),
+            tls_options: self.tls_options.clone(),
+            http_challenges: self.http_challenges.clone(),
+            tls_challenges: self.tls_challenges.clone(),
+            ..Snapshot::default()
+        });
+        for e in &entry_points {
+            element(1, &mut buf, &|b| e.encode_raw(b));
+        }
+        for r in &self.routers {
+            element(2, &mut buf, &|b| encode_router(r, b));
+        }
+        for s in &self.services {
+            element(3, &mut buf, &|b| service_to_pb(s).encode_raw(b));
+        }
+        for m in &self.middlewares {
+            element(4, &mut buf, &|b| middleware_to_pb(m).encode_raw(b));
+        }
+        for c in &self.certificates {
+            element(5, &mut buf, &|b| certificate_to_pb(c).encode_raw(b));
+        }
+        for o in &tls_options {
+            element(6, &mut buf, &|b| o.encode_raw(b));
+        }
+        if let Some(c) = &self.default_certificate {
+            element(7, &mut buf, &|b| certificate_to_pb(c).encode_raw(b));
+        }
+        for c in &http_challenges {
+            element(8, &mut buf, &|b| c.encode_raw(b));
+        }
+        for c in &tls_challenges {
+            element(9, &mut buf, &|b| c.encode_raw(b));
+        }
+        buf
+    }
+}
+
+/// `router_to_pb(r).encode_raw(buf)` without the copy: the same fields in the same order, the
+/// proto3 defaults (empty strings, zero) left out as prost leaves them out.
+fn encode_router(r: &Router, buf: &mut Vec<u8>) {
+    use prost::encoding::{int64, message, string};
+    if !r.name.is_empty() {
+        string::encode(1, &r.name, buf);
+    }
+    if !r.provider.is_empty() {
+        string::encode(2, &r.provider, buf);
+    }
+    string::encode_repeated(3, &r.entry_points, buf);
+    message::encode(4, &expr_to_pb(&r.rule), buf);
+    if r.priority != 0 {
+        int64::encode(5, &r.priority, buf);
+    }
+    string::encode_repeated(6, &r.middlewares, buf);
+    if !r.service.is_empty() {
+        string::encode(7, &r.service, buf);
+    }
+    if !r.rule_text.is_empty() {
+        string::encode(8, &r.rule_text, buf);
+    }
+    if let Some(tls) = &r.tls {
+        message::encode(
+            9,
+            &pb::RouterTls {
+                options: tls.options.clone(),
+            },
+            buf,
+        );
     }
 }
 
