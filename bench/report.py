@@ -122,18 +122,20 @@ if any(r["section"] == "scale" for r in runs):
     p("")
 if comp:
     p("Controller compile (in-process, `switchyard-bench compile`: the controller's own YAML parser, "
-      "compiler, wire conversion + hash + chunking; median of 3), encoded snapshot size, and the "
+      "compiler, encoding + hash + chunking as the publisher does them; median of 3), encoded snapshot size, and the "
       "proxy's apply of that snapshot over the previous table (in-process on the proxy's core, "
       "`switchyard-apply`: verify the hash and decode, build the table, free the replaced one; "
-      "median of 4 changes):\n")
-    p("| configuration | routers | YAML parse ms | compile ms | encode + hash + chunk ms | snapshot bytes | bytes/router | gzip | zstd | gRPC messages | largest message | proxy verify + decode ms | proxy build ms | proxy free ms |")
-    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "median of 4 changes; patch: a snapshot with one router added or removed, verified, compared "
+      "with the served one and applied as a patch of the table, median of 10):\n")
+    p("| configuration | routers | YAML parse ms | compile ms | encode + hash + chunk ms | snapshot bytes | bytes/router | gzip | zstd | gRPC messages | largest message | proxy verify + decode ms | proxy build ms | proxy free ms | proxy patch ms |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for cfg, c in comp.items():
         n = int(c["routers"])
         p(f"| {cfg} | {n:,} | {float(c['parse_ms']):.1f} | {float(c['compile_ms']):.1f} | {float(c['publish_ms']):.1f} | "
           f"{int(c['snapshot_bytes']):,} | {int(c['snapshot_bytes']) / n:.0f} | {int(c['gzip_bytes']):,} | "
           f"{int(c['zstd_bytes']):,} | {c['messages']} | {int(c['max_message_bytes']):,} | "
-          f"{float(c['open_ms']):.1f} | {float(c['build_ms']):.1f} | {float(c['free_ms']):.1f} |")
+          f"{float(c['open_ms']):.1f} | {float(c['build_ms']):.1f} | {float(c['free_ms']):.1f} | "
+          f"{float(c.get('patch_ms') or 'nan'):.1f} |")
     p("")
 
 # --- propagation ------------------------------------------------------------------------------

@@ -418,7 +418,7 @@ SCALES=(
   "path-10k path 10000 app.bench.test /p5000/x app.bench.test /nothing"
 )
 COMPILE=$R/compile.tsv
-printf 'config\trouters\tparse_ms\tcompile_ms\tpublish_ms\tsnapshot_bytes\tgzip_bytes\tzstd_bytes\tmessages\tmax_message_bytes\tyaml_bytes\topen_ms\tbuild_ms\tfree_ms\n' >"$COMPILE"
+printf 'config\trouters\tparse_ms\tcompile_ms\tpublish_ms\tsnapshot_bytes\tgzip_bytes\tzstd_bytes\tmessages\tmax_message_bytes\tyaml_bytes\topen_ms\tbuild_ms\tfree_ms\tpatch_ms\n' >"$COMPILE"
 gen_scale() { # NAME KIND ROUTERS → $W/scale/NAME/routes.yml + compile row (+ the proxy's apply)
   local name=$1 kind=$2 n=$3 g c a
   mkdir -p "$W/scale/$name"
@@ -431,7 +431,7 @@ import json, sys
 name, g, c, gz, zs, a = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], sys.argv[5], json.loads(sys.argv[6])
 print("\t".join(str(x) for x in [name, c["routers"], c["parse_ms"], c["compile_ms"], c["publish_ms"],
       c["snapshot_bytes"], gz, zs, c["messages"], c["max_message_bytes"], g["yaml_bytes"],
-      a["open_ms"], a["build_ms"], a["free_ms"]]))
+      a["open_ms"], a["build_ms"], a["free_ms"], a["patch_ms"]]))
 PY
 }
 if has scale || has coldstart || has propagation; then

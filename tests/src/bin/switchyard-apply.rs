@@ -2,16 +2,22 @@
 //! controller sends it (an encoded `VersionedSnapshot`, written by `switchyard-bench compile
 //! --out`) and applies it several times the way the proxy's build thread does: verify the content
 //! hash and decode (`chunk::open`), build the table over the previous one (`Table::from_snapshot`),
-//! then free the decoded snapshot and the replaced table. Prints the medians as one JSON object.
+//! then free the decoded snapshot and the replaced table; then a one-router change applied as a
+//! patch (`Table::patch`). Prints the medians as one JSON object.
 //!
 //! A binary of its own, not a `switchyard-bench` command: it must run on the proxy's allocator
 //! (glibc's), and `switchyard-bench` runs on mimalloc like the controller.
 
-use std::{process::ExitCode, time::Instant};
+use std::{process::ExitCode, sync::Arc, time::Instant};
 
 use anyhow::Context;
-use switchyard_proxy::state::Table;
-use switchyard_shared::chunk;
+use switchyard_proxy::state::{Table, Wire, patch_limit};
+use switchyard_shared::{
+    changes, chunk, pb,
+    rule::{Expr, Matcher},
+    snapshot::Snapshot,
+    version::encoded_version,
+};
 
 const USAGE: &str = "usage: switchyard-apply SNAPSHOT_FILE [ROUNDS]";
 
@@ -59,14 +65,80 @@ fn run() -> anyhow::Result<()> {
         drop(previous.replace(table));
         free_ms.push(ms(t));
     }
+    let patch_ms = patch_rounds(&bytes, &version, rounds.max(2))?;
     // Changes only: the first apply had nothing to reuse or free.
     println!(
-        "{{\"routers\":{routers},\"open_ms\":{:.2},\"build_ms\":{:.2},\"free_ms\":{:.2}}}",
+        "{{\"routers\":{routers},\"open_ms\":{:.2},\"build_ms\":{:.2},\"free_ms\":{:.2},\"patch_ms\":{:.2}}}",
         median(&mut open_ms[1..]),
         median(&mut build_ms[1..]),
-        median(&mut free_ms[1..])
+        median(&mut free_ms[1..]),
+        patch_ms
     );
     Ok(())
+}
+
+/// One router added, then removed again, `rounds` times, the way the proxy applies a snapshot
+/// that differs from the served one in a few objects: verify the hash, compare with the
+/// served snapshot's bytes, patch the table (`Table::patch`). Returns the median ms.
+fn patch_rounds(bytes: &[u8], version: &str, rounds: usize) -> anyhow::Result<f64> {
+    let checked = chunk::check(version, bytes).map_err(anyhow::Error::msg)?;
+    let content = &bytes[checked.content.clone()];
+    // The same snapshot with one more router (a copy of the last one, on a host of its own).
+    let mut changed = Snapshot::decode(content)?;
+    let mut extra = changed
+        .routers
+        .last()
+        .cloned()
+        .context("no router to copy")?;
+    extra.name = format!("zzz-added-{}", extra.name);
+    extra.rule = Expr::Matcher(Matcher::Host("added.bench.test".into()));
+    changed.routers.push(extra);
+    let changed = changed.encode();
+    let header = pb::VersionedSnapshot {
+        version: encoded_version(&changed),
+        ..Default::default()
+    };
+    let changed: Vec<u8> = chunk::messages_encoded(&header, &changed)
+        .into_iter()
+        .filter_map(|m| match m.kind {
+            Some(pb::subscribe_response::Kind::Chunk(c)) => Some(c.data),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let sides = [
+        (version.to_owned(), Arc::new(bytes.to_vec())),
+        (header.version.clone(), Arc::new(changed)),
+    ];
+    let wire = |(version, bytes): &(String, Arc<Vec<u8>>)| -> anyhow::Result<Wire> {
+        let checked = chunk::check(version, bytes).map_err(anyhow::Error::msg)?;
+        Ok(Wire::new(Arc::clone(bytes), checked.content))
+    };
+    let opened = chunk::open(version, bytes).map_err(anyhow::Error::msg)?;
+    let (mut table, input) =
+        Table::from_snapshot(opened.version, opened.generation, opened.snapshot, None)?;
+    drop(input);
+    table.wire = Some(wire(&sides[0])?);
+    let mut patch_ms = Vec::new();
+    for round in 0..rounds * 2 {
+        let next = &sides[(round + 1) % 2];
+        let t = Instant::now();
+        let new_wire = wire(next)?;
+        let old = table
+            .wire
+            .as_ref()
+            .context("the table keeps its snapshot")?;
+        let limit = patch_limit(table.router_count);
+        let changes = changes::between(old.content(), new_wire.content(), limit)
+            .context("one router added or removed is a patch")?;
+        let mut patched = table
+            .patch(next.0.clone(), 1, &changes)
+            .context("one router added or removed is a patch")?;
+        patched.wire = Some(new_wire);
+        patch_ms.push(ms(t));
+        drop(std::mem::replace(&mut table, patched));
+    }
+    Ok(median(&mut patch_ms))
 }
 
 /// The version a `VersionedSnapshot`'s header announces (what its chunks would carry).

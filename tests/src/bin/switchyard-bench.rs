@@ -31,7 +31,7 @@ use switchyard_shared::{
     chunk::{self, Reassembler},
     pb::{self, control_plane_client::ControlPlaneClient, subscribe_request, subscribe_response},
     snapshot::{EntryPoint, Snapshot},
-    version::snapshot_version,
+    version::encoded_version,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
@@ -211,28 +211,35 @@ fn compile_config(f: &Flags) -> anyhow::Result<()> {
         if let Some(d) = diags.first() {
             bail!("compile diagnostics, first: {} {}", d.object, d.message);
         }
-        // What the publisher adds: the wire conversion, the content hash and the messages.
+        // What the publisher adds (publish.rs): the encoding, the content hash and the messages.
         let t = Instant::now();
-        let wire = pb::Snapshot::from(&snapshot);
-        let version = snapshot_version(&wire);
-        let versioned = pb::VersionedSnapshot {
-            version,
+        let encoded = snapshot.encode();
+        let header = pb::VersionedSnapshot {
+            version: encoded_version(&encoded),
             generation: 1,
             created_at_unix_ms: 0,
-            snapshot: Some(wire),
+            snapshot: None,
         };
-        let messages = chunk::messages(&versioned);
+        let messages = chunk::messages_encoded(&header, &encoded);
         version_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        last = Some((versioned, messages));
+        last = Some((snapshot.routers.len(), messages));
     }
-    let Some((versioned, messages)) = last else {
+    let Some((routers, messages)) = last else {
         bail!("nothing compiled");
     };
-    let bytes = versioned.encode_to_vec();
+    // The encoded `VersionedSnapshot`: its chunks put together.
+    let bytes: Vec<u8> = messages
+        .iter()
+        .filter_map(|m| match &m.kind {
+            Some(subscribe_response::Kind::Chunk(c)) => Some(&c.data[..]),
+            _ => None,
+        })
+        .flatten()
+        .copied()
+        .collect();
     if let Some(out) = f.opt("out") {
         std::fs::write(out, &bytes).with_context(|| format!("cannot write {out}"))?;
     }
-    let routers = versioned.snapshot.as_ref().map_or(0, |s| s.routers.len());
     let max_message = messages.iter().map(Message::encoded_len).max().unwrap_or(0);
     println!(
         "{{\"routers\":{routers},\"parse_ms\":{:.2},\"compile_ms\":{:.2},\"publish_ms\":{:.2},\"snapshot_bytes\":{},\"messages\":{},\"max_message_bytes\":{max_message}}}",
