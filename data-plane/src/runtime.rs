@@ -18,7 +18,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::{
     listener::{Listeners, parse_listen_address},
-    state::{self, Table, Wire},
+    state::{self, Table},
     store::Store,
 };
 
@@ -112,6 +112,30 @@ impl BuildThread {
             Err(_) => Err("the build thread stopped during a build".to_owned()),
         }
     }
+}
+
+/// The table for `content` (the encoded snapshot `checked`) patched from `served`, when the two
+/// snapshots differ only in a few routers and services. The served snapshot's bytes are read back
+/// from the state file (where they were persisted before it was served) rather than kept in
+/// memory: 4.6 MB at 50 000 routers, next to a table of ~45 MB. A state file that is missing,
+/// stale or corrupt (its content does not hash to the served version) means a full build.
+fn patch(
+    store: &Store,
+    served: &Table,
+    checked: &chunk::Checked,
+    content: &[u8],
+) -> Option<(Table, changes::Changes)> {
+    if served.version.is_empty() {
+        return None;
+    }
+    let old = store.current_payload().ok()?;
+    let old_checked = chunk::check(&served.version, &old).ok()?;
+    let old_content = old.get(old_checked.content)?;
+    let limit = state::patch_limit(served.router_count);
+    let changes = changes::between(old_content, content, limit)?;
+    drop(old);
+    let table = served.patch(checked.version.clone(), checked.generation, &changes)?;
+    Some((table, changes))
 }
 
 /// A table built by the build thread, with what it leaves to free on that thread once the new
@@ -225,25 +249,19 @@ impl Runtime {
 
     /// [`Runtime::apply`] for a snapshot as its chunks delivered it: verified and built on the
     /// build thread (the request path never waits for the hash or the decode), and persisted as
-    /// received instead of being encoded again. When the served table was built from a snapshot
-    /// this one differs from only in a few routers and services, just those are decoded and the
-    /// table is patched ([`Table::patch`]); otherwise the whole snapshot is decoded and built.
+    /// received instead of being encoded again. When the snapshot being served differs from this
+    /// one only in a few routers and services, just those are decoded and the table is patched
+    /// ([`Table::patch`]); otherwise the whole snapshot is decoded and built.
     pub async fn apply_received(&self, received: Reassembled) -> Result<(), String> {
         let Reassembled { version, bytes } = received;
         let bytes = Arc::new(bytes);
         let encoded = Arc::clone(&bytes);
+        let store = self.store.clone();
         self.apply_with(Some(encoded), Source::Controller, move |previous| {
             let checked = chunk::check(&version, &bytes)?;
-            let wire = Wire::new(bytes, checked.content);
-            let patched = previous.wire.as_ref().and_then(|old| {
-                let limit = state::patch_limit(previous.router_count);
-                let changes = changes::between(old.content(), wire.content(), limit)?;
-                let table =
-                    previous.patch(checked.version.clone(), checked.generation, &changes)?;
-                Some((table, changes))
-            });
-            if let Some((mut table, changes)) = patched {
-                table.wire = Some(wire);
+            let content = bytes.get(checked.content.clone()).unwrap_or_default();
+            let patched = patch(&store, previous, &checked, content);
+            if let Some((table, changes)) = patched {
                 let changed = changes
                     .routers_added
                     .len()
@@ -258,16 +276,16 @@ impl Runtime {
                     patched: Some(changed),
                 });
             }
-            let snapshot = Snapshot::decode_to_serve(wire.content())
+            let snapshot = Snapshot::decode_to_serve(content)
                 .map_err(|e| format!("snapshot {version}: {e}"))?;
-            let (mut table, input) = Table::from_snapshot(
+            drop(bytes);
+            let (table, input) = Table::from_snapshot(
                 checked.version,
                 checked.generation,
                 snapshot,
                 Some(previous),
             )
             .map_err(|e| e.to_string())?;
-            table.wire = Some(wire);
             Ok(Built::whole(table, input))
         })
         .await

@@ -3,7 +3,7 @@
 //! touched. Any failure is an error that the subscriber NACKs; the previous table keeps serving.
 //! Load balancers whose definition did not change are carried over, so rotation continues.
 
-use std::{collections::HashSet, ops::Range, sync::Arc};
+use std::{collections::HashSet, sync::Arc};
 
 use http::{HeaderValue, uri::Authority};
 use switchyard_shared::{
@@ -135,25 +135,6 @@ pub struct EntryTables {
     pub redirect: Option<Redirect>,
 }
 
-/// The encoded snapshot a table was built from (the `VersionedSnapshot` as received, and where
-/// its content lies in it), kept so that the next snapshot can be compared with it.
-#[derive(Clone, Debug)]
-pub struct Wire {
-    bytes: Arc<Vec<u8>>,
-    content: Range<usize>,
-}
-
-impl Wire {
-    pub fn new(bytes: Arc<Vec<u8>>, content: Range<usize>) -> Self {
-        Self { bytes, content }
-    }
-
-    /// The encoded `Snapshot`.
-    pub fn content(&self) -> &[u8] {
-        self.bytes.get(self.content.clone()).unwrap_or_default()
-    }
-}
-
 /// Most routers and services a patch changes in a table of `routers` routers: beyond that a
 /// full build costs about the same.
 pub fn patch_limit(routers: usize) -> usize {
@@ -178,8 +159,6 @@ pub struct Table {
     middlewares: Arc<MiddlewareSet>,
     /// Whether any service is weighted (its children are handles of other services).
     has_weighted: bool,
-    /// What the table was built from, when it came from a controller.
-    pub wire: Option<Wire>,
 }
 
 impl Table {
@@ -338,7 +317,6 @@ impl Table {
             acme_http: Arc::new(HttpChallenges::new(&snapshot.http_challenges)),
             middlewares: Arc::new(middlewares),
             has_weighted,
-            wire: None,
         };
         Ok((table, snapshot))
     }
@@ -480,7 +458,6 @@ impl Table {
             acme_http: Arc::clone(&self.acme_http),
             middlewares: Arc::clone(&self.middlewares),
             has_weighted: self.has_weighted,
-            wire: None,
         })
     }
 }

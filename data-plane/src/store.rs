@@ -84,6 +84,23 @@ impl Store {
         })
     }
 
+    /// The payload of the current generation (an encoded `VersionedSnapshot`), not checked:
+    /// the proxy compares a new snapshot with the one it serves through it, after checking that
+    /// its content hashes to the served version (which also rules out a corrupt file).
+    pub fn current_payload(&self) -> Result<Vec<u8>, StoreError> {
+        let path = self.dir.join(CURRENT);
+        let mut bytes = fs::read(&path).map_err(io(&path))?;
+        let skip = MAGIC.len() + 65;
+        if bytes.len() < skip || !bytes.starts_with(MAGIC) {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: "not a switchyard snapshot file (bad header)".into(),
+            });
+        }
+        bytes.drain(..skip);
+        Ok(bytes)
+    }
+
     /// Persists a snapshot as the new current generation.
     pub fn save(&self, snapshot: &pb::VersionedSnapshot) -> Result<(), StoreError> {
         self.save_encoded(&snapshot.encode_to_vec())

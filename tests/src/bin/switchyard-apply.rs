@@ -3,15 +3,15 @@
 //! --out`) and applies it several times the way the proxy's build thread does: verify the content
 //! hash and decode (`chunk::open`), build the table over the previous one (`Table::from_snapshot`),
 //! then free the decoded snapshot and the replaced table; then a one-router change applied as a
-//! patch (`Table::patch`). Prints the medians as one JSON object.
+//! patch (`Table::patch`, the served snapshot read back from a file as from the state dir). Prints the medians as one JSON object.
 //!
 //! A binary of its own, not a `switchyard-bench` command: it must run on the proxy's allocator
 //! (glibc's), and `switchyard-bench` runs on mimalloc like the controller.
 
-use std::{process::ExitCode, sync::Arc, time::Instant};
+use std::{process::ExitCode, time::Instant};
 
 use anyhow::Context;
-use switchyard_proxy::state::{Table, Wire, patch_limit};
+use switchyard_proxy::state::{Table, patch_limit};
 use switchyard_shared::{
     changes, chunk, pb,
     rule::{Expr, Matcher},
@@ -78,8 +78,9 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// One router added, then removed again, `rounds` times, the way the proxy applies a snapshot
-/// that differs from the served one in a few objects: verify the hash, compare with the
-/// served snapshot's bytes, patch the table (`Table::patch`). Returns the median ms.
+/// that differs from the served one in a few objects: verify the hash, read the served snapshot
+/// back from its file (the proxy's state file) and compare, patch the table (`Table::patch`).
+/// Returns the median ms.
 fn patch_rounds(bytes: &[u8], version: &str, rounds: usize) -> anyhow::Result<f64> {
     let checked = chunk::check(version, bytes).map_err(anyhow::Error::msg)?;
     let content = &bytes[checked.content.clone()];
@@ -107,37 +108,37 @@ fn patch_rounds(bytes: &[u8], version: &str, rounds: usize) -> anyhow::Result<f6
         .flatten()
         .collect();
     let sides = [
-        (version.to_owned(), Arc::new(bytes.to_vec())),
-        (header.version.clone(), Arc::new(changed)),
+        (version.to_owned(), bytes.to_vec()),
+        (header.version, changed),
     ];
-    let wire = |(version, bytes): &(String, Arc<Vec<u8>>)| -> anyhow::Result<Wire> {
-        let checked = chunk::check(version, bytes).map_err(anyhow::Error::msg)?;
-        Ok(Wire::new(Arc::clone(bytes), checked.content))
-    };
+    let served_file = std::env::temp_dir().join(format!("switchyard-apply-{}", std::process::id()));
     let opened = chunk::open(version, bytes).map_err(anyhow::Error::msg)?;
     let (mut table, input) =
         Table::from_snapshot(opened.version, opened.generation, opened.snapshot, None)?;
     drop(input);
-    table.wire = Some(wire(&sides[0])?);
     let mut patch_ms = Vec::new();
     for round in 0..rounds * 2 {
-        let next = &sides[(round + 1) % 2];
+        let (served, next) = (&sides[round % 2], &sides[(round + 1) % 2]);
+        std::fs::write(&served_file, &served.1)
+            .with_context(|| format!("cannot write {}", served_file.display()))?;
         let t = Instant::now();
-        let new_wire = wire(next)?;
-        let old = table
-            .wire
-            .as_ref()
-            .context("the table keeps its snapshot")?;
-        let limit = patch_limit(table.router_count);
-        let changes = changes::between(old.content(), new_wire.content(), limit)
+        let new = chunk::check(&next.0, &next.1).map_err(anyhow::Error::msg)?;
+        let old_bytes = std::fs::read(&served_file)?;
+        let old = chunk::check(&served.0, &old_bytes).map_err(anyhow::Error::msg)?;
+        let changes = changes::between(
+            &old_bytes[old.content],
+            &next.1[new.content],
+            patch_limit(table.router_count),
+        )
+        .context("one router added or removed is a patch")?;
+        drop(old_bytes);
+        let patched = table
+            .patch(new.version, new.generation, &changes)
             .context("one router added or removed is a patch")?;
-        let mut patched = table
-            .patch(next.0.clone(), 1, &changes)
-            .context("one router added or removed is a patch")?;
-        patched.wire = Some(new_wire);
         patch_ms.push(ms(t));
         drop(std::mem::replace(&mut table, patched));
     }
+    let _ = std::fs::remove_file(&served_file);
     Ok(median(&mut patch_ms))
 }
 
