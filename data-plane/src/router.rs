@@ -397,28 +397,11 @@ impl<T> RouteTable<T> {
         wildcard.retain(|_, bucket| bucket.remap(&moved));
         let mut generic = self.generic.clone();
         generic.remap(&moved);
-        let mut to_exact: Map<Arc<str>, Vec<u32>> = Map::default();
-        let mut to_wildcard: Map<Arc<str>, Vec<u32>> = Map::default();
-        let mut to_generic = Vec::new();
-        for &index in &added_at {
-            let Some(route) = merged.get(index as usize) else {
-                continue;
-            };
-            match route.node.required_hosts() {
-                None => to_generic.push(index),
-                Some(keys) => {
-                    for key in keys {
-                        let list = match key {
-                            HostKey::Exact(host) => to_exact.entry(Arc::clone(host)).or_default(),
-                            HostKey::Wildcard(parent) => {
-                                to_wildcard.entry(Arc::clone(parent)).or_default()
-                            }
-                        };
-                        list.push(index);
-                    }
-                }
-            }
-        }
+        let (to_exact, to_wildcard, to_generic) = by_host(
+            added_at
+                .iter()
+                .filter_map(|&i| merged.get(i as usize).map(|route| (i, route))),
+        );
         let with = |bucket: Option<&Bucket>, added: Vec<u32>| {
             let mut all = bucket.map(Bucket::all).unwrap_or_default();
             all.extend(added);
@@ -456,28 +439,7 @@ impl<T> RouteTable<T> {
 
     /// The table of routes already in match order: the host and path indices.
     fn index(compiled: Vec<Route<T>>) -> Self {
-        let mut exact: Map<Arc<str>, Vec<u32>> = Map::default();
-        let mut wildcard: Map<Arc<str>, Vec<u32>> = Map::default();
-        let mut generic = Vec::new();
-        for (index, route) in (0u32..).zip(&compiled) {
-            match route.node.required_hosts() {
-                None => generic.push(index),
-                Some(keys) => {
-                    for key in keys {
-                        let bucket = match key {
-                            HostKey::Exact(host) => exact.entry(Arc::clone(host)).or_default(),
-                            HostKey::Wildcard(parent) => {
-                                wildcard.entry(Arc::clone(parent)).or_default()
-                            }
-                        };
-                        // Routes are visited in order, so a repeated key repeats the last entry.
-                        if bucket.last() != Some(&index) {
-                            bucket.push(index);
-                        }
-                    }
-                }
-            }
-        }
+        let (exact, wildcard, generic) = by_host((0u32..).zip(&compiled));
         let paths: Vec<Option<Vec<&str>>> =
             compiled.iter().map(|r| r.node.required_paths()).collect();
         let required = |i: u32| paths.get(i as usize).and_then(|p| p.as_deref());
@@ -542,6 +504,36 @@ impl<T> RouteTable<T> {
         self.generic.lists(path, &mut lists);
         Candidates { lists }
     }
+}
+
+/// Route indices grouped by the host each route requires (exact, wildcard parent) or, for
+/// routes that require none, as generic; each list in the order given.
+type ByHost = (Map<Arc<str>, Vec<u32>>, Map<Arc<str>, Vec<u32>>, Vec<u32>);
+
+fn by_host<'r, T: 'r>(routes: impl Iterator<Item = (u32, &'r Route<T>)>) -> ByHost {
+    let mut exact: Map<Arc<str>, Vec<u32>> = Map::default();
+    let mut wildcard: Map<Arc<str>, Vec<u32>> = Map::default();
+    let mut generic = Vec::new();
+    for (index, route) in routes {
+        match route.node.required_hosts() {
+            None => generic.push(index),
+            Some(keys) => {
+                for key in keys {
+                    let bucket = match key {
+                        HostKey::Exact(host) => exact.entry(Arc::clone(host)).or_default(),
+                        HostKey::Wildcard(parent) => {
+                            wildcard.entry(Arc::clone(parent)).or_default()
+                        }
+                    };
+                    // A route naming one host twice is listed once.
+                    if bucket.last() != Some(&index) {
+                        bucket.push(index);
+                    }
+                }
+            }
+        }
+    }
+    (exact, wildcard, generic)
 }
 
 impl<T> Default for RouteTable<T> {
