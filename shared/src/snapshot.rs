@@ -244,61 +244,61 @@ pub const MAX_RULE_DEPTH: usize = 64;
 impl From<&Snapshot> for pb::Snapshot {
     fn from(s: &Snapshot) -> Self {
         pb::Snapshot {
-            entry_points: s
-                .entry_points
-                .iter()
-                .map(|e| pb::EntryPoint {
-                    name: e.name.clone(),
-                    address: e.address.clone(),
-                    redirect: e.redirect.as_ref().map(|r| pb::EntryPointRedirect {
-                        to: r.to.clone(),
-                        port: r.port.clone(),
-                        scheme: r.scheme.clone(),
-                        permanent: r.permanent,
-                    }),
-                })
-                .collect(),
+            entry_points: s.entry_points.iter().map(entry_point_to_pb).collect(),
             routers: s.routers.iter().map(router_to_pb).collect(),
             services: s.services.iter().map(service_to_pb).collect(),
             middlewares: s.middlewares.iter().map(middleware_to_pb).collect(),
             certificates: s.certificates.iter().map(certificate_to_pb).collect(),
-            tls_options: s
-                .tls_options
-                .iter()
-                .map(|o| pb::TlsOptions {
-                    name: o.name.clone(),
-                    min_version: o.min_version.clone(),
-                    max_version: o.max_version.clone(),
-                    cipher_suites: o.cipher_suites.clone(),
-                    alpn_protocols: o.alpn_protocols.clone(),
-                    sni_strict: o.sni_strict,
-                    client_auth: o.client_auth.as_ref().map(|c| pb::ClientAuth {
-                        ca_pems: c.ca_pems.clone(),
-                        client_auth_type: c.client_auth_type.clone(),
-                    }),
-                })
-                .collect(),
+            tls_options: s.tls_options.iter().map(tls_options_to_pb).collect(),
             default_certificate: s.default_certificate.as_ref().map(certificate_to_pb),
-            http_challenges: s
-                .http_challenges
-                .iter()
-                .map(|c| pb::AcmeHttpChallenge {
-                    token: c.token.clone(),
-                    key_authorization: c.key_authorization.clone(),
-                    domain: c.domain.clone(),
-                    entry_point: c.entry_point.clone(),
-                })
-                .collect(),
-            tls_challenges: s
-                .tls_challenges
-                .iter()
-                .map(|c| pb::AcmeTlsChallenge {
-                    domain: c.domain.clone(),
-                    cert_pem: c.cert_pem.clone(),
-                    key_pem: c.key_pem.clone(),
-                })
-                .collect(),
+            http_challenges: s.http_challenges.iter().map(http_challenge_to_pb).collect(),
+            tls_challenges: s.tls_challenges.iter().map(tls_challenge_to_pb).collect(),
         }
+    }
+}
+
+fn entry_point_to_pb(e: &EntryPoint) -> pb::EntryPoint {
+    pb::EntryPoint {
+        name: e.name.clone(),
+        address: e.address.clone(),
+        redirect: e.redirect.as_ref().map(|r| pb::EntryPointRedirect {
+            to: r.to.clone(),
+            port: r.port.clone(),
+            scheme: r.scheme.clone(),
+            permanent: r.permanent,
+        }),
+    }
+}
+
+fn tls_options_to_pb(o: &TlsOptions) -> pb::TlsOptions {
+    pb::TlsOptions {
+        name: o.name.clone(),
+        min_version: o.min_version.clone(),
+        max_version: o.max_version.clone(),
+        cipher_suites: o.cipher_suites.clone(),
+        alpn_protocols: o.alpn_protocols.clone(),
+        sni_strict: o.sni_strict,
+        client_auth: o.client_auth.as_ref().map(|c| pb::ClientAuth {
+            ca_pems: c.ca_pems.clone(),
+            client_auth_type: c.client_auth_type.clone(),
+        }),
+    }
+}
+
+fn http_challenge_to_pb(c: &AcmeHttpChallenge) -> pb::AcmeHttpChallenge {
+    pb::AcmeHttpChallenge {
+        token: c.token.clone(),
+        key_authorization: c.key_authorization.clone(),
+        domain: c.domain.clone(),
+        entry_point: c.entry_point.clone(),
+    }
+}
+
+fn tls_challenge_to_pb(c: &AcmeTlsChallenge) -> pb::AcmeTlsChallenge {
+    pb::AcmeTlsChallenge {
+        domain: c.domain.clone(),
+        cert_pem: c.cert_pem.clone(),
+        key_pem: c.key_pem.clone(),
     }
 }
 
@@ -507,23 +507,8 @@ impl Snapshot {
             encode_varint(scratch.len() as u64, buf);
             buf.extend_from_slice(&scratch);
         };
-        // The short lists through the conversion of the whole (their elements have no
-        // conversion of their own).
-        let pb::Snapshot {
-            entry_points,
-            tls_options,
-            http_challenges,
-            tls_challenges,
-            ..
-        } = pb::Snapshot::from(&Snapshot {
-            entry_points: self.entry_points.clone(),
-            tls_options: self.tls_options.clone(),
-            http_challenges: self.http_challenges.clone(),
-            tls_challenges: self.tls_challenges.clone(),
-            ..Snapshot::default()
-        });
-        for e in &entry_points {
-            element(1, &mut buf, &|b| e.encode_raw(b));
+        for e in &self.entry_points {
+            element(1, &mut buf, &|b| entry_point_to_pb(e).encode_raw(b));
         }
         for r in &self.routers {
             element(2, &mut buf, &|b| encode_router(r, b));
@@ -537,17 +522,17 @@ impl Snapshot {
         for c in &self.certificates {
             element(5, &mut buf, &|b| certificate_to_pb(c).encode_raw(b));
         }
-        for o in &tls_options {
-            element(6, &mut buf, &|b| o.encode_raw(b));
+        for o in &self.tls_options {
+            element(6, &mut buf, &|b| tls_options_to_pb(o).encode_raw(b));
         }
         if let Some(c) = &self.default_certificate {
             element(7, &mut buf, &|b| certificate_to_pb(c).encode_raw(b));
         }
-        for c in &http_challenges {
-            element(8, &mut buf, &|b| c.encode_raw(b));
+        for c in &self.http_challenges {
+            element(8, &mut buf, &|b| http_challenge_to_pb(c).encode_raw(b));
         }
-        for c in &tls_challenges {
-            element(9, &mut buf, &|b| c.encode_raw(b));
+        for c in &self.tls_challenges {
+            element(9, &mut buf, &|b| tls_challenge_to_pb(c).encode_raw(b));
         }
         buf
     }
