@@ -76,6 +76,9 @@ pub async fn run(
     let mut configs: BTreeMap<String, Arc<DynamicConfig>> = BTreeMap::new();
     let mut warnings: BTreeMap<String, Vec<Diagnostic>> = BTreeMap::new();
     let mut retired: Vec<Arc<DynamicConfig>> = Vec::new();
+    // Remembers compiled routers between compiles; travels into each compile task and back (a
+    // panic there loses it: the next compile starts afresh).
+    let mut compiler: Option<compile::Compiler> = None;
     let mut heard: BTreeMap<String, bool> = expected_providers
         .iter()
         .map(|p| (p.clone(), false))
@@ -150,6 +153,7 @@ pub async fn run(
                 let extra: Vec<Diagnostic> = warnings.values().flatten().cloned().collect();
                 let resolvers = acme_handle.as_ref().map(|a| a.resolvers().clone());
                 let started = std::time::Instant::now();
+                let mut owned = compiler.take().unwrap_or_default();
                 let compiled = tokio::task::spawn_blocking(move || {
                     let mut input = input;
                     let mut file_diags = Vec::new();
@@ -159,17 +163,18 @@ pub async fn run(
                             file_diags.extend(certs::load_files(provider, Arc::make_mut(config)));
                         }
                     }
-                    let (snapshot, mut diags) = compile::compile(&eps, &input);
+                    let (snapshot, mut diags) = owned.compile(&eps, &input);
                     diags.extend(file_diags);
                     // Certificates the routers ask their resolvers for (and why some cannot).
                     let resolvers = resolvers.unwrap_or_default();
                     let (demands, acme_diags) = acme::demands(&input, &resolvers);
                     diags.extend(acme_diags);
-                    (snapshot, diags, demands)
+                    (snapshot, diags, demands, owned)
                 })
                 .await;
                 match compiled {
-                    Ok((snapshot, mut diags, demands)) => {
+                    Ok((snapshot, mut diags, demands, owned)) => {
+                        compiler = Some(owned);
                         tracing::debug!(
                             elapsed_ms = started.elapsed().as_millis(),
                             routers = snapshot.routers.len(),

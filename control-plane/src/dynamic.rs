@@ -3,7 +3,7 @@
 //! compilation) is deterministic. Fields Switchyard does not implement yet are captured in `other`
 //! so the compiler can report them instead of failing the whole file.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
@@ -28,8 +28,10 @@ pub struct DynamicConfig {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpConfig {
+    /// Shared: merging files copies no router, and a compile recognises an unchanged one by
+    /// pointer.
     #[serde(default)]
-    pub routers: BTreeMap<String, Router>,
+    pub routers: BTreeMap<String, Arc<Router>>,
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
     #[serde(default)]

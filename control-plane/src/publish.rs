@@ -64,7 +64,6 @@ impl Publisher {
         // Encoded once: hashed for the version, and chunked from the same bytes.
         let encoded = snapshot.encode();
         let routers = snapshot.routers.len();
-        drop(snapshot);
         let version = encoded_version(&encoded);
         for d in &diagnostics {
             match d.severity {
@@ -114,6 +113,9 @@ impl Publisher {
             );
             true
         });
+        // Dropped once the streams have been woken (what the compile did not reuse is freed
+        // here: up to tens of milliseconds at 50 000 routers).
+        drop(snapshot);
     }
 }
 

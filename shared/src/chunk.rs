@@ -56,8 +56,16 @@ pub fn messages_encoded(
     header: &pb::VersionedSnapshot,
     encoded: &[u8],
 ) -> Vec<pb::SubscribeResponse> {
+    split(
+        &header.version,
+        bytes::Bytes::from(encode_with_content(header, encoded)),
+    )
+}
+
+/// The chunk messages of `bytes`, an encoded `VersionedSnapshot` announcing `version`: slices of
+/// `bytes`, not copies.
+pub fn split(version: &str, bytes: bytes::Bytes) -> Vec<pb::SubscribeResponse> {
     use pb::subscribe_response::Kind;
-    let bytes = bytes::Bytes::from(encode_with_content(header, encoded));
     let count = bytes.len().div_ceil(CHUNK_BYTES).max(1);
     let count_u32 = u32::try_from(count).unwrap_or(u32::MAX);
     (0..count)
@@ -66,7 +74,7 @@ pub fn messages_encoded(
             let end = bytes.len().min(start + CHUNK_BYTES);
             pb::SubscribeResponse {
                 kind: Some(Kind::Chunk(pb::SnapshotChunk {
-                    version: header.version.clone(),
+                    version: version.to_owned(),
                     index: u32::try_from(i).unwrap_or(u32::MAX),
                     count: count_u32,
                     data: bytes.slice(start..end),
@@ -78,7 +86,7 @@ pub fn messages_encoded(
 
 /// The encoding of `header` with `content` (an encoded `Snapshot`) as its content field: the same
 /// bytes as encoding the whole `VersionedSnapshot`, since the content is its last field.
-fn encode_with_content(header: &pb::VersionedSnapshot, content: &[u8]) -> Vec<u8> {
+pub fn encode_with_content(header: &pb::VersionedSnapshot, content: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(header.encoded_len() + 16 + content.len());
     header.encode_raw(&mut buf);
     encode_key(CONTENT_FIELD, WireType::LengthDelimited, &mut buf);
@@ -215,6 +223,12 @@ pub struct Checked {
     pub content: std::ops::Range<usize>,
 }
 
+/// The content (the encoded `Snapshot`) inside `bytes`, an encoded `VersionedSnapshot`; not
+/// verified.
+pub fn content(bytes: &[u8]) -> Result<&[u8], String> {
+    parts(bytes).map(|parts| parts.content)
+}
+
 /// Checks that the content inside `bytes` (an encoded `VersionedSnapshot`) hashes to `version` —
 /// the bytes received are hashed as they are, never decoded and encoded again — and that the
 /// header announces the same version.
@@ -296,6 +310,7 @@ mod tests {
                     rule_text: "x".repeat(200),
                     tls: None,
                 })
+                .map(std::sync::Arc::new)
                 .collect(),
             ..Default::default()
         }
@@ -318,6 +333,7 @@ mod tests {
         assert_eq!(out.created_at_unix_ms, sent.created_at_unix_ms);
         let mut served = domain(routers);
         for r in &mut served.routers {
+            let r = std::sync::Arc::make_mut(r);
             r.provider.clear();
             r.rule_text.clear();
         }

@@ -6,6 +6,8 @@ use prost::{
     Message,
     encoding::{WireType, encode_key, encode_varint},
 };
+use std::sync::Arc;
+
 use thiserror::Error;
 
 use crate::{
@@ -19,8 +21,8 @@ use crate::{
 pub struct Snapshot {
     /// Sorted by name.
     pub entry_points: Vec<EntryPoint>,
-    /// Sorted by name.
-    pub routers: Vec<Router>,
+    /// Sorted by name. Shared: a compile reuses the routers whose definition did not change.
+    pub routers: Vec<Arc<Router>>,
     /// Sorted by name.
     pub services: Vec<Service>,
     /// Sorted by name.
@@ -245,7 +247,7 @@ impl From<&Snapshot> for pb::Snapshot {
     fn from(s: &Snapshot) -> Self {
         pb::Snapshot {
             entry_points: s.entry_points.iter().map(entry_point_to_pb).collect(),
-            routers: s.routers.iter().map(router_to_pb).collect(),
+            routers: s.routers.iter().map(|r| router_to_pb(r)).collect(),
             services: s.services.iter().map(service_to_pb).collect(),
             middlewares: s.middlewares.iter().map(middleware_to_pb).collect(),
             certificates: s.certificates.iter().map(certificate_to_pb).collect(),
@@ -459,7 +461,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             routers: s
                 .routers
                 .into_iter()
-                .map(router_from_pb)
+                .map(|r| router_from_pb(r).map(Arc::new))
                 .collect::<Result<_, _>>()?,
             services: s
                 .services
@@ -628,10 +630,10 @@ impl Snapshot {
                 1 => s
                     .entry_points
                     .push(entry_point_from_pb(element(number, value)?)?),
-                2 => s.routers.push(router_from_pb(match text {
+                2 => s.routers.push(Arc::new(router_from_pb(match text {
                     Text::Keep => element(number, value)?,
                     Text::Skip => element::<ServedRouter>(number, value)?.into(),
-                })?),
+                })?)),
                 3 => s.services.push(service_from_pb(element(number, value)?)?),
                 4 => s
                     .middlewares

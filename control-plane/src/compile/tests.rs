@@ -423,3 +423,201 @@ fn default_options_defined_twice_are_dropped() {
             .any(|(_, m)| m.contains("defined by several providers"))
     );
 }
+
+/// One provider's configuration in a small universe: routers `r0..r4`, services `s0..s2`,
+/// middlewares `m0..m1` and TLS options `o`, each absent or in one of a few definitions (some
+/// invalid, some with warnings, some referring to what may be absent, or to the other provider).
+#[derive(Clone, Debug)]
+struct Universe {
+    routers: Vec<Option<(u8, u8, u8, u8)>>,
+    services: Vec<Option<u8>>,
+    middlewares: Vec<Option<u8>>,
+    tls_options: Option<u8>,
+}
+
+/// One change between two compiles: a router, service or middleware (by index) redefined or
+/// removed, the TLS options, or the entry points (all or only `web`).
+#[derive(Clone, Debug)]
+enum Edit {
+    Router(usize, Option<(u8, u8, u8, u8)>),
+    Service(usize, Option<u8>),
+    Middleware(usize, Option<u8>),
+    TlsOptions(Option<u8>),
+    EntryPoints(bool),
+}
+
+fn arb_router() -> impl proptest::strategy::Strategy<Value = Option<(u8, u8, u8, u8)>> {
+    proptest::option::of((0u8..4, 0u8..4, 0u8..3, 0u8..5))
+}
+
+fn arb_universe() -> impl proptest::strategy::Strategy<Value = Universe> {
+    use proptest::prelude::*;
+    (
+        proptest::collection::vec(arb_router(), 5),
+        proptest::collection::vec(proptest::option::of(0u8..2), 3),
+        proptest::collection::vec(proptest::option::of(0u8..2), 2),
+        proptest::option::of(0u8..2),
+    )
+        .prop_map(|(routers, services, middlewares, tls_options)| Universe {
+            routers,
+            services,
+            middlewares,
+            tls_options,
+        })
+}
+
+fn arb_edit() -> impl proptest::strategy::Strategy<Value = (bool, Edit)> {
+    use proptest::prelude::*;
+    let edit = prop_oneof![
+        (0usize..5, arb_router()).prop_map(|(i, r)| Edit::Router(i, r)),
+        (0usize..3, proptest::option::of(0u8..2)).prop_map(|(i, s)| Edit::Service(i, s)),
+        (0usize..2, proptest::option::of(0u8..2)).prop_map(|(i, m)| Edit::Middleware(i, m)),
+        proptest::option::of(0u8..2).prop_map(Edit::TlsOptions),
+        proptest::bool::ANY.prop_map(Edit::EntryPoints),
+    ];
+    (proptest::bool::ANY, edit)
+}
+
+impl Universe {
+    fn apply(&mut self, edit: &Edit) {
+        match edit {
+            Edit::Router(i, r) => self.routers[*i] = *r,
+            Edit::Service(i, s) => self.services[*i] = *s,
+            Edit::Middleware(i, m) => self.middlewares[*i] = *m,
+            Edit::TlsOptions(o) => self.tls_options = *o,
+            Edit::EntryPoints(_) => {}
+        }
+    }
+
+    fn yaml(&self) -> String {
+        let mut y = String::from("http:\n  routers:\n");
+        for (i, r) in self.routers.iter().enumerate() {
+            let Some((rule, service, mw, extra)) = r else {
+                continue;
+            };
+            y += &format!("    r{i}:\n");
+            y += match rule {
+                0 => "      rule: Host(`a.test`)\n",
+                1 => "      rule: Host(`b.test`) && PathPrefix(`/x`)\n",
+                2 => "      rule: PathPrefix(`/`)\n",
+                _ => "      rule: Host(`unclosed\n",
+            };
+            y += match service {
+                0 => "      service: s0\n",
+                1 => "      service: s1\n",
+                2 => "      service: s2@other\n",
+                _ => "      service: s2\n",
+            };
+            y += match mw {
+                0 => "",
+                1 => "      middlewares: [m0]\n",
+                _ => "      middlewares: [m1, m0@other]\n",
+            };
+            y += match extra {
+                0 => "",
+                1 => "      entryPoints: [admin]\n",
+                2 => "      entryPoints: [web, nowhere]\n      unknownField: 1\n",
+                3 => "      tls: {}\n",
+                _ => "      tls:\n        options: o\n",
+            };
+        }
+        y += "  services:\n";
+        for (i, s) in self.services.iter().enumerate() {
+            let Some(port) = s else { continue };
+            y += &format!(
+                "    s{i}:\n      loadBalancer:\n        servers:\n          - url: http://127.0.0.1:{}\n",
+                8000 + u16::from(*port)
+            );
+        }
+        y += "  middlewares:\n";
+        for (i, m) in self.middlewares.iter().enumerate() {
+            let Some(prefix) = m else { continue };
+            y += &format!("    m{i}:\n      stripPrefix:\n        prefixes: [/p{prefix}]\n");
+        }
+        if let Some(o) = self.tls_options {
+            let version = if o == 0 {
+                "VersionTLS12"
+            } else {
+                "VersionTLS13"
+            };
+            y += &format!("tls:\n  options:\n    o:\n      minVersion: {version}\n");
+        }
+        y
+    }
+}
+
+fn providers(file: &Universe, other: &Universe) -> BTreeMap<String, DynamicConfig> {
+    [("file", file), ("other", other)]
+        .into_iter()
+        .map(|(name, u)| {
+            let config = parse_file(std::path::Path::new("t.yml"), &u.yaml()).expect("valid yaml");
+            (name.to_owned(), config)
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    /// Whatever changed between compiles (a definition, a reference appearing or vanishing, TLS
+    /// options, entry points), the compiler that reuses routers gives what a fresh compile gives.
+    #[test]
+    fn a_reusing_compile_equals_a_fresh_one(
+        start in (arb_universe(), arb_universe()),
+        edits in proptest::collection::vec(arb_edit(), 1..12),
+    ) {
+        let (mut file, mut other) = start;
+        let mut all_entry_points = true;
+        let mut compiler = Compiler::default();
+        let mut check = |file: &Universe, other: &Universe, all: bool| {
+            let providers = providers(file, other);
+            let entry_points = if all { eps() } else { eps()[..1].to_vec() };
+            let reused = compiler.compile(&entry_points, &providers);
+            let fresh = compile(&entry_points, &providers);
+            proptest::prop_assert_eq!(reused, fresh);
+            Ok(())
+        };
+        check(&file, &other, all_entry_points)?;
+        for (in_file, edit) in &edits {
+            if let Edit::EntryPoints(all) = edit {
+                all_entry_points = *all;
+            }
+            if *in_file { file.apply(edit) } else { other.apply(edit) }
+            check(&file, &other, all_entry_points)?;
+        }
+    }
+}
+
+#[test]
+fn unchanged_routers_are_reused_and_changed_ones_recompiled() {
+    let one = |service: &str, b_rule: &str| {
+        let yaml = format!(
+            "http:\n  routers:\n    a:\n      rule: Host(`a.test`)\n      service: {service}\n    b:\n      rule: {b_rule}\n      service: s\n  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: http://127.0.0.1:1\n"
+        );
+        let config = parse_file(std::path::Path::new("t.yml"), &yaml).expect("valid yaml");
+        BTreeMap::from([("file".to_owned(), config)])
+    };
+    let mut compiler = Compiler::default();
+    let (first, _) = compiler.compile(&eps(), &one("s", "Host(`b.test`)"));
+    // Parsed again (new allocations), equal: reused.
+    let (same, _) = compiler.compile(&eps(), &one("s", "Host(`b.test`)"));
+    assert!(Arc::ptr_eq(&first.routers[0], &same.routers[0]));
+    assert!(Arc::ptr_eq(&first.routers[1], &same.routers[1]));
+    // b's rule changed: only b is compiled again.
+    let (changed, _) = compiler.compile(&eps(), &one("s", "Host(`c.test`)"));
+    assert!(Arc::ptr_eq(&first.routers[0], &changed.routers[0]));
+    assert!(!Arc::ptr_eq(&first.routers[1], &changed.routers[1]));
+    assert_eq!(changed.routers[1].rule_text, "Host(`c.test`)");
+    // a's service vanishes: a is left out with its error, as a fresh compile does…
+    let (dangling, diags) = compiler.compile(&eps(), &one("ghost", "Host(`c.test`)"));
+    assert_eq!(dangling.routers.len(), 1);
+    assert_eq!(
+        errors(&diags),
+        [(
+            "router/a@file".to_owned(),
+            "the service \"ghost@file\" does not exist".to_owned()
+        )]
+    );
+    // …and other entry points empty the cache.
+    let (other_eps, _) = compiler.compile(&eps()[..1], &one("s", "Host(`c.test`)"));
+    assert!(!Arc::ptr_eq(&changed.routers[1], &other_eps.routers[1]));
+    assert_eq!(other_eps.routers[1].entry_points, ["web"]);
+}

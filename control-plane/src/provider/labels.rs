@@ -14,14 +14,17 @@
 //!
 //! Providers rewrite their own prefix (Consul Catalog `prefix`) to `traefik.` before calling.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use thiserror::Error;
 
 use super::kv::{DecodeError, Tree};
 use crate::{
     compile::Diagnostic,
-    dynamic::{DynamicConfig, HttpConfig, LoadBalancer, Router, Server, Service},
+    dynamic::{DynamicConfig, HttpConfig, LoadBalancer, Server, Service},
 };
 
 /// A label that cannot be decoded: that instance is skipped, nothing else is affected.
@@ -127,11 +130,13 @@ pub fn build_instance(
         }];
     }
     if http.routers.is_empty() && !has_l4 {
-        http.routers.insert(name.clone(), Router::default());
+        http.routers.insert(name.clone(), Arc::default());
     }
     let services: Vec<String> = http.services.keys().cloned().collect();
     let mut dropped = Vec::new();
     for (router_name, router) in &mut http.routers {
+        // Not shared yet: decoded just now.
+        let router = Arc::make_mut(router);
         if router.rule.is_empty() {
             router.rule = default_rule.render(instance.name, instance.labels);
         }

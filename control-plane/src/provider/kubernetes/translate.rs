@@ -549,7 +549,7 @@ impl<'a> Translator<'a> {
         }
         self.http.routers.insert(
             router_name,
-            Router {
+            Arc::new(Router {
                 rule: r.rule.clone(),
                 priority: r.priority.unwrap_or(0),
                 entry_points: spec.entry_points.clone(),
@@ -558,7 +558,7 @@ impl<'a> Translator<'a> {
                 rule_syntax: r.syntax.clone().filter(|s| !s.is_empty()),
                 tls,
                 other,
-            },
+            }),
         );
         Ok(())
     }
