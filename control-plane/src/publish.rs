@@ -7,7 +7,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use switchyard_shared::{
-    chunk, pb, snapshot::Snapshot, time::now_unix_ms, version::encoded_version,
+    chunk, delta, pb, snapshot::Snapshot, time::now_unix_ms, version::encoded_version,
 };
 use tokio::sync::watch;
 
@@ -22,7 +22,20 @@ pub struct Published {
     /// The stream messages carrying `snapshot` (chunks of one shared buffer), built once for every
     /// proxy.
     pub messages: Vec<pb::SubscribeResponse>,
+    /// The content the messages carry (the encoded `Snapshot`; a slice of their buffer), which the
+    /// next snapshot's delta is made against.
+    content: bytes::Bytes,
+    /// This snapshot as an edit of the one published before it, for the proxies that hold that
+    /// one; `None` for the first snapshot, or when the edit is not much smaller than the whole.
+    pub delta: Option<Delta>,
     pub diagnostics: Vec<Diagnostic>,
+}
+
+/// A snapshot as a delta from `base_version`: one message, built once for every proxy.
+#[derive(Clone, Debug)]
+pub struct Delta {
+    pub base_version: String,
+    pub message: pb::SubscribeResponse,
 }
 
 impl Published {
@@ -81,6 +94,8 @@ impl Publisher {
                     *current = Arc::new(Published {
                         snapshot: current.snapshot.clone(),
                         messages: current.messages.clone(),
+                        content: current.content.clone(),
+                        delta: current.delta.clone(),
                         diagnostics,
                     });
                 }
@@ -100,10 +115,16 @@ impl Publisher {
                 created_at_unix_ms: now_unix_ms(),
                 snapshot: None,
             };
-            let messages = chunk::messages_encoded(&snapshot, &encoded);
+            let whole = bytes::Bytes::from(chunk::encode_with_content(&snapshot, &encoded));
+            // The content is the last field of the encoded `VersionedSnapshot`.
+            let content = whole.slice(whole.len() - encoded.len()..);
+            let delta = delta_from(current, &snapshot, &content);
+            let messages = chunk::split(&version, whole);
             *current = Arc::new(Published {
                 messages,
                 snapshot,
+                content,
+                delta,
                 diagnostics,
             });
             tracing::debug!(
@@ -117,6 +138,33 @@ impl Publisher {
         // here: up to tens of milliseconds at 50 000 routers).
         drop(snapshot);
     }
+}
+
+/// `snapshot` (with `content`) as an edit of `previous`, if that edit carries at most half of the
+/// content's bytes and fits in one message of at most a chunk's size (no gRPC message over 4 MiB).
+fn delta_from(
+    previous: &Published,
+    snapshot: &pb::VersionedSnapshot,
+    content: &[u8],
+) -> Option<Delta> {
+    if previous.version().is_empty() {
+        return None;
+    }
+    let max_inserted = (content.len() / 2).min(chunk::CHUNK_BYTES / 2);
+    let parts = delta::diff(&previous.content, content, max_inserted)?;
+    let message = pb::SubscribeResponse {
+        kind: Some(pb::subscribe_response::Kind::Delta(pb::SnapshotDelta {
+            base_version: previous.version().to_owned(),
+            version: snapshot.version.clone(),
+            generation: snapshot.generation,
+            created_at_unix_ms: snapshot.created_at_unix_ms,
+            parts,
+        })),
+    };
+    (message.encoded_len() <= chunk::CHUNK_BYTES).then(|| Delta {
+        base_version: previous.version().to_owned(),
+        message,
+    })
 }
 
 #[cfg(test)]
@@ -134,5 +182,48 @@ mod tests {
         p.publish(Snapshot::default(), vec![]);
         assert!(!rx.has_changed().unwrap());
         assert_eq!(rx.borrow().snapshot.version, first.version);
+    }
+
+    fn entry_points(names: &[&str]) -> Snapshot {
+        Snapshot {
+            entry_points: names
+                .iter()
+                .map(|n| switchyard_shared::snapshot::EntryPoint {
+                    name: (*n).to_owned(),
+                    address: format!(":{}", 8000 + n.len()),
+                    redirect: None,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_also_a_delta_of_the_one_before_when_that_is_smaller() {
+        let (p, rx) = Publisher::new();
+        let many: Vec<String> = (0..50).map(|i| format!("ep{i:02}")).collect();
+        let names: Vec<&str> = many.iter().map(String::as_str).collect();
+        p.publish(entry_points(&names), vec![]);
+        let first = Arc::clone(&rx.borrow());
+        assert!(first.delta.is_none(), "nothing to be a delta of");
+        // One entry point more: a delta of the first, which rebuilds the second exactly.
+        let mut more = names.clone();
+        more.push("zz");
+        p.publish(entry_points(&more), vec![]);
+        let second = Arc::clone(&rx.borrow());
+        let delta = second.delta.as_ref().expect("a small change is a delta");
+        assert_eq!(delta.base_version, first.version());
+        let Some(pb::subscribe_response::Kind::Delta(d)) = &delta.message.kind else {
+            panic!("{:?}", delta.message);
+        };
+        let base = first.messages.iter().find_map(|m| match &m.kind {
+            Some(pb::subscribe_response::Kind::Chunk(c)) => Some(c.data.clone()),
+            _ => None,
+        });
+        let rebuilt = delta::rebuild(d, &base.expect("one chunk")).expect("fits its base");
+        chunk::check(second.version(), &rebuilt.bytes).expect("rebuilds the second snapshot");
+        // Everything different: sending it whole is cheaper.
+        p.publish(entry_points(&["other"]), vec![]);
+        assert!(rx.borrow().delta.is_none());
     }
 }

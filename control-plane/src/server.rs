@@ -129,6 +129,8 @@ impl ControlPlane for ControlPlaneService {
             node_id: hello.node_id,
             session,
             held: hello.held_version,
+            accepts_deltas: hello.accepts_deltas,
+            whole_next: false,
             snapshots: self.snapshots.clone(),
             fleet: self.fleet.clone(),
             shutdown: self.shutdown.clone(),
@@ -298,6 +300,10 @@ struct ProxyStream {
     session: u64,
     /// The version the proxy serves.
     held: String,
+    /// The proxy applies deltas (its Hello says so).
+    accepts_deltas: bool,
+    /// The proxy could not apply a delta: the next snapshot goes whole.
+    whole_next: bool,
     snapshots: watch::Receiver<Arc<Published>>,
     fleet: Arc<Fleet>,
     shutdown: watch::Receiver<bool>,
@@ -327,8 +333,15 @@ impl ProxyStream {
                         break;
                     }
                 } else {
+                    let delta = current.delta.as_ref().filter(|d| {
+                        self.accepts_deltas && !self.whole_next && d.base_version == self.held
+                    });
                     let mut sent = true;
-                    for message in &current.messages {
+                    let messages = match delta {
+                        Some(delta) => std::slice::from_ref(&delta.message),
+                        None => current.messages.as_slice(),
+                    };
+                    for message in messages {
                         if tx.send(Ok(message.clone())).await.is_err() {
                             sent = false;
                             break;
@@ -336,6 +349,9 @@ impl ProxyStream {
                     }
                     if !sent {
                         break;
+                    }
+                    if delta.is_none() {
+                        self.whole_next = false;
                     }
                     self.fleet.sent(&self.node_id);
                 }
@@ -346,7 +362,12 @@ impl ProxyStream {
                     if changed.is_err() { break; }
                 }
                 message = inbound.next() => match message {
-                    Some(Ok(m)) => self.on_message(m),
+                    Some(Ok(m)) => {
+                        if self.on_message(m) {
+                            // Offer the current snapshot again (whole).
+                            offered.clear();
+                        }
+                    }
                     Some(Err(status)) => {
                         tracing::info!(node = %self.node_id, %status, "proxy stream ended with an error");
                         break;
@@ -360,7 +381,8 @@ impl ProxyStream {
         tracing::info!(node = %self.node_id, "proxy disconnected");
     }
 
-    fn on_message(&mut self, message: pb::SubscribeRequest) {
+    /// Handles one message from the proxy; `true` when the current snapshot must be sent again.
+    fn on_message(&mut self, message: pb::SubscribeRequest) -> bool {
         match message.kind {
             Some(subscribe_request::Kind::Ack(ack)) => {
                 tracing::info!(node = %self.node_id, version = %ack.version, "proxy acknowledged");
@@ -371,9 +393,22 @@ impl ProxyStream {
                 tracing::warn!(node = %self.node_id, version = %nack.version, error = %nack.error, "proxy rejected snapshot");
                 self.fleet.nack(&self.node_id, &nack.version, &nack.error);
             }
+            Some(subscribe_request::Kind::Resync(resync)) => {
+                tracing::info!(
+                    node = %self.node_id,
+                    version = %resync.version,
+                    held = %resync.held_version,
+                    reason = %resync.reason,
+                    "proxy could not apply a delta; sending the snapshot whole"
+                );
+                self.held = resync.held_version;
+                self.whole_next = true;
+                return true;
+            }
             Some(subscribe_request::Kind::Hello(_)) | None => {
                 tracing::debug!(node = %self.node_id, "ignoring unexpected message on stream");
             }
         }
+        false
     }
 }

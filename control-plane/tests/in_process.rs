@@ -95,6 +95,7 @@ async fn subscribe_sends_snapshot_then_up_to_date_for_holders() {
             build_info: "test".into(),
             labels: vec![],
             protocol: pb::PROTOCOL,
+            accepts_deltas: false,
         })),
     };
     // A fresh proxy gets the snapshot.
@@ -163,5 +164,108 @@ async fn subscribe_sends_snapshot_then_up_to_date_for_holders() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(refused.message().contains("protocol"), "{refused:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits for the next message that is not `UpToDate`, for at most 20 s.
+async fn next_snapshot(
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+) -> pb::subscribe_response::Kind {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("a snapshot within 20 s")
+            .expect("stream open")
+            .expect("no stream error");
+        match message.kind {
+            Some(pb::subscribe_response::Kind::UpToDate(_)) | None => continue,
+            Some(kind) => return kind,
+        }
+    }
+}
+
+#[tokio::test]
+async fn proxies_that_accept_deltas_get_changes_as_deltas_and_resync_whole() {
+    use switchyard_shared::{chunk, delta};
+    let dir = temp("delta");
+    let (url, _stop) = start(&dir).await;
+    let mut client = ControlPlaneClient::connect(url.clone()).await.unwrap();
+    let subscribe = |node: &str, accepts_deltas: bool| pb::SubscribeRequest {
+        kind: Some(pb::subscribe_request::Kind::Hello(pb::Hello {
+            node_id: node.into(),
+            protocol: pb::PROTOCOL,
+            accepts_deltas,
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(subscribe("d1", true)).await.unwrap();
+    let mut stream = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (old_tx, old_rx) = tokio::sync::mpsc::channel(4);
+    old_tx.send(subscribe("old", false)).await.unwrap();
+    let mut old_stream = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(old_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let whole = |kind| match kind {
+        pb::subscribe_response::Kind::Chunk(c) => {
+            assert_eq!((c.index, c.count), (0, 1));
+            chunk::check(&c.version, &c.data).expect("a valid snapshot");
+            (c.version, c.data.to_vec())
+        }
+        other => panic!("expected a whole snapshot, got {other:?}"),
+    };
+    // The first snapshot goes whole to both.
+    let (v1, base) = whole(next_snapshot(&mut stream).await);
+    assert_eq!(whole(next_snapshot(&mut old_stream).await).0, v1);
+    let ack = |version: &str| pb::SubscribeRequest {
+        kind: Some(pb::subscribe_request::Kind::Ack(pb::Ack {
+            version: version.into(),
+        })),
+    };
+    tx.send(ack(&v1)).await.unwrap();
+    old_tx.send(ack(&v1)).await.unwrap();
+
+    // A change: a delta against v1 for the proxy that accepts them, small, rebuilding v2 exactly.
+    std::fs::write(
+        dir.join("dyn/b.yml"),
+        "http:\n  routers:\n    b:\n      rule: Host(`b.example`)\n      service: s@file\n",
+    )
+    .unwrap();
+    let d = match next_snapshot(&mut stream).await {
+        pb::subscribe_response::Kind::Delta(d) => d,
+        other => panic!("expected a delta, got {other:?}"),
+    };
+    assert_eq!(d.base_version, v1);
+    let rebuilt = delta::rebuild(&d, &base).expect("fits its base");
+    let checked = chunk::check(&d.version, &rebuilt.bytes).expect("hashes to its version");
+    assert!(checked.generation > 1);
+    let current = client
+        .get_version(pb::GetVersionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.version, current.version);
+    // …and the same snapshot whole for the proxy that does not.
+    let (v2, _) = whole(next_snapshot(&mut old_stream).await);
+    assert_eq!(v2, d.version);
+
+    // A proxy that cannot apply the delta asks again and is sent the snapshot whole.
+    tx.send(pb::SubscribeRequest {
+        kind: Some(pb::subscribe_request::Kind::Resync(pb::Resync {
+            version: d.version.clone(),
+            held_version: v1.clone(),
+            reason: "state file unreadable".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let (again, _) = whole(next_snapshot(&mut stream).await);
+    assert_eq!(again, d.version);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,6 +46,8 @@ impl ProxyAdmin for AdminService {
             listening: self.runtime.listening().await,
             snapshots_received: status.snapshots_received,
             nacks_sent: status.nacks_sent,
+            deltas_received: status.deltas_received,
+            resyncs_requested: status.resyncs_requested,
         }))
     }
 }

@@ -10,7 +10,7 @@ use prost::Message;
 use switchyard_shared::{
     changes,
     chunk::{self, Reassembled},
-    pb,
+    delta, pb,
     snapshot::Snapshot,
     time::now_unix_ms,
 };
@@ -52,6 +52,8 @@ pub struct Status {
     pub state_error: String,
     pub snapshots_received: u64,
     pub nacks_sent: u64,
+    pub deltas_received: u64,
+    pub resyncs_requested: u64,
 }
 
 /// A job for the build thread.
@@ -189,6 +191,8 @@ impl Runtime {
                 last_error: String::new(),
                 state_error: String::new(),
                 snapshots_received: 0,
+                deltas_received: 0,
+                resyncs_requested: 0,
                 nacks_sent: 0,
             }),
             store,
@@ -245,6 +249,31 @@ impl Runtime {
             Ok(Built::whole(table, input))
         })
         .await
+    }
+
+    /// Rebuilds the snapshot a delta describes from the one served (read back from the state
+    /// file, which holds it) and checks that the result hashes to the announced version. An error
+    /// asks for the snapshot whole (`Resync`); it does not reject it.
+    pub async fn rebuild_delta(&self, delta: pb::SnapshotDelta) -> Result<Reassembled, String> {
+        let held = self.version();
+        if delta.base_version != held {
+            return Err(format!(
+                "the delta is against {}; this proxy serves {}",
+                delta.base_version,
+                if held.is_empty() { "nothing" } else { &held }
+            ));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let base = store
+                .current_payload()
+                .map_err(|e| format!("the snapshot served cannot be read back: {e}"))?;
+            let rebuilt = delta::rebuild(&delta, &base)?;
+            chunk::check(&rebuilt.version, &rebuilt.bytes)?;
+            Ok(rebuilt)
+        })
+        .await
+        .map_err(|e| format!("rebuilding the delta failed: {e}"))?
     }
 
     /// [`Runtime::apply`] for a snapshot as its chunks delivered it: verified and built on the

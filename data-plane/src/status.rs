@@ -31,6 +31,7 @@ pub async fn run(admin: &str, as_json: bool) -> anyhow::Result<String> {
             "controller_connected": s.controller_connected, "controller": s.controller,
             "last_error": s.last_error, "state_error": s.state_error, "routers": s.routers, "listening": s.listening,
             "snapshots_received": s.snapshots_received, "nacks_sent": s.nacks_sent,
+            "deltas_received": s.deltas_received, "resyncs_requested": s.resyncs_requested,
         });
         return Ok(serde_json::to_string_pretty(&value).unwrap_or_default() + "\n");
     }
@@ -64,8 +65,8 @@ pub async fn run(admin: &str, as_json: bool) -> anyhow::Result<String> {
         (
             "snapshots",
             format!(
-                "{} received, {} rejected",
-                s.snapshots_received, s.nacks_sent
+                "{} received ({} as deltas, {} asked for whole), {} rejected",
+                s.snapshots_received, s.deltas_received, s.resyncs_requested, s.nacks_sent
             ),
         ),
         (

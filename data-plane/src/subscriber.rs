@@ -80,6 +80,7 @@ async fn session(
             build_info: concat!("switchyard-proxy ", env!("CARGO_PKG_VERSION")).to_owned(),
             labels: Vec::new(),
             protocol: pb::PROTOCOL,
+            accepts_deltas: true,
         })),
     };
     tx.send(hello)
@@ -112,6 +113,30 @@ async fn session(
                     Ok(None) => continue,
                     Ok(Some(reassembled)) => Ok(Received::Chunks(reassembled)),
                     Err(error) => Err((version, error)),
+                }
+            }
+            Some(subscribe_response::Kind::Delta(delta)) => {
+                let version = delta.version.clone();
+                runtime.with_status(|s| s.deltas_received += 1);
+                match runtime.rebuild_delta(delta).await {
+                    Ok(rebuilt) => Ok(Received::Chunks(rebuilt)),
+                    Err(reason) => {
+                        runtime.with_status(|s| {
+                            s.snapshots_received += 1;
+                            s.resyncs_requested += 1;
+                        });
+                        // Not a rejection: the controller sends the snapshot whole.
+                        tracing::info!(%version, %reason, "cannot apply the delta; asking for the whole snapshot");
+                        let resync = subscribe_request::Kind::Resync(pb::Resync {
+                            version,
+                            held_version: runtime.version(),
+                            reason,
+                        });
+                        tx.send(pb::SubscribeRequest { kind: Some(resync) })
+                            .await
+                            .map_err(|_| "stream closed".to_owned())?;
+                        continue;
+                    }
                 }
             }
             Some(subscribe_response::Kind::UpToDate(up)) => {

@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod changes;
 pub mod chunk;
+pub mod delta;
 pub mod drain;
 pub mod pb;
 pub mod rule;

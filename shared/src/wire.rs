@@ -25,6 +25,11 @@ pub(crate) struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// How many bytes are left to walk.
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
     fn next_field(&mut self) -> Result<(u32, Value<'a>), String> {
         let (field, wire_type) = decode_key(&mut self.rest).map_err(|e| e.to_string())?;
         let value = match wire_type {

@@ -18,6 +18,7 @@ mod conformance;
 mod consul_catalog;
 mod consul_kv;
 mod controller_kill;
+mod delta;
 mod docker;
 mod etcd;
 mod examples;

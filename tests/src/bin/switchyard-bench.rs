@@ -28,9 +28,11 @@ use anyhow::{Context, bail};
 use prost::Message;
 use switchyard_controller::{compile, provider::file::parse_file};
 use switchyard_shared::{
-    chunk::{self, Reassembler},
+    changes,
+    chunk::{self, Reassembled, Reassembler},
+    delta,
     pb::{self, control_plane_client::ControlPlaneClient, subscribe_request, subscribe_response},
-    snapshot::{EntryPoint, Snapshot},
+    snapshot::EntryPoint,
     version::encoded_version,
 };
 use tokio::sync::mpsc;
@@ -285,7 +287,9 @@ async fn subscribe(f: &Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One subscriber: Hello, then for every snapshot: reassemble → verify → decode → ACK.
+/// One subscriber: Hello, then for every snapshot: reassemble → verify → decode → ACK; for
+/// every delta: rebuild from the snapshot held → verify → find the changed objects (what a proxy
+/// patches its table from) → ACK.
 async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
     // The controller may still be starting: retry for a bounded while, like a proxy would.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -311,6 +315,7 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
             build_info: "switchyard-bench subscriber".into(),
             labels: Vec::new(),
             protocol: pb::PROTOCOL,
+            accepts_deltas: true,
         })),
     })
     .await?;
@@ -320,27 +325,37 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
         .context("subscribe refused")?
         .into_inner();
     let mut chunks = Reassembler::default();
-    let mut held: Option<Snapshot> = None;
+    // The snapshot held as received: the base of the next delta (a proxy reads it back from its
+    // state file). The decoded snapshot stands for the table a proxy would build from it.
+    let mut held: Option<Reassembled> = None;
     while let Some(message) = inbound.next().await {
         // Verified and decoded as the proxy does (subscriber.rs, runtime.rs): a chunked snapshot
         // by its received bytes, decoded straight into the domain snapshot.
         let (version, decoded) = match message?.kind {
-            Some(subscribe_response::Kind::Snapshot(s)) => {
-                chunk::verify(&s).map_err(anyhow::Error::msg)?;
-                let content = s.snapshot.context("snapshot without content")?;
-                (
-                    s.version,
-                    Snapshot::try_from(content).map_err(|e| e.to_string()),
-                )
-            }
             Some(subscribe_response::Kind::Chunk(c)) => match chunks.push(c) {
                 Ok(Some(r)) => match chunk::open(&r.version, &r.bytes) {
-                    Ok(opened) => (opened.version, Ok(opened.snapshot)),
+                    Ok(opened) => (opened.version, Ok(r)),
                     Err(e) => (r.version, Err(e)),
                 },
                 Ok(None) => continue,
                 Err(e) => bail!("{e}"),
             },
+            Some(subscribe_response::Kind::Delta(delta)) => {
+                let Some(base) = held.take() else {
+                    bail!("a delta arrived before any snapshot");
+                };
+                let rebuilt = delta::rebuild(&delta, &base.bytes).map_err(anyhow::Error::msg)?;
+                let checked =
+                    chunk::check(&rebuilt.version, &rebuilt.bytes).map_err(anyhow::Error::msg)?;
+                let base_content = chunk::content(&base.bytes).map_err(anyhow::Error::msg)?;
+                // What a proxy patches its table from (`Table::patch`): the objects that changed,
+                // decoded; the rest is compared, not decoded.
+                let changes =
+                    changes::between(base_content, &rebuilt.bytes[checked.content], usize::MAX)
+                        .context("the delta's snapshot is not comparable with its base")?;
+                drop(changes);
+                (rebuilt.version.clone(), Ok(rebuilt))
+            }
             _ => continue,
         };
         let reply = match decoded {

@@ -1,0 +1,170 @@
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::{
+    chunk::check,
+    rule::{Expr, Matcher},
+    snapshot::{LoadBalancer, Router, Server, Service, ServiceKind, Snapshot},
+    version::encoded_version,
+};
+
+/// Routers `r<i>` (on host `h<v>`) and services `s<i>` (on port `v`) for every present entry.
+fn content(routers: &[Option<u8>], services: &[Option<u8>]) -> Vec<u8> {
+    let snapshot = Snapshot {
+        routers: (0..)
+            .zip(routers)
+            .filter_map(|(i, v): (u32, _)| {
+                v.map(|v| {
+                    Arc::new(Router {
+                        name: format!("r{i:03}@file"),
+                        provider: "file".into(),
+                        entry_points: vec!["web".into()],
+                        rule: Expr::Matcher(Matcher::Host(format!("h{v}.test"))),
+                        priority: 10,
+                        middlewares: Vec::new(),
+                        service: "s000@file".into(),
+                        rule_text: format!("Host(`h{v}.test`)"),
+                        tls: None,
+                    })
+                })
+            })
+            .collect(),
+        services: (0..)
+            .zip(services)
+            .filter_map(|(i, v): (u32, _)| {
+                v.map(|v| Service {
+                    name: format!("s{i:03}@file"),
+                    kind: ServiceKind::LoadBalancer(LoadBalancer {
+                        servers: vec![Server {
+                            url: format!("http://127.0.0.1:{}", 8000 + u16::from(v)),
+                            weight: 1,
+                        }],
+                        pass_host_header: true,
+                    }),
+                })
+            })
+            .collect(),
+        ..Default::default()
+    };
+    snapshot.encode()
+}
+
+fn inserted(parts: &[pb::DeltaPart]) -> usize {
+    parts
+        .iter()
+        .map(|p| match &p.kind {
+            Some(Kind::Insert(bytes)) => bytes.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn side() -> impl Strategy<Value = (Vec<Option<u8>>, Vec<Option<u8>>)> {
+    (
+        proptest::collection::vec(proptest::option::of(0u8..4), 0..24),
+        proptest::collection::vec(proptest::option::of(0u8..4), 0..8),
+    )
+}
+
+proptest! {
+    /// Whatever the two snapshots, the delta rebuilds the new content byte for byte.
+    #[test]
+    fn a_delta_rebuilds_the_new_content_exactly(old in side(), new in side()) {
+        let (old, new) = (content(&old.0, &old.1), content(&new.0, &new.1));
+        let parts = diff(&old, &new, usize::MAX).expect("both parse");
+        prop_assert_eq!(apply(&old, &parts).expect("fits its base"), new);
+    }
+}
+
+#[test]
+fn one_changed_router_travels_alone() {
+    let mut routers = vec![Some(0u8); 1000];
+    let old = content(&routers, &[Some(1)]);
+    routers[500] = Some(1);
+    let new = content(&routers, &[Some(1)]);
+    let parts = diff(&old, &new, usize::MAX).expect("both parse");
+    // Routers 0..500 copied, router 500 inserted, routers 501.. and the service copied.
+    assert_eq!(parts.len(), 3, "{parts:?}");
+    assert!(matches!(
+        parts[0].kind,
+        Some(Kind::Copy(pb::FieldRun {
+            start: 0,
+            count: 500
+        }))
+    ));
+    assert!(matches!(
+        parts[2].kind,
+        Some(Kind::Copy(pb::FieldRun {
+            start: 501,
+            count: 500
+        }))
+    ));
+    let one_router = inserted(&parts);
+    assert!(one_router < 120, "{one_router} bytes inserted");
+    assert!(old.len() > 1000 * one_router / 2);
+    assert_eq!(apply(&old, &parts).expect("fits"), new);
+    // Over the budget: no delta.
+    assert_eq!(diff(&old, &new, one_router - 1), None);
+}
+
+#[test]
+fn a_delta_that_does_not_fit_its_base_is_refused_with_the_part() {
+    let old = content(&[Some(0), Some(1)], &[Some(0)]);
+    let copy = |start, count| pb::DeltaPart {
+        kind: Some(Kind::Copy(pb::FieldRun { start, count })),
+    };
+    assert_eq!(
+        apply(&old, &[copy(0, 2), copy(2, 2)]).unwrap_err(),
+        "delta part 1 copies fields 2..+2 of a base that has 3"
+    );
+    assert_eq!(
+        apply(&old, &[copy(u32::MAX, 2)]).unwrap_err(),
+        "delta part 0 copies fields 4294967295..+2 of a base that has 3"
+    );
+    assert!(apply(&old, &[copy(0, 0)]).is_err());
+    assert_eq!(
+        apply(&old, &[pb::DeltaPart { kind: None }]).unwrap_err(),
+        "delta part 0 is empty"
+    );
+    assert!(apply(&old[..old.len() - 1], &[copy(0, 1)]).is_err());
+}
+
+#[test]
+fn a_rebuilt_snapshot_is_checked_like_a_received_one() {
+    let versioned = |content: &[u8]| pb::VersionedSnapshot {
+        version: encoded_version(content),
+        generation: 3,
+        created_at_unix_ms: 1_700_000_000_000,
+        snapshot: None,
+    };
+    let old = content(&[Some(0), Some(1), Some(2)], &[Some(0)]);
+    let new = content(&[Some(0), Some(3), Some(2)], &[Some(0)]);
+    let base = chunk::encode_with_content(&versioned(&old), &old);
+    let header = versioned(&new);
+    let delta = pb::SnapshotDelta {
+        base_version: versioned(&old).version,
+        version: header.version.clone(),
+        generation: 4,
+        created_at_unix_ms: 1_700_000_000_001,
+        parts: diff(&old, &new, usize::MAX).expect("both parse"),
+    };
+    let rebuilt = rebuild(&delta, &base).expect("rebuilds");
+    assert_eq!(rebuilt.version, header.version);
+    let checked = check(&rebuilt.version, &rebuilt.bytes).expect("hashes to its version");
+    assert_eq!(checked.generation, 4);
+    assert_eq!(&rebuilt.bytes[checked.content], new.as_slice());
+    // Against another base, the same delta rebuilds content that fails the check.
+    let other = content(&[Some(1), Some(1), Some(2)], &[Some(0)]);
+    let wrong = rebuild(
+        &delta,
+        &chunk::encode_with_content(&versioned(&other), &other),
+    )
+    .expect("fits: same shape");
+    assert!(
+        check(&wrong.version, &wrong.bytes)
+            .unwrap_err()
+            .contains("does not match its content")
+    );
+}
