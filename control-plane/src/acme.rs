@@ -178,7 +178,7 @@ pub struct AcmeOutput {
 
 /// Adds the resolvers' certificates and challenges to a compiled snapshot (keeping the lists
 /// sorted, so the version stays a pure function of the content).
-pub fn merge(snapshot: &mut Snapshot, output: &AcmeOutput) {
+pub fn merge<R>(snapshot: &mut Snapshot<R>, output: &AcmeOutput) {
     if !output.certificates.is_empty() {
         snapshot
             .certificates
@@ -1020,7 +1020,7 @@ mod tests {
 
     #[test]
     fn merge_keeps_lists_sorted() {
-        let mut s = Snapshot::default();
+        let mut s: Snapshot = Snapshot::default();
         let out = AcmeOutput {
             http_challenges: vec![
                 AcmeHttpChallenge {

@@ -70,7 +70,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     // The last compile, re-published with fresh ACME certificates/challenges when those change.
-    let mut last: Option<(switchyard_shared::snapshot::Snapshot, Vec<Diagnostic>)> = None;
+    let mut last: Option<(switchyard_shared::snapshot::SharedSnapshot, Vec<Diagnostic>)> = None;
     let mut acme_output = acme_handle.as_ref().map(AcmeHandle::output);
     // Shared with the compile task: a compile copies no configuration.
     let mut configs: BTreeMap<String, Arc<DynamicConfig>> = BTreeMap::new();

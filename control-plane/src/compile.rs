@@ -15,7 +15,7 @@ use std::{
 
 use switchyard_shared::{
     rule::{MAX_USER_PRIORITY, default_priority},
-    snapshot::{EntryPoint, Middleware, Router, Service, Snapshot},
+    snapshot::{EntryPoint, Middleware, Router, Service, SharedSnapshot},
 };
 
 use crate::dynamic::{self, DynamicConfig};
@@ -116,7 +116,7 @@ pub fn qualify(reference: &str, provider: &str) -> String {
 pub fn compile(
     entry_points: &[EntryPoint],
     providers: &BTreeMap<String, impl Borrow<DynamicConfig>>,
-) -> (Snapshot, Vec<Diagnostic>) {
+) -> (SharedSnapshot, Vec<Diagnostic>) {
     Compiler::default().compile(entry_points, providers)
 }
 
@@ -177,7 +177,7 @@ impl Compiler {
         &mut self,
         entry_points: &[EntryPoint],
         providers: &BTreeMap<String, impl Borrow<DynamicConfig>>,
-    ) -> (Snapshot, Vec<Diagnostic>) {
+    ) -> (SharedSnapshot, Vec<Diagnostic>) {
         let mut diags = Vec::new();
         let mut entry_points = entry_points.to_vec();
         entry_points.sort_by(|a, b| a.name.cmp(&b.name));
@@ -270,7 +270,7 @@ impl Compiler {
         routers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         diags.sort();
         diags.dedup();
-        let snapshot = Snapshot {
+        let snapshot = SharedSnapshot {
             entry_points,
             routers,
             services: services.into_values().collect(),

@@ -2,12 +2,15 @@
 //! current one out through a `watch` channel. A snapshot whose version equals the current one is
 //! not published again.
 
-use std::sync::Arc;
+use std::{borrow::Borrow, sync::Arc};
 
 use prost::Message;
 
 use switchyard_shared::{
-    chunk, delta, pb, snapshot::Snapshot, time::now_unix_ms, version::encoded_version,
+    chunk, delta, pb,
+    snapshot::{Router, Snapshot},
+    time::now_unix_ms,
+    version::encoded_version,
 };
 use tokio::sync::watch;
 
@@ -72,7 +75,7 @@ impl Publisher {
 
     /// Versions and publishes a compiled snapshot unless it equals the current one (diagnostics
     /// are refreshed in any case).
-    pub fn publish(&self, snapshot: Snapshot, diagnostics: Vec<Diagnostic>) {
+    pub fn publish<R: Borrow<Router>>(&self, snapshot: Snapshot<R>, diagnostics: Vec<Diagnostic>) {
         let started = std::time::Instant::now();
         // Encoded once: hashed for the version, and chunked from the same bytes.
         let encoded = snapshot.encode();
@@ -175,11 +178,11 @@ mod tests {
     fn same_content_is_not_republished() {
         let (p, mut rx) = Publisher::new();
         rx.mark_unchanged();
-        p.publish(Snapshot::default(), vec![]);
+        p.publish(Snapshot::<Router>::default(), vec![]);
         assert!(rx.has_changed().unwrap());
         let first = rx.borrow_and_update().snapshot.clone();
         assert_eq!(first.generation, 1);
-        p.publish(Snapshot::default(), vec![]);
+        p.publish(Snapshot::<Router>::default(), vec![]);
         assert!(!rx.has_changed().unwrap());
         assert_eq!(rx.borrow().snapshot.version, first.version);
     }

@@ -172,7 +172,7 @@ impl TlsState {
 
 /// Host patterns of TLS routers with non-default options, per entry point. A host claimed by two
 /// different options falls back to `default` (Traefik logs a conflict and does the same).
-fn sni_options(routers: &[Arc<Router>]) -> HashMap<String, Vec<(String, String)>> {
+fn sni_options(routers: &[Router]) -> HashMap<String, Vec<(String, String)>> {
     let mut claims: HashMap<(String, String), Option<String>> = HashMap::new();
     for r in routers {
         let Some(tls) = &r.tls else { continue };

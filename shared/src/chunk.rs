@@ -310,7 +310,6 @@ mod tests {
                     rule_text: "x".repeat(200),
                     tls: None,
                 })
-                .map(std::sync::Arc::new)
                 .collect(),
             ..Default::default()
         }
@@ -333,7 +332,6 @@ mod tests {
         assert_eq!(out.created_at_unix_ms, sent.created_at_unix_ms);
         let mut served = domain(routers);
         for r in &mut served.routers {
-            let r = std::sync::Arc::make_mut(r);
             r.provider.clear();
             r.rule_text.clear();
         }

@@ -6,7 +6,7 @@ use prost::{
     Message,
     encoding::{WireType, encode_key, encode_varint},
 };
-use std::sync::Arc;
+use std::{borrow::Borrow, sync::Arc};
 
 use thiserror::Error;
 
@@ -16,13 +16,15 @@ use crate::{
     wire::{self, Value},
 };
 
-/// A compiled routing configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
+/// A compiled routing configuration. `R` is how a router is held: by value where a snapshot is
+/// decoded (a proxy: one flat list, freed at once), shared (`Arc<Router>`, [`SharedSnapshot`])
+/// where the controller reuses the routers of its previous compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot<R = Router> {
     /// Sorted by name.
     pub entry_points: Vec<EntryPoint>,
-    /// Sorted by name. Shared: a compile reuses the routers whose definition did not change.
-    pub routers: Vec<Arc<Router>>,
+    /// Sorted by name.
+    pub routers: Vec<R>,
     /// Sorted by name.
     pub services: Vec<Service>,
     /// Sorted by name.
@@ -37,6 +39,25 @@ pub struct Snapshot {
     pub http_challenges: Vec<AcmeHttpChallenge>,
     /// ACME TLS-ALPN-01 challenges in flight, sorted by domain.
     pub tls_challenges: Vec<AcmeTlsChallenge>,
+}
+
+/// A snapshot whose routers are shared with the controller's compile cache.
+pub type SharedSnapshot = Snapshot<Arc<Router>>;
+
+impl<R> Default for Snapshot<R> {
+    fn default() -> Self {
+        Self {
+            entry_points: Vec::new(),
+            routers: Vec::new(),
+            services: Vec::new(),
+            middlewares: Vec::new(),
+            certificates: Vec::new(),
+            tls_options: Vec::new(),
+            default_certificate: None,
+            http_challenges: Vec::new(),
+            tls_challenges: Vec::new(),
+        }
+    }
 }
 
 /// An HTTP-01 challenge: `GET /.well-known/acme-challenge/<token>` on `entry_point` answers
@@ -243,11 +264,11 @@ pub enum SnapshotError {
 /// Maximum nesting of a rule tree accepted from the wire (guards the proxy's stack).
 pub const MAX_RULE_DEPTH: usize = 64;
 
-impl From<&Snapshot> for pb::Snapshot {
-    fn from(s: &Snapshot) -> Self {
+impl<R: Borrow<Router>> From<&Snapshot<R>> for pb::Snapshot {
+    fn from(s: &Snapshot<R>) -> Self {
         pb::Snapshot {
             entry_points: s.entry_points.iter().map(entry_point_to_pb).collect(),
-            routers: s.routers.iter().map(|r| router_to_pb(r)).collect(),
+            routers: s.routers.iter().map(|r| router_to_pb(r.borrow())).collect(),
             services: s.services.iter().map(service_to_pb).collect(),
             middlewares: s.middlewares.iter().map(middleware_to_pb).collect(),
             certificates: s.certificates.iter().map(certificate_to_pb).collect(),
@@ -461,7 +482,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             routers: s
                 .routers
                 .into_iter()
-                .map(|r| router_from_pb(r).map(Arc::new))
+                .map(router_from_pb)
                 .collect::<Result<_, _>>()?,
             services: s
                 .services
@@ -494,7 +515,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
     }
 }
 
-impl Snapshot {
+impl<R: Borrow<Router>> Snapshot<R> {
     /// The encoding of `pb::Snapshot::from(self)`, byte for byte, without building that wire
     /// form first: routers (the bulk of a big snapshot) are written field by field from the domain
     /// type, every other element through its own wire form, one at a time. At 50 000 routers the
@@ -513,7 +534,7 @@ impl Snapshot {
             element(1, &mut buf, &|b| entry_point_to_pb(e).encode_raw(b));
         }
         for r in &self.routers {
-            element(2, &mut buf, &|b| encode_router(r, b));
+            element(2, &mut buf, &|b| encode_router(r.borrow(), b));
         }
         for s in &self.services {
             element(3, &mut buf, &|b| service_to_pb(s).encode_raw(b));
@@ -630,10 +651,10 @@ impl Snapshot {
                 1 => s
                     .entry_points
                     .push(entry_point_from_pb(element(number, value)?)?),
-                2 => s.routers.push(Arc::new(router_from_pb(match text {
+                2 => s.routers.push(router_from_pb(match text {
                     Text::Keep => element(number, value)?,
                     Text::Skip => element::<ServedRouter>(number, value)?.into(),
-                })?)),
+                })?),
                 3 => s.services.push(service_from_pb(element(number, value)?)?),
                 4 => s
                     .middlewares

@@ -24,7 +24,7 @@ fn eps() -> Vec<EntryPoint> {
     ]
 }
 
-fn compile_yaml(files: &[(&str, &str)]) -> (Snapshot, Vec<Diagnostic>) {
+fn compile_yaml(files: &[(&str, &str)]) -> (SharedSnapshot, Vec<Diagnostic>) {
     let mut providers = BTreeMap::new();
     for (provider, text) in files {
         let config = parse_file(std::path::Path::new("t.yml"), text).expect("valid yaml");

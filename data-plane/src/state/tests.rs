@@ -55,7 +55,7 @@ fn base() -> Snapshot {
             address: ":8080".into(),
             redirect: None,
         }],
-        routers: vec![Arc::new(router("r@file", "a@file", &["c@file"]))],
+        routers: vec![router("r@file", "a@file", &["c@file"])],
         services: vec![
             lb("a@file", &[1, 2]),
             lb("b@file", &[3]),
@@ -142,7 +142,7 @@ fn empty_service_picks_nothing() {
 #[test]
 fn broken_references_fail_with_the_object_name() {
     let mut s = base();
-    Arc::make_mut(&mut s.routers[0]).service = "ghost@file".into();
+    s.routers[0].service = "ghost@file".into();
     let err = Table::build(&versioned(&s, "v1"), None).unwrap_err();
     assert_eq!(err.to_string(), "router r@file: unknown service ghost@file");
 
@@ -299,7 +299,7 @@ mod patch {
                 {
                     r.service = "s0@file".into();
                 }
-                Some(Arc::new(r))
+                Some(r)
             })
             .collect();
         s
@@ -391,7 +391,7 @@ mod patch {
         let before = full(&old, None);
         // A TLS router: the SNI resolver is built from them.
         let mut tls = old.clone();
-        Arc::make_mut(&mut tls.routers[0]).tls = Some(RouterTls {
+        tls.routers[0].tls = Some(RouterTls {
             options: String::new(),
         });
         assert!(patched(&old, &before, &tls).is_none());
@@ -402,7 +402,7 @@ mod patch {
         assert!(Table::build(&versioned(&dangling, "v2"), Some(&before)).is_err());
         // A router naming a service that does not exist.
         let mut ghost = old.clone();
-        Arc::make_mut(&mut ghost.routers[0]).service = "ghost@file".into();
+        ghost.routers[0].service = "ghost@file".into();
         assert!(patched(&old, &before, &ghost).is_none());
         // A changed service while weighted services exist (they hold their children).
         let weighted = base();

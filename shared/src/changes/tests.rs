@@ -1,4 +1,4 @@
-use std::{collections::BTreeMap, sync::Arc};
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use prost::Message;
@@ -43,7 +43,7 @@ fn service(name: &str, port: u16) -> Service {
 /// A snapshot as the controller lays it out: every list sorted by name.
 fn snapshot(routers: Vec<Router>, services: Vec<Service>) -> Snapshot {
     let mut s = Snapshot {
-        routers: routers.into_iter().map(Arc::new).collect(),
+        routers,
         services,
         ..Default::default()
     };
@@ -57,8 +57,7 @@ fn encode(s: &Snapshot) -> Vec<u8> {
 }
 
 /// A router as [`Snapshot::decode_to_serve`] gives it back.
-fn served(r: &Router) -> Router {
-    let mut r = r.clone();
+fn served(mut r: Router) -> Router {
     r.provider.clear();
     r.rule_text.clear();
     r
@@ -88,17 +87,22 @@ fn added_removed_and_changed_objects_are_found_by_name() {
     let old = base();
     let mut new = base();
     new.routers.remove(0); // a: removed
-    Arc::make_mut(&mut new.routers[0]).rule = Expr::Matcher(Matcher::Host("b2.test".into())); // b: changed
-    new.routers
-        .push(Arc::new(router("d@file", "d.test", "u@file"))); // d: added
+    new.routers[0].rule = Expr::Matcher(Matcher::Host("b2.test".into())); // b: changed
+    new.routers.push(router("d@file", "d.test", "u@file")); // d: added
     new.services[1] = service("t@file", 3); // t: changed
     new.services.push(service("u@file", 4)); // u: added
     let changes = between(&encode(&old), &encode(&new), 10).expect("comparable");
     assert_eq!(
         changes,
         Changes {
-            routers_removed: vec![served(&old.routers[0]), served(&old.routers[1])],
-            routers_added: vec![served(&new.routers[0]), served(&new.routers[2])],
+            routers_removed: vec![
+                served(old.routers[0].clone()),
+                served(old.routers[1].clone())
+            ],
+            routers_added: vec![
+                served(new.routers[0].clone()),
+                served(new.routers[2].clone())
+            ],
             services_removed: vec!["t@file".into()],
             services_added: vec![new.services[1].clone(), new.services[2].clone()],
             router_count: 3,
@@ -139,10 +143,8 @@ fn a_change_elsewhere_is_not_described() {
 fn too_many_changes_or_lists_out_of_order_are_not_described() {
     let old = base();
     let mut new = base();
-    new.routers
-        .push(Arc::new(router("d@file", "d.test", "s@file")));
-    new.routers
-        .push(Arc::new(router("e@file", "e.test", "s@file")));
+    new.routers.push(router("d@file", "d.test", "s@file"));
+    new.routers.push(router("e@file", "e.test", "s@file"));
     let (old_bytes, new_bytes) = (encode(&old), encode(&new));
     assert!(between(&old_bytes, &new_bytes, 2).is_some());
     assert_eq!(between(&old_bytes, &new_bytes, 1), None);
@@ -158,7 +160,7 @@ fn too_many_changes_or_lists_out_of_order_are_not_described() {
     let mut twice = base();
     twice
         .routers
-        .insert(1, Arc::new(router("a@file", "x.test", "s@file")));
+        .insert(1, router("a@file", "x.test", "s@file"));
     assert_eq!(between(&old_bytes, &encode(&twice), 10), None);
 }
 
@@ -166,8 +168,7 @@ fn too_many_changes_or_lists_out_of_order_are_not_described() {
 fn malformed_content_is_not_described() {
     let old = encode(&base());
     let mut new = base();
-    new.routers
-        .push(Arc::new(router("d@file", "d.test", "s@file")));
+    new.routers.push(router("d@file", "d.test", "s@file"));
     let new = encode(&new);
     assert_eq!(between(&old, &new[..new.len() - 1], 10), None);
     // A router without a rule does not decode.
@@ -206,7 +207,7 @@ proptest! {
         let (old, new) = (build(&old), build(&new));
         let changes = between(&encode(&old), &encode(&new), usize::MAX).expect("comparable");
         let mut routers: BTreeMap<String, Router> =
-            old.routers.iter().map(|r| (r.name.clone(), served(r))).collect();
+            old.routers.into_iter().map(|r| (r.name.clone(), served(r))).collect();
         for r in &changes.routers_removed {
             let gone = routers.remove(&r.name);
             prop_assert_eq!(gone.as_ref(), Some(r));
@@ -214,7 +215,7 @@ proptest! {
         for r in changes.routers_added {
             prop_assert!(routers.insert(r.name.clone(), r).is_none());
         }
-        let expected: Vec<Router> = new.routers.iter().map(|r| served(r)).collect();
+        let expected: Vec<Router> = new.routers.into_iter().map(served).collect();
         prop_assert_eq!(changes.router_count, expected.len());
         prop_assert_eq!(routers.into_values().collect::<Vec<_>>(), expected);
         let mut services: BTreeMap<String, Service> =

@@ -96,7 +96,7 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
                     permanent: true,
                 }),
             }],
-            routers: routers.into_iter().map(Arc::new).collect(),
+            routers,
             services,
             middlewares,
             certificates: vec![Certificate {
@@ -136,7 +136,6 @@ proptest! {
         let mut snapshot = snapshot;
         // Defaults prost leaves out, and a default certificate.
         if let Some(r) = snapshot.routers.first_mut() {
-            let r = Arc::make_mut(r);
             r.priority = 0;
             r.provider.clear();
             r.rule_text.clear();
@@ -168,7 +167,6 @@ proptest! {
         let bytes = pb::Snapshot::from(&snapshot).encode_to_vec();
         let mut expected = snapshot;
         for r in &mut expected.routers {
-            let r = Arc::make_mut(r);
             r.provider.clear();
             r.rule_text.clear();
         }

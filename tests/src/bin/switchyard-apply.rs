@@ -8,7 +8,7 @@
 //! A binary of its own, not a `switchyard-bench` command: it must run on the proxy's allocator
 //! (glibc's), and `switchyard-bench` runs on mimalloc like the controller.
 
-use std::{process::ExitCode, sync::Arc, time::Instant};
+use std::{process::ExitCode, time::Instant};
 
 use anyhow::Context;
 use switchyard_proxy::state::{Table, patch_limit};
@@ -89,11 +89,11 @@ fn patch_rounds(bytes: &[u8], version: &str, rounds: usize) -> anyhow::Result<f6
     let mut extra = changed
         .routers
         .last()
-        .map(|r| (**r).clone())
+        .cloned()
         .context("no router to copy")?;
     extra.name = format!("zzz-added-{}", extra.name);
     extra.rule = Expr::Matcher(Matcher::Host("added.bench.test".into()));
-    changed.routers.push(Arc::new(extra));
+    changed.routers.push(extra);
     let changed = changed.encode();
     let header = pb::VersionedSnapshot {
         version: encoded_version(&changed),
