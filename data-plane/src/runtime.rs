@@ -121,23 +121,46 @@ impl BuildThread {
 /// from the state file (where they were persisted before it was served) rather than kept in
 /// memory: 4.6 MB at 50 000 routers, next to a table of ~45 MB. A state file that is missing,
 /// stale or corrupt (its content does not hash to the served version) means a full build.
+/// `base`: the served snapshot's content when the caller has it already, verified against its
+/// version (a delta's base); used only while that version is still the one served.
 fn patch(
     store: &Store,
     served: &Table,
     checked: &chunk::Checked,
     content: &[u8],
+    base: Option<&Base>,
 ) -> Option<(Table, changes::Changes)> {
     if served.version.is_empty() {
         return None;
     }
-    let old = store.current_payload().ok()?;
-    let old_checked = chunk::check(&served.version, &old).ok()?;
-    let old_content = old.get(old_checked.content)?;
+    let read;
+    let old_content = match base.filter(|b| b.version == served.version) {
+        Some(base) => base.payload.get(base.content.clone())?,
+        None => {
+            read = store.current_payload().ok()?;
+            let old_checked = chunk::check(&served.version, &read).ok()?;
+            read.get(old_checked.content)?
+        }
+    };
     let limit = state::patch_limit(served.router_count);
     let changes = changes::between(old_content, content, limit)?;
-    drop(old);
     let table = served.patch(checked.version.clone(), checked.generation, &changes)?;
     Some((table, changes))
+}
+
+/// The served snapshot as persisted (an encoded `VersionedSnapshot`), its content verified against
+/// `version`.
+struct Base {
+    version: String,
+    payload: Vec<u8>,
+    content: std::ops::Range<usize>,
+}
+
+/// A snapshot rebuilt from a delta: verified, with the base it was rebuilt from.
+pub struct Rebuilt {
+    pub received: Reassembled,
+    checked: chunk::Checked,
+    base: Base,
 }
 
 /// A table built by the build thread, with what it leaves to free on that thread once the new
@@ -252,9 +275,10 @@ impl Runtime {
     }
 
     /// Rebuilds the snapshot a delta describes from the one served (read back from the state
-    /// file, which holds it) and checks that the result hashes to the announced version. An error
-    /// asks for the snapshot whole (`Resync`); it does not reject it.
-    pub async fn rebuild_delta(&self, delta: pb::SnapshotDelta) -> Result<Reassembled, String> {
+    /// file, which holds it, and checked against the served version) and checks that the result
+    /// hashes to the announced version; the apply then neither reads nor hashes either again. An
+    /// error asks for the snapshot whole (`Resync`); it does not reject it.
+    pub async fn rebuild_delta(&self, delta: pb::SnapshotDelta) -> Result<Rebuilt, String> {
         let held = self.version();
         if delta.base_version != held {
             return Err(format!(
@@ -265,12 +289,22 @@ impl Runtime {
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            let base = store
+            let payload = store
                 .current_payload()
                 .map_err(|e| format!("the snapshot served cannot be read back: {e}"))?;
-            let rebuilt = delta::rebuild(&delta, &base)?;
-            chunk::check(&rebuilt.version, &rebuilt.bytes)?;
-            Ok(rebuilt)
+            let base_checked = chunk::check(&held, &payload)
+                .map_err(|e| format!("the state file does not hold the snapshot served: {e}"))?;
+            let received = delta::rebuild(&delta, &payload)?;
+            let checked = chunk::check(&received.version, &received.bytes)?;
+            Ok(Rebuilt {
+                received,
+                checked,
+                base: Base {
+                    version: held,
+                    payload,
+                    content: base_checked.content,
+                },
+            })
         })
         .await
         .map_err(|e| format!("rebuilding the delta failed: {e}"))?
@@ -282,14 +316,36 @@ impl Runtime {
     /// one only in a few routers and services, just those are decoded and the table is patched
     /// ([`Table::patch`]); otherwise the whole snapshot is decoded and built.
     pub async fn apply_received(&self, received: Reassembled) -> Result<(), String> {
+        self.apply_encoded(received, None).await
+    }
+
+    /// [`Runtime::apply_received`] for a snapshot rebuilt from a delta, already verified.
+    pub async fn apply_rebuilt(&self, rebuilt: Rebuilt) -> Result<(), String> {
+        let Rebuilt {
+            received,
+            checked,
+            base,
+        } = rebuilt;
+        self.apply_encoded(received, Some((checked, base))).await
+    }
+
+    async fn apply_encoded(
+        &self,
+        received: Reassembled,
+        verified: Option<(chunk::Checked, Base)>,
+    ) -> Result<(), String> {
         let Reassembled { version, bytes } = received;
         let bytes = Arc::new(bytes);
         let encoded = Arc::clone(&bytes);
         let store = self.store.clone();
         self.apply_with(Some(encoded), Source::Controller, move |previous| {
-            let checked = chunk::check(&version, &bytes)?;
+            let (checked, base) = match verified {
+                Some((checked, base)) => (checked, Some(base)),
+                None => (chunk::check(&version, &bytes)?, None),
+            };
             let content = bytes.get(checked.content.clone()).unwrap_or_default();
-            let patched = patch(&store, previous, &checked, content);
+            let patched = patch(&store, previous, &checked, content, base.as_ref());
+            drop(base);
             if let Some((table, changes)) = patched {
                 let changed = changes
                     .routers_added

@@ -16,7 +16,7 @@ use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 
 use crate::{
     join::{ChannelSecurity, status_text},
-    runtime::{Runtime, Source},
+    runtime::{Rebuilt, Runtime, Source},
 };
 
 /// Largest snapshot message accepted (see the controller's limit).
@@ -119,7 +119,7 @@ async fn session(
                 let version = delta.version.clone();
                 runtime.with_status(|s| s.deltas_received += 1);
                 match runtime.rebuild_delta(delta).await {
-                    Ok(rebuilt) => Ok(Received::Chunks(rebuilt)),
+                    Ok(rebuilt) => Ok(Received::Rebuilt(Box::new(rebuilt))),
                     Err(reason) => {
                         runtime.with_status(|s| {
                             s.snapshots_received += 1;
@@ -159,6 +159,7 @@ async fn session(
                             runtime.apply(*snapshot, Source::Controller).await
                         }
                         Received::Chunks(reassembled) => runtime.apply_received(reassembled).await,
+                        Received::Rebuilt(rebuilt) => runtime.apply_rebuilt(*rebuilt).await,
                     };
                     match applied {
                         Ok(()) => {
@@ -183,6 +184,8 @@ enum Received {
     Whole(Box<pb::VersionedSnapshot>),
     /// Reassembled chunks, verified and decoded when applied.
     Chunks(Reassembled),
+    /// A delta rebuilt from the snapshot served, already verified.
+    Rebuilt(Box<Rebuilt>),
 }
 
 impl Received {
@@ -190,6 +193,7 @@ impl Received {
         match self {
             Received::Whole(snapshot) => &snapshot.version,
             Received::Chunks(reassembled) => &reassembled.version,
+            Received::Rebuilt(rebuilt) => &rebuilt.received.version,
         }
     }
 }

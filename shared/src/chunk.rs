@@ -87,11 +87,19 @@ pub fn split(version: &str, bytes: bytes::Bytes) -> Vec<pb::SubscribeResponse> {
 /// The encoding of `header` with `content` (an encoded `Snapshot`) as its content field: the same
 /// bytes as encoding the whole `VersionedSnapshot`, since the content is its last field.
 pub fn encode_with_content(header: &pb::VersionedSnapshot, content: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(header.encoded_len() + 16 + content.len());
+    encode_with_pieces(header, &[content])
+}
+
+/// [`encode_with_content`] of the content that is the concatenation of `pieces`, written once.
+pub(crate) fn encode_with_pieces(header: &pb::VersionedSnapshot, pieces: &[&[u8]]) -> Vec<u8> {
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut buf = Vec::with_capacity(header.encoded_len() + 16 + len);
     header.encode_raw(&mut buf);
     encode_key(CONTENT_FIELD, WireType::LengthDelimited, &mut buf);
-    encode_varint(content.len() as u64, &mut buf);
-    buf.extend_from_slice(content);
+    encode_varint(len as u64, &mut buf);
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+    }
     buf
 }
 

@@ -58,8 +58,13 @@ pub fn diff(base: &[u8], new: &[u8], max_inserted: usize) -> Option<Vec<pb::Delt
 
 /// The content `parts` describe, rebuilt from `base`. Errors name the part that does not fit.
 pub fn apply(base: &[u8], parts: &[pb::DeltaPart]) -> Result<Vec<u8>, String> {
+    Ok(pieces(base, parts)?.concat())
+}
+
+/// The slices of `base` and of `parts` whose concatenation is the content `parts` describe.
+fn pieces<'a>(base: &'a [u8], parts: &'a [pb::DeltaPart]) -> Result<Vec<&'a [u8]>, String> {
     let fields = field_spans(base).map_err(|e| format!("base snapshot: {e}"))?;
-    let mut out = Vec::with_capacity(base.len());
+    let mut out = Vec::with_capacity(parts.len());
     for (n, part) in parts.iter().enumerate() {
         match &part.kind {
             Some(Kind::Copy(run)) => {
@@ -78,9 +83,9 @@ pub fn apply(base: &[u8], parts: &[pb::DeltaPart]) -> Result<Vec<u8>, String> {
                     ));
                 };
                 // A run of fields is one range of the base: fields are contiguous.
-                out.extend_from_slice(&base[first.start..last.end]);
+                out.push(&base[first.start..last.end]);
             }
-            Some(Kind::Insert(bytes)) => out.extend_from_slice(bytes),
+            Some(Kind::Insert(bytes)) => out.push(bytes.as_slice()),
             None => return Err(format!("delta part {n} is empty")),
         }
     }
@@ -92,7 +97,8 @@ pub fn apply(base: &[u8], parts: &[pb::DeltaPart]) -> Result<Vec<u8>, String> {
 /// apply checks the rebuilt content against `delta.version`, like any received snapshot.
 pub fn rebuild(delta: &pb::SnapshotDelta, base: &[u8]) -> Result<Reassembled, String> {
     let base_content = chunk::content(base)?;
-    let content = apply(base_content, &delta.parts)?;
+    // Written once, straight into the encoded `VersionedSnapshot`.
+    let pieces = pieces(base_content, &delta.parts)?;
     let header = pb::VersionedSnapshot {
         version: delta.version.clone(),
         generation: delta.generation,
@@ -101,7 +107,7 @@ pub fn rebuild(delta: &pb::SnapshotDelta, base: &[u8]) -> Result<Reassembled, St
     };
     Ok(Reassembled {
         version: delta.version.clone(),
-        bytes: chunk::encode_with_content(&header, &content),
+        bytes: chunk::encode_with_pieces(&header, &pieces),
     })
 }
 
