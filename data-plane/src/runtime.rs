@@ -117,50 +117,49 @@ impl BuildThread {
 }
 
 /// The table for `content` (the encoded snapshot `checked`) patched from `served`, when the two
-/// snapshots differ only in a few routers and services. The served snapshot's bytes are read back
-/// from the state file (where they were persisted before it was served) rather than kept in
-/// memory: 4.6 MB at 50 000 routers, next to a table of ~45 MB. A state file that is missing,
-/// stale or corrupt (its content does not hash to the served version) means a full build.
-/// `base`: the served snapshot's content when the caller has it already, verified against its
-/// version (a delta's base); used only while that version is still the one served.
+/// snapshots differ only in a few routers and services. A snapshot rebuilt from a delta against
+/// the version served says what changed itself (`delta`); otherwise the served snapshot's bytes are
+/// read back from the state file (where they were persisted before it was served) rather than
+/// kept in memory — 4.6 MB at 50 000 routers, next to a table of ~45 MB — and compared with the
+/// new ones. A state file that is missing, stale or corrupt (its content does not hash to the
+/// served version) means a full build.
 fn patch(
     store: &Store,
     served: &Table,
     checked: &chunk::Checked,
     content: &[u8],
-    base: Option<&Base>,
+    delta: Option<DeltaChanges>,
 ) -> Option<(Table, changes::Changes)> {
     if served.version.is_empty() {
         return None;
     }
-    let read;
-    let old_content = match base.filter(|b| b.version == served.version) {
-        Some(base) => base.payload.get(base.content.clone())?,
+    let changes = match delta.filter(|d| d.base_version == served.version) {
+        Some(delta) => delta.changes?,
         None => {
-            read = store.current_payload().ok()?;
+            let read = store.current_payload().ok()?;
             let old_checked = chunk::check(&served.version, &read).ok()?;
-            read.get(old_checked.content)?
+            let old_content = read.get(old_checked.content)?;
+            let limit = state::patch_limit(served.router_count);
+            changes::between(old_content, content, limit)?
         }
     };
-    let limit = state::patch_limit(served.router_count);
-    let changes = changes::between(old_content, content, limit)?;
     let table = served.patch(checked.version.clone(), checked.generation, &changes)?;
     Some((table, changes))
 }
 
-/// The served snapshot as persisted (an encoded `VersionedSnapshot`), its content verified against
-/// `version`.
-struct Base {
-    version: String,
-    payload: Vec<u8>,
-    content: std::ops::Range<usize>,
+/// What a delta changed, read from its parts once the snapshot it rebuilt was verified.
+struct DeltaChanges {
+    /// The version the delta was made against: the changes hold for a table of that version.
+    base_version: String,
+    /// `None`: more than a table patch (see [`changes::between`]).
+    changes: Option<changes::Changes>,
 }
 
-/// A snapshot rebuilt from a delta: verified, with the base it was rebuilt from.
+/// A snapshot rebuilt from a delta: verified, with what it changed.
 pub struct Rebuilt {
     pub received: Reassembled,
     checked: chunk::Checked,
-    base: Base,
+    delta: DeltaChanges,
 }
 
 /// A table built by the build thread, with what it leaves to free on that thread once the new
@@ -275,11 +274,13 @@ impl Runtime {
     }
 
     /// Rebuilds the snapshot a delta describes from the one served (read back from the state
-    /// file, which holds it, and checked against the served version) and checks that the result
-    /// hashes to the announced version; the apply then neither reads nor hashes either again. An
-    /// error asks for the snapshot whole (`Resync`); it does not reject it.
+    /// file, which holds it, and checked against the served version), checks that the result
+    /// hashes to the announced version, and reads the routers and services it changes from the
+    /// delta; the apply then neither reads nor hashes anything again, nor compares the two
+    /// snapshots. An error asks for the snapshot whole (`Resync`); it does not reject it.
     pub async fn rebuild_delta(&self, delta: pb::SnapshotDelta) -> Result<Rebuilt, String> {
-        let held = self.version();
+        let served = self.table.load_full();
+        let held = served.version.clone();
         if delta.base_version != held {
             return Err(format!(
                 "the delta is against {}; this proxy serves {}",
@@ -287,22 +288,25 @@ impl Runtime {
                 if held.is_empty() { "nothing" } else { &held }
             ));
         }
+        let limit = state::patch_limit(served.router_count);
+        drop(served);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let payload = store
                 .current_payload()
                 .map_err(|e| format!("the snapshot served cannot be read back: {e}"))?;
-            let base_checked = chunk::check(&held, &payload)
+            chunk::check(&held, &payload)
                 .map_err(|e| format!("the state file does not hold the snapshot served: {e}"))?;
-            let received = delta::rebuild(&delta, &payload)?;
+            let base = delta::Base::of(&payload)?;
+            let received = base.rebuild(&delta)?;
             let checked = chunk::check(&received.version, &received.bytes)?;
+            let changes = base.changes(&delta.parts, limit);
             Ok(Rebuilt {
                 received,
                 checked,
-                base: Base {
-                    version: held,
-                    payload,
-                    content: base_checked.content,
+                delta: DeltaChanges {
+                    base_version: held,
+                    changes,
                 },
             })
         })
@@ -324,28 +328,27 @@ impl Runtime {
         let Rebuilt {
             received,
             checked,
-            base,
+            delta,
         } = rebuilt;
-        self.apply_encoded(received, Some((checked, base))).await
+        self.apply_encoded(received, Some((checked, delta))).await
     }
 
     async fn apply_encoded(
         &self,
         received: Reassembled,
-        verified: Option<(chunk::Checked, Base)>,
+        verified: Option<(chunk::Checked, DeltaChanges)>,
     ) -> Result<(), String> {
         let Reassembled { version, bytes } = received;
         let bytes = Arc::new(bytes);
         let encoded = Arc::clone(&bytes);
         let store = self.store.clone();
         self.apply_with(Some(encoded), Source::Controller, move |previous| {
-            let (checked, base) = match verified {
-                Some((checked, base)) => (checked, Some(base)),
+            let (checked, delta) = match verified {
+                Some((checked, delta)) => (checked, Some(delta)),
                 None => (chunk::check(&version, &bytes)?, None),
             };
             let content = bytes.get(checked.content.clone()).unwrap_or_default();
-            let patched = patch(&store, previous, &checked, content, base.as_ref());
-            drop(base);
+            let patched = patch(&store, previous, &checked, content, delta);
             if let Some((table, changes)) = patched {
                 let changed = changes
                     .routers_added

@@ -9,6 +9,8 @@
 use std::cmp::Ordering;
 
 use crate::{
+    delta::{self, Field},
+    pb::{self, delta_part::Kind},
     snapshot::{self, Router, Service, SnapshotError},
     wire::{self, Value},
 };
@@ -61,6 +63,123 @@ pub fn between(old: &[u8], new: &[u8], max_changed: usize) -> Option<Changes> {
         &new.services,
         max_changed.checked_sub(routers.len())?,
     )?;
+    decoded(routers, services, new.routers.len())
+}
+
+/// The changes a delta makes to its base: `base` is the base's content and `fields` its top-level
+/// fields, `parts` the delta. The base's routers and services that no part copies are the removed
+/// (or changed) ones, those the parts insert the added (or changed) ones — [`between`] the base
+/// and the rebuilt content, read from the parts instead of comparing the two contents element by
+/// element. Call it only once the rebuilt content is verified against its version.
+///
+/// `None` where `between` would say so, and also when the parts do what a diff never does (copy a
+/// field twice, insert or reorder a field that is not a router or service), so `None` is never
+/// wrong here either. The base's lists are taken to be in strict name order — it is a snapshot
+/// served, verified against the version the controller published — and the new content's order
+/// is checked only where it can differ from the base's: where copied runs and inserted elements
+/// meet.
+pub(crate) fn of_delta(
+    base: &[u8],
+    fields: &[Field],
+    parts: &[pb::DeltaPart],
+    max_changed: usize,
+) -> Option<Changes> {
+    let mut copied = vec![false; fields.len()];
+    // The base's other fields, which the new content must copy, all of them and in order.
+    let mut rest =
+        (0..fields.len()).filter(|&i| !matches!(fields[i].number, ROUTERS_FIELD | SERVICES_FIELD));
+    let mut routers = Pairing::default();
+    let mut services = Pairing::default();
+    // The last name seen in each list of the new content.
+    let mut last: [Option<&str>; 2] = [None, None];
+    let mut router_count = 0usize;
+    let list = |number: u32| match number {
+        ROUTERS_FIELD => Some(0),
+        SERVICES_FIELD => Some(1),
+        _ => None,
+    };
+    for part in parts {
+        match part.kind.as_ref()? {
+            Kind::Copy(run) => {
+                let run = delta::run_fields(run, fields.len())?;
+                for i in run.clone() {
+                    if std::mem::replace(&mut copied[i], true) {
+                        return None;
+                    }
+                    let field = &fields[i];
+                    let Some(l) = list(field.number) else {
+                        if rest.next() != Some(i) {
+                            return None;
+                        }
+                        continue;
+                    };
+                    router_count += usize::from(l == 0);
+                    // Inside a run, consecutive elements of one list keep the base's order: only
+                    // the first of a stretch is compared with what precedes it, and the last one's
+                    // name is remembered.
+                    let same = |j: usize| run.contains(&j) && fields[j].number == field.number;
+                    let (first, final_) = (!i.checked_sub(1).is_some_and(same), !same(i + 1));
+                    if first || final_ {
+                        let current = element_name(base, field)?;
+                        if first && last[l] >= Some(current) {
+                            return None;
+                        }
+                        if final_ {
+                            last[l] = Some(current);
+                        }
+                    }
+                }
+            }
+            Kind::Insert(bytes) => {
+                for field in wire::fields(bytes) {
+                    let (number, Value::Bytes(element)) = field.ok()? else {
+                        return None;
+                    };
+                    let l = list(number)?;
+                    let current = name(element)?;
+                    if last[l] >= Some(current) {
+                        return None;
+                    }
+                    last[l] = Some(current);
+                    router_count += usize::from(l == 0);
+                    [&mut routers, &mut services][l].added.push(element);
+                }
+            }
+        }
+    }
+    if rest.next().is_some() {
+        return None;
+    }
+    for (field, _) in fields.iter().zip(&copied).filter(|(_, copied)| !**copied) {
+        let element = element_bytes(base, field)?;
+        match field.number {
+            ROUTERS_FIELD => routers.removed.push(element),
+            _ => services.removed.push(element),
+        }
+    }
+    if routers.len() > max_changed || services.len() > max_changed.checked_sub(routers.len())? {
+        return None;
+    }
+    decoded(routers, services, router_count)
+}
+
+/// An element of a list field of `content`: its bytes without the key and length.
+fn element_bytes<'a>(content: &'a [u8], field: &Field) -> Option<&'a [u8]> {
+    match wire::fields(content.get(field.span.clone())?)
+        .next()?
+        .ok()?
+    {
+        (_, Value::Bytes(element)) => Some(element),
+        _ => None,
+    }
+}
+
+fn element_name<'a>(content: &'a [u8], field: &Field) -> Option<&'a str> {
+    name(element_bytes(content, field)?)
+}
+
+/// The changes, with the changed elements decoded.
+fn decoded(routers: Pairing<'_>, services: Pairing<'_>, router_count: usize) -> Option<Changes> {
     let decode_routers = |list: &[&[u8]]| -> Result<Vec<Router>, SnapshotError> {
         list.iter()
             .map(|b| snapshot::decode_router_to_serve(b))
@@ -80,7 +199,7 @@ pub fn between(old: &[u8], new: &[u8], max_changed: usize) -> Option<Changes> {
             .map(|b| snapshot::decode_service(b))
             .collect::<Result<_, _>>()
             .ok()?,
-        router_count: new.routers.len(),
+        router_count,
     })
 }
 
@@ -111,6 +230,7 @@ impl<'a> Fields<'a> {
 }
 
 /// Two name-ordered lists of encoded elements matched by name.
+#[derive(Default)]
 struct Pairing<'a> {
     removed: Vec<&'a [u8]>,
     added: Vec<&'a [u8]>,

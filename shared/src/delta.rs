@@ -10,6 +10,7 @@
 use std::{collections::HashMap, ops::Range};
 
 use crate::{
+    changes::{self, Changes},
     chunk::{self, Reassembled},
     pb::{self, delta_part::Kind},
     wire,
@@ -19,18 +20,18 @@ use crate::{
 /// more than `max_inserted` bytes would have to travel as they are (a whole snapshot is then
 /// cheaper to handle) or either side does not parse.
 pub fn diff(base: &[u8], new: &[u8], max_inserted: usize) -> Option<Vec<pb::DeltaPart>> {
-    let base_fields = field_spans(base).ok()?;
-    let new_fields = field_spans(new).ok()?;
+    let base_fields = fields(base).ok()?;
+    let new_fields = fields(new).ok()?;
     // Each distinct field of the base by its bytes (the first, should two be equal: either
     // rebuilds the same bytes).
     let mut index: HashMap<&[u8], u32> = HashMap::with_capacity(base_fields.len());
-    for (i, span) in (0u32..).zip(&base_fields) {
-        index.entry(&base[span.clone()]).or_insert(i);
+    for (i, field) in (0u32..).zip(&base_fields) {
+        index.entry(&base[field.span.clone()]).or_insert(i);
     }
     let mut parts: Vec<pb::DeltaPart> = Vec::new();
     let mut inserted = 0usize;
-    for span in new_fields {
-        let bytes = &new[span];
+    for field in new_fields {
+        let bytes = &new[field.span];
         match (
             index.get(bytes),
             parts.last_mut().and_then(|p| p.kind.as_mut()),
@@ -58,71 +59,118 @@ pub fn diff(base: &[u8], new: &[u8], max_inserted: usize) -> Option<Vec<pb::Delt
 
 /// The content `parts` describe, rebuilt from `base`. Errors name the part that does not fit.
 pub fn apply(base: &[u8], parts: &[pb::DeltaPart]) -> Result<Vec<u8>, String> {
-    Ok(pieces(base, parts)?.concat())
-}
-
-/// The slices of `base` and of `parts` whose concatenation is the content `parts` describe.
-fn pieces<'a>(base: &'a [u8], parts: &'a [pb::DeltaPart]) -> Result<Vec<&'a [u8]>, String> {
-    let fields = field_spans(base).map_err(|e| format!("base snapshot: {e}"))?;
-    let mut out = Vec::with_capacity(parts.len());
-    for (n, part) in parts.iter().enumerate() {
-        match &part.kind {
-            Some(Kind::Copy(run)) => {
-                let first = usize::try_from(run.start).unwrap_or(usize::MAX);
-                let last = usize::try_from(run.count)
-                    .ok()
-                    .and_then(|count| (first.checked_add(count)?).checked_sub(1));
-                let (Some(first), Some(last)) =
-                    (fields.get(first), last.and_then(|l| fields.get(l)))
-                else {
-                    return Err(format!(
-                        "delta part {n} copies fields {}..+{} of a base that has {}",
-                        run.start,
-                        run.count,
-                        fields.len()
-                    ));
-                };
-                // A run of fields is one range of the base: fields are contiguous.
-                out.push(&base[first.start..last.end]);
-            }
-            Some(Kind::Insert(bytes)) => out.push(bytes.as_slice()),
-            None => return Err(format!("delta part {n} is empty")),
-        }
-    }
-    Ok(out)
+    Ok(Base::of_content(base)?.pieces(parts)?.concat())
 }
 
 /// The snapshot a delta describes, as if its chunks had been received: `base` is the encoded
 /// `VersionedSnapshot` the delta was made against (a proxy's state file). Not verified here: the
 /// apply checks the rebuilt content against `delta.version`, like any received snapshot.
 pub fn rebuild(delta: &pb::SnapshotDelta, base: &[u8]) -> Result<Reassembled, String> {
-    let base_content = chunk::content(base)?;
-    // Written once, straight into the encoded `VersionedSnapshot`.
-    let pieces = pieces(base_content, &delta.parts)?;
-    let header = pb::VersionedSnapshot {
-        version: delta.version.clone(),
-        generation: delta.generation,
-        created_at_unix_ms: delta.created_at_unix_ms,
-        snapshot: None,
-    };
-    Ok(Reassembled {
-        version: delta.version.clone(),
-        bytes: chunk::encode_with_pieces(&header, &pieces),
-    })
+    Base::of(base)?.rebuild(delta)
 }
 
-/// The byte range of every top-level field of an encoded message, key included, in order.
-fn field_spans(bytes: &[u8]) -> Result<Vec<Range<usize>>, String> {
-    let mut spans = Vec::new();
-    let mut fields = wire::fields(bytes);
+/// The snapshot a delta is made against, split into its top-level fields once: for the rebuild,
+/// and for the changes a proxy patches its table with.
+pub struct Base<'a> {
+    content: &'a [u8],
+    fields: Vec<Field>,
+}
+
+impl<'a> Base<'a> {
+    /// `versioned`: the encoded `VersionedSnapshot` held (a proxy's state file).
+    pub fn of(versioned: &'a [u8]) -> Result<Self, String> {
+        Self::of_content(chunk::content(versioned)?)
+    }
+
+    fn of_content(content: &'a [u8]) -> Result<Self, String> {
+        Ok(Self {
+            content,
+            fields: fields(content).map_err(|e| format!("base snapshot: {e}"))?,
+        })
+    }
+
+    /// The snapshot `delta` describes: see [`rebuild`].
+    pub fn rebuild(&self, delta: &pb::SnapshotDelta) -> Result<Reassembled, String> {
+        // Written once, straight into the encoded `VersionedSnapshot`.
+        let pieces = self.pieces(&delta.parts)?;
+        let header = pb::VersionedSnapshot {
+            version: delta.version.clone(),
+            generation: delta.generation,
+            created_at_unix_ms: delta.created_at_unix_ms,
+            snapshot: None,
+        };
+        Ok(Reassembled {
+            version: delta.version.clone(),
+            bytes: chunk::encode_with_pieces(&header, &pieces),
+        })
+    }
+
+    /// The routers and services `parts` change (see [`changes::of_delta`]): what
+    /// [`changes::between`] finds by comparing the base with the rebuilt content, read from the
+    /// parts instead. Meaningful only once the rebuilt content has been verified.
+    pub fn changes(&self, parts: &[pb::DeltaPart], max_changed: usize) -> Option<Changes> {
+        changes::of_delta(self.content, &self.fields, parts, max_changed)
+    }
+
+    /// The slices of the base and of `parts` whose concatenation is the content `parts` describe.
+    fn pieces<'p>(&self, parts: &'p [pb::DeltaPart]) -> Result<Vec<&'p [u8]>, String>
+    where
+        'a: 'p,
+    {
+        let mut out = Vec::with_capacity(parts.len());
+        for (n, part) in parts.iter().enumerate() {
+            match &part.kind {
+                Some(Kind::Copy(run)) => {
+                    let Some(range) = run_fields(run, self.fields.len()) else {
+                        return Err(format!(
+                            "delta part {n} copies fields {}..+{} of a base that has {}",
+                            run.start,
+                            run.count,
+                            self.fields.len()
+                        ));
+                    };
+                    // A run of fields is one range of the base: fields are contiguous.
+                    let (first, last) = (&self.fields[range.start], &self.fields[range.end - 1]);
+                    out.push(&self.content[first.span.start..last.span.end]);
+                }
+                Some(Kind::Insert(bytes)) => out.push(bytes.as_slice()),
+                None => return Err(format!("delta part {n} is empty")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The indices of the base's fields a copy part names, when it names at least one and all exist
+/// among `len`.
+pub(crate) fn run_fields(run: &pb::FieldRun, len: usize) -> Option<Range<usize>> {
+    let start = usize::try_from(run.start).ok()?;
+    let end = start.checked_add(usize::try_from(run.count).ok()?)?;
+    (start < end && end <= len).then_some(start..end)
+}
+
+/// One top-level field of an encoded message: its number and its bytes' range, key included.
+pub(crate) struct Field {
+    pub(crate) number: u32,
+    pub(crate) span: Range<usize>,
+}
+
+/// Every top-level field of an encoded message, in order.
+fn fields(bytes: &[u8]) -> Result<Vec<Field>, String> {
+    // A router or service takes ~90 bytes: room for all without regrowing, dropped after use.
+    let mut out = Vec::with_capacity(bytes.len() / 64);
+    let mut walk = wire::fields(bytes);
     let mut start = 0;
-    while let Some(field) = fields.next() {
-        field?;
-        let end = bytes.len() - fields.remaining();
-        spans.push(start..end);
+    while let Some(field) = walk.next() {
+        let (number, _) = field?;
+        let end = bytes.len() - walk.remaining();
+        out.push(Field {
+            number,
+            span: start..end,
+        });
         start = end;
     }
-    Ok(spans)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 //! finds the content it hashes inside a `VersionedSnapshot`, and how a snapshot is decoded one
 //! list element at a time ([`crate::snapshot::Snapshot::decode`]).
 
-use prost::encoding::{WireType, decode_key, decode_varint};
-
 /// One field's value as it is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Value<'a> {
@@ -31,14 +29,22 @@ impl<'a> Fields<'a> {
     }
 
     fn next_field(&mut self) -> Result<(u32, Value<'a>), String> {
-        let (field, wire_type) = decode_key(&mut self.rest).map_err(|e| e.to_string())?;
-        let value = match wire_type {
-            WireType::Varint => Value::Varint(
-                decode_varint(&mut self.rest).map_err(|e| format!("field {field}: {e}"))?,
+        let key = self
+            .varint()
+            .ok_or("a field key is truncated or too long")?;
+        let field = u32::try_from(key >> 3)
+            .ok()
+            .filter(|f| (1..=MAX_FIELD).contains(f))
+            .ok_or_else(|| format!("invalid field number {}", key >> 3))?;
+        let value = match key & 7 {
+            0 => Value::Varint(
+                self.varint()
+                    .ok_or_else(|| format!("field {field}: invalid varint"))?,
             ),
-            WireType::LengthDelimited => {
-                let len =
-                    decode_varint(&mut self.rest).map_err(|e| format!("field {field}: {e}"))?;
+            2 => {
+                let len = self
+                    .varint()
+                    .ok_or_else(|| format!("field {field}: invalid length"))?;
                 let len = usize::try_from(len)
                     .ok()
                     .filter(|l| *l <= self.rest.len())
@@ -47,25 +53,47 @@ impl<'a> Fields<'a> {
                 self.rest = rest;
                 Value::Bytes(value)
             }
-            WireType::SixtyFourBit => {
-                self.rest = self
-                    .rest
-                    .get(8..)
-                    .ok_or_else(|| format!("field {field} is truncated"))?;
+            1 => {
+                self.skip(8, field)?;
                 Value::Fixed64
             }
-            WireType::ThirtyTwoBit => {
-                self.rest = self
-                    .rest
-                    .get(4..)
-                    .ok_or_else(|| format!("field {field} is truncated"))?;
+            5 => {
+                self.skip(4, field)?;
                 Value::Fixed32
             }
-            other => return Err(format!("field {field}: unexpected wire type {other:?}")),
+            other => return Err(format!("field {field}: unexpected wire type {other}")),
         };
         Ok((field, value))
     }
+
+    /// A base-128 varint, at most 10 bytes (a snapshot walk reads two per field: the key and the
+    /// length; most are one byte).
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for (i, &byte) in self.rest.iter().take(10).enumerate() {
+            if i == 9 && byte > 1 {
+                return None; // beyond 64 bits
+            }
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                self.rest = &self.rest[i + 1..];
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn skip(&mut self, len: usize, field: u32) -> Result<(), String> {
+        self.rest = self
+            .rest
+            .get(len..)
+            .ok_or_else(|| format!("field {field} is truncated"))?;
+        Ok(())
+    }
 }
+
+/// The largest field number protobuf allows.
+const MAX_FIELD: u32 = (1 << 29) - 1;
 
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u32, Value<'a>), String>;
@@ -110,6 +138,53 @@ mod tests {
                 (4, Value::Bytes(&[])),
             ]
         );
+    }
+
+    proptest::proptest! {
+        /// Varints of every length (a negative `int64` takes ten bytes) and field numbers past
+        /// one byte of key read back as prost wrote them.
+        #[test]
+        fn walks_what_prost_encodes(generation: u64, created: i64, version in ".{0,200}") {
+            let message = pb::VersionedSnapshot {
+                version: version.clone(),
+                generation,
+                created_at_unix_ms: created,
+                snapshot: None,
+            };
+            let mut bytes = message.encode_to_vec();
+            // Field 1000 (a two-byte key), length-delimited, after the known ones.
+            bytes.extend_from_slice(&[0xc2, 0x3e, 3, b'a', b'b', b'c']);
+            let walked: Vec<_> = fields(&bytes).collect::<Result<_, _>>().expect("well formed");
+            let mut expected = Vec::new();
+            if !version.is_empty() {
+                expected.push((1, Value::Bytes(version.as_bytes())));
+            }
+            if generation != 0 {
+                expected.push((2, Value::Varint(generation)));
+            }
+            if created != 0 {
+                expected.push((3, Value::Varint(created as u64)));
+            }
+            expected.push((1000, Value::Bytes(b"abc")));
+            proptest::prop_assert_eq!(walked, expected);
+        }
+    }
+
+    #[test]
+    fn malformed_keys_and_varints_are_errors() {
+        for bytes in [
+            &[0x80u8][..], // key cut short
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+            ], // > 64 bits
+            &[0x00, 0x00], // field number 0
+            &[0x0b],       // wire type 3 (groups)
+            &[0x09, 1, 2, 3], // fixed64 cut short
+        ] {
+            let walked: Vec<_> = fields(bytes).collect();
+            assert_eq!(walked.len(), 1, "{bytes:?}");
+            assert!(walked[0].is_err(), "{bytes:?}");
+        }
     }
 
     #[test]

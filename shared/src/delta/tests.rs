@@ -6,13 +6,27 @@ use super::*;
 use crate::{
     chunk::check,
     rule::{Expr, Matcher},
-    snapshot::{LoadBalancer, Router, Server, Service, ServiceKind, Snapshot},
+    snapshot::{EntryPoint, LoadBalancer, Router, Server, Service, ServiceKind, Snapshot},
     version::encoded_version,
 };
 
 /// Routers `r<i>` (on host `h<v>`) and services `s<i>` (on port `v`) for every present entry.
 fn content(routers: &[Option<u8>], services: &[Option<u8>]) -> Vec<u8> {
+    content_with(None, routers, services)
+}
+
+/// [`content`] with an entry point on port `80 + v` (a field before the lists that a router or
+/// service change leaves alone).
+fn content_with(entry: Option<u8>, routers: &[Option<u8>], services: &[Option<u8>]) -> Vec<u8> {
     let snapshot = Snapshot {
+        entry_points: entry
+            .map(|v| EntryPoint {
+                name: "web".into(),
+                address: format!(":{}", 80 + u16::from(v)),
+                redirect: None,
+            })
+            .into_iter()
+            .collect(),
         routers: (0..)
             .zip(routers)
             .filter_map(|(i, v): (u32, _)| {
@@ -76,6 +90,64 @@ proptest! {
         let parts = diff(&old, &new, usize::MAX).expect("both parse");
         prop_assert_eq!(apply(&old, &parts).expect("fits its base"), new);
     }
+}
+
+proptest! {
+    /// The changes read from a delta's parts are the changes found by comparing the rebuilt
+    /// content with its base, whatever the two snapshots and the limit.
+    #[test]
+    fn the_changes_a_delta_makes_are_those_a_comparison_finds(
+        old in side(),
+        new in side(),
+        entries in (proptest::option::of(0u8..2), proptest::option::of(0u8..2)),
+        max_changed in prop_oneof![Just(usize::MAX), 0usize..12],
+    ) {
+        let old = content_with(entries.0, &old.0, &old.1);
+        let new = content_with(entries.1, &new.0, &new.1);
+        let parts = diff(&old, &new, usize::MAX).expect("both parse");
+        let base = Base::of_content(&old).expect("parses");
+        prop_assert_eq!(
+            base.changes(&parts, max_changed),
+            changes::between(&old, &new, max_changed)
+        );
+    }
+}
+
+#[test]
+fn parts_that_no_diff_makes_give_no_changes() {
+    let copy = |start, count| pb::DeltaPart {
+        kind: Some(Kind::Copy(pb::FieldRun { start, count })),
+    };
+    let insert = |bytes: &[u8]| pb::DeltaPart {
+        kind: Some(Kind::Insert(bytes.to_vec())),
+    };
+    // Fields: the entry point, routers r000..r003, service s000.
+    let old = content_with(Some(0), &[Some(0), Some(0), Some(0), Some(0)], &[Some(0)]);
+    let base = Base::of_content(&old).expect("parses");
+    let field = |i: usize| &old[base.fields[i].span.clone()];
+    let changes = |parts: &[pb::DeltaPart]| base.changes(parts, usize::MAX);
+
+    // Router r001 removed: one router gone, nothing added.
+    let removed = changes(&[copy(0, 2), copy(3, 3)]).expect("a diff's parts");
+    assert_eq!(removed.routers_removed.len(), 1);
+    assert_eq!(removed.routers_removed[0].name, "r001@file");
+    assert!(removed.routers_added.is_empty() && removed.services_removed.is_empty());
+    assert_eq!(removed.router_count, 3);
+    // A router copied twice (a duplicate name), routers out of order, a router inserted again
+    // out of its place, the entry point inserted or left out: not what a diff of two
+    // snapshots gives.
+    assert_eq!(changes(&[copy(0, 3), copy(2, 4)]), None);
+    assert_eq!(
+        changes(&[copy(0, 1), copy(2, 1), copy(1, 1), copy(3, 3)]),
+        None
+    );
+    assert_eq!(changes(&[copy(0, 4), insert(field(1)), copy(4, 2)]), None);
+    assert_eq!(changes(&[insert(field(0)), copy(1, 5)]), None);
+    assert_eq!(changes(&[copy(1, 5)]), None);
+    // Parts that do not fit the base at all.
+    assert_eq!(changes(&[copy(0, 7)]), None);
+    assert_eq!(changes(&[pb::DeltaPart { kind: None }]), None);
+    assert_eq!(changes(&[copy(0, 6), insert(&[0xff])]), None);
 }
 
 #[test]

@@ -28,7 +28,6 @@ use anyhow::{Context, bail};
 use prost::Message;
 use switchyard_controller::{compile, provider::file::parse_file};
 use switchyard_shared::{
-    changes,
     chunk::{self, Reassembled, Reassembler},
     delta,
     pb::{self, control_plane_client::ControlPlaneClient, subscribe_request, subscribe_response},
@@ -344,15 +343,14 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
                 let Some(base) = held.take() else {
                     bail!("a delta arrived before any snapshot");
                 };
-                let rebuilt = delta::rebuild(&delta, &base.bytes).map_err(anyhow::Error::msg)?;
-                let checked =
-                    chunk::check(&rebuilt.version, &rebuilt.bytes).map_err(anyhow::Error::msg)?;
-                let base_content = chunk::content(&base.bytes).map_err(anyhow::Error::msg)?;
+                let base_fields = delta::Base::of(&base.bytes).map_err(anyhow::Error::msg)?;
+                let rebuilt = base_fields.rebuild(&delta).map_err(anyhow::Error::msg)?;
+                chunk::check(&rebuilt.version, &rebuilt.bytes).map_err(anyhow::Error::msg)?;
                 // What a proxy patches its table from (`Table::patch`): the objects that changed,
-                // decoded; the rest is compared, not decoded.
-                let changes =
-                    changes::between(base_content, &rebuilt.bytes[checked.content], usize::MAX)
-                        .context("the delta's snapshot is not comparable with its base")?;
+                // read from the delta once its snapshot is verified, and decoded.
+                let changes = base_fields
+                    .changes(&delta.parts, usize::MAX)
+                    .context("the delta changes more than routers and services")?;
                 drop(changes);
                 (rebuilt.version.clone(), Ok(rebuilt))
             }
