@@ -26,6 +26,8 @@
 #
 # Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_DURATION=4 SECTIONS=… TRAEFIK_SCALE=1
 #        ALT_PROXY=PATH (throughput: also measure this switchyard-proxy build, as switchyard-alt)
+#        TP_TARGETS="nginx switchyard switchyard-alt" TP_SCENARIOS="small" (throughput: a subset,
+#        for quick same-run A/Bs; defaults: every target, "small 16k close h2c")
 #        KEEP=1 (keep the work dir) WRITE_DOCS=1 (replace the results block in docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -382,6 +384,14 @@ EOF
     H2PORT[switchyard-alt]=19106
     TARGETS+=(switchyard-alt)
   fi
+  if [[ -n ${TP_TARGETS:-} ]]; then
+    # `direct` stays first when asked for: the loops below skip TARGETS[0] where it cannot apply.
+    wanted=(); for t in "${TARGETS[@]}"; do [[ " $TP_TARGETS " == *" $t "* ]] && wanted+=("$t"); done
+    [[ ${wanted[0]:-} == direct ]] || wanted=(direct "${wanted[@]}")
+    TARGETS=("${wanted[@]}")
+  fi
+  TP_SCENARIOS=${TP_SCENARIOS:-"small 16k close h2c"}
+  scen() { [[ " $TP_SCENARIOS " == *" $1 "* ]]; }
   for t in "${TARGETS[@]:1}"; do
     wait_http "$t" "$LO:${PORT[$t]}" bench.test / 30
     wait_http "$t" "$LO:${PORT[$t]}" bench.test /16k 5 "$BODY_16K"
@@ -396,10 +406,10 @@ EOF
     load tp "$t" 16k 0 "$WARMUP" wrk "http://$LO:${PORT[$t]}/16k" bench.test
   done
   for ((r = 1; r <= ROUNDS; r++)); do
-    for t in "${TARGETS[@]}"; do load tp "$t" small "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test; done
-    for t in "${TARGETS[@]}"; do load tp "$t" 16k "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/16k" bench.test; done
-    for t in "${TARGETS[@]}"; do load tp "$t" close "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test -H 'Connection: close'; done
-    for t in "${TARGETS[@]:1}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" ""; done
+    ! scen small || for t in "${TARGETS[@]}"; do load tp "$t" small "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test; done
+    ! scen 16k || for t in "${TARGETS[@]}"; do load tp "$t" 16k "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/16k" bench.test; done
+    ! scen close || for t in "${TARGETS[@]}"; do load tp "$t" close "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test -H 'Connection: close'; done
+    ! scen h2c || for t in "${TARGETS[@]:1}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" ""; done
   done
   for t in "${TARGETS[@]:1}"; do printf 'tp\t%s\t%s\t%s\n' "$t" "${IDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
   for t in "${TARGETS[@]:1}" switchyard-ctl; do stop "$t"; done
