@@ -20,3 +20,4 @@ pub mod status;
 pub mod store;
 pub mod subscriber;
 pub mod tls;
+pub mod upstream;

@@ -248,8 +248,11 @@ async fn serve<I>(io: I, handler: Handler, peer: SocketAddr, tls: bool, mut drai
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // One handler per connection, shared by its requests (an `Arc` clone per request rather than
+    // a clone of every handle it holds).
+    let handler = Arc::new(handler);
     let service = hyper::service::service_fn(move |req| {
-        let handler = handler.clone();
+        let handler = Arc::clone(&handler);
         async move { Ok::<_, Infallible>(handler.serve(req, peer, tls).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

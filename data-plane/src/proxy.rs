@@ -6,7 +6,6 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, LazyLock},
-    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -27,10 +26,11 @@ use crate::{
     middleware::{Action, Middleware, split_host_port},
     router::{RequestView, forwarded_path, routing_path},
     state::{Redirect, Route, Table},
+    upstream::{CONNECT_TIMEOUT, Http1Pool, UpstreamBody},
 };
 
 /// The body of every response the proxy sends.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 /// What went wrong, mapped to a status by [`error_response`].
 #[derive(Debug)]
@@ -107,15 +107,13 @@ pub fn error_response(error: &ProxyError) -> Response<Body> {
     response
 }
 
-/// Pooled upstream clients, one per protocol.
+/// Pooled upstream connections: HTTP/1.1 in our own pool, h2c (multiplexed) through hyper-util's
+/// client.
 #[derive(Clone, Debug)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, Incoming>,
+    http1: Http1Pool,
     h2c: Client<HttpConnector, Incoming>,
 }
-
-/// Traefik's default `dialTimeout`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Upstreams {
     pub fn new() -> Self {
@@ -123,14 +121,14 @@ impl Upstreams {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.enforce_http(false);
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector.clone());
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(crate::upstream::IDLE_TIMEOUT)
             .build(connector);
-        Self { http1, h2c }
+        Self {
+            http1: Http1Pool::default(),
+            h2c,
+        }
     }
 }
 
@@ -290,7 +288,7 @@ impl Handler {
         host: &str,
         mut parts: http::request::Parts,
         body: Incoming,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (lb, server) = route.service.pick().ok_or(ProxyError::NoServer)?;
 
         strip_hop_by_hop(&mut parts.headers);
@@ -307,24 +305,34 @@ impl Handler {
         // Traefik ignores the path of a server URL unless `preservePath` (not supported yet) is
         // set, so `server.base_path` is not prefixed.
         let path_and_query = upstream_path("", &parts.uri)?;
+        if !server.h2c {
+            // HTTP/1.1 sends the origin-form target; the pool is keyed by the server's authority.
+            parts.uri = Uri::from(path_and_query);
+            parts.version = Version::HTTP_11;
+            return self
+                .upstreams
+                .http1
+                .send(&server.authority, Request::from_parts(parts, body))
+                .await
+                .map_err(|e| {
+                    if e.is_connect() {
+                        ProxyError::Upstream(format!("connect to {}: {e}", server.url))
+                    } else {
+                        ProxyError::Upstream(format!("{}: {e}", server.url))
+                    }
+                });
+        }
         let mut uri_parts = http::uri::Parts::default();
         uri_parts.scheme = Some(Scheme::HTTP);
         uri_parts.authority = Some(server.authority.clone());
         uri_parts.path_and_query = Some(path_and_query);
         parts.uri = Uri::from_parts(uri_parts).map_err(|e| ProxyError::Upstream(e.to_string()))?;
-        parts.version = if server.h2c {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        let client = if server.h2c {
-            &self.upstreams.h2c
-        } else {
-            &self.upstreams.http1
-        };
-        client
+        parts.version = Version::HTTP_2;
+        self.upstreams
+            .h2c
             .request(Request::from_parts(parts, body))
             .await
+            .map(|response| response.map(UpstreamBody::from))
             .map_err(|e| {
                 if e.is_connect() {
                     ProxyError::Upstream(format!("connect to {}: {e}", server.url))

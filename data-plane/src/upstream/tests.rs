@@ -1,0 +1,166 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http_body_util::{BodyExt, Empty};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use super::*;
+
+/// A raw HTTP/1.1 origin on loopback: answers every request on a connection with `response`,
+/// then closes the connection when `close_after_each` is set. Counts connections.
+struct Origin {
+    authority: Authority,
+    connections: Arc<AtomicUsize>,
+}
+
+async fn origin(response: &'static [u8], close_after_each: bool) -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&connections);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    // One response per complete request head (the tests send no bodies).
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                        if close_after_each {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Origin {
+        authority,
+        connections,
+    }
+}
+
+fn get() -> Request<Empty<Bytes>> {
+    Request::builder()
+        .uri("/")
+        .header("host", "origin.test")
+        .body(Empty::new())
+        .unwrap()
+}
+
+async fn body_text(response: Response<UpstreamBody<Empty<Bytes>>>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+#[tokio::test]
+async fn a_connection_is_reused_once_its_response_was_read() {
+    let origin = origin(OK, false).await;
+    let pool = Http1Pool::default();
+    for _ in 0..5 {
+        let response = pool.send(&origin.authority, get()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(body_text(response).await, "ok");
+    }
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.idle_count(&origin.authority), 1);
+}
+
+#[tokio::test]
+async fn chunked_and_empty_bodies_give_the_connection_back() {
+    const CHUNKED: &[u8] =
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+    for (response, text) in [(CHUNKED, "ok"), (NO_CONTENT, "")] {
+        let origin = origin(response, false).await;
+        let pool = Http1Pool::default();
+        for _ in 0..3 {
+            let response = pool.send(&origin.authority, get()).await.unwrap();
+            assert_eq!(body_text(response).await, text);
+        }
+        assert_eq!(origin.connections.load(Ordering::SeqCst), 1, "{text:?}");
+    }
+}
+
+#[tokio::test]
+async fn two_requests_at_once_take_two_connections() {
+    const SLOW: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow";
+    let origin = origin(SLOW, false).await;
+    let pool = Http1Pool::default();
+    let first = pool.send(&origin.authority, get()).await.unwrap();
+    // The first body is not read yet: its connection is busy.
+    let second = pool.send(&origin.authority, get()).await.unwrap();
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(body_text(first).await, "slow");
+    assert_eq!(body_text(second).await, "slow");
+    assert_eq!(pool.idle_count(&origin.authority), 2);
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
+    const LONG: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\npartial";
+    let origin = origin(LONG, false).await;
+    let pool = Http1Pool::default();
+    let mut response = pool.send(&origin.authority, get()).await.unwrap();
+    let frame = response.body_mut().frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "partial");
+    drop(response);
+    assert_eq!(pool.idle_count(&origin.authority), 0);
+}
+
+#[tokio::test]
+async fn a_connection_the_origin_closes_is_not_used_again() {
+    // The origin closes each connection after its response, without saying so: the next request
+    // finds it closed (or is refused by it before being written) and gets a new connection.
+    let origin = origin(OK, true).await;
+    let pool = Http1Pool::default();
+    for n in 1..=5 {
+        let response = pool.send(&origin.authority, get()).await.unwrap();
+        assert_eq!(body_text(response).await, "ok");
+        assert_eq!(origin.connections.load(Ordering::SeqCst), n);
+    }
+}
+
+#[tokio::test]
+async fn connection_close_is_honoured() {
+    const CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+    let origin = origin(CLOSE, false).await;
+    let pool = Http1Pool::default();
+    for n in 1..=3 {
+        let response = pool.send(&origin.authority, get()).await.unwrap();
+        assert_eq!(body_text(response).await, "ok");
+        assert_eq!(origin.connections.load(Ordering::SeqCst), n);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_dial_is_a_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    drop(listener);
+    let error = Http1Pool::default()
+        .send(&authority, get())
+        .await
+        .unwrap_err();
+    assert!(error.is_connect(), "{error}");
+    assert!(error.to_string().contains("refused"), "{error}");
+}
