@@ -17,7 +17,10 @@ use hyper_util::{
 use switchyard_shared::drain;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{proxy::Handler, tls::TlsState};
+use crate::{
+    proxy::{Handler, Peer},
+    tls::TlsState,
+};
 
 /// Parses an entry-point address (`:80`, `0.0.0.0:80`, `[::1]:8080`, `localhost:80`).
 pub fn parse_listen_address(address: &str) -> Result<SocketAddr, String> {
@@ -248,12 +251,15 @@ async fn serve<I>(io: I, handler: Handler, peer: SocketAddr, tls: bool, mut drai
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    // One handler per connection, shared by its requests (an `Arc` clone per request rather than
-    // a clone of every handle it holds).
-    let handler = Arc::new(handler);
+    // One handler and client address per connection, shared by its requests (an `Arc` clone per
+    // request rather than a clone of every handle the handler holds).
+    let connection = Arc::new((handler, Peer::new(peer)));
     let service = hyper::service::service_fn(move |req| {
-        let handler = Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(handler.serve(req, peer, tls).await) }
+        let connection = Arc::clone(&connection);
+        async move {
+            let (handler, peer) = &*connection;
+            Ok::<_, Infallible>(handler.serve(req, peer, tls).await)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());

@@ -174,8 +174,9 @@ static HOSTNAME: LazyLock<Option<HeaderValue>> = LazyLock::new(|| {
         .filter(|name| !name.is_empty())
 });
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded; `Upgrade` among them, as WebSocket
+/// pass-through is not supported yet.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -184,17 +185,13 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 impl Handler {
     /// Serves one request; never fails (errors become responses). `tls`: the connection was
     /// TLS-terminated here (TLS routers apply, `X-Forwarded-Proto: https`).
-    pub async fn serve(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        tls: bool,
-    ) -> Response<Body> {
+    pub async fn serve(&self, req: Request<Incoming>, peer: &Peer, tls: bool) -> Response<Body> {
         match self.forward(req, peer, tls).await {
             Ok(resp) => resp,
             Err(e) => error_response(&e),
@@ -204,7 +201,7 @@ impl Handler {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         tls: bool,
     ) -> Result<Response<Body>, ProxyError> {
         let table = self.table.load();
@@ -219,20 +216,25 @@ impl Handler {
         if let Some(answer) = check_request(&mut parts)? {
             return Ok(answer);
         }
-        let host = request_host(&parts.uri, &parts.headers).to_owned();
+        // The request host as a header value: a clone of `Host` shares its bytes.
+        let host_value = request_host(&parts.uri, &parts.headers);
+        let host = host_value
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if !tls && let Some(redirect) = &tables.redirect {
-            return Ok(entry_point_redirect(redirect, &host, &parts));
+            return Ok(entry_point_redirect(redirect, host, &parts));
         }
         let routes = if tls { &tables.tls } else { &tables.plain };
         let route = {
             let path = routing_path(parts.uri.path()).map_err(|_| ProxyError::BadPath)?;
             let view = RequestView {
-                host: &host,
+                host,
                 path: &path,
                 query: parts.uri.query(),
                 method: &parts.method,
                 headers: &parts.headers,
-                client_ip: peer.ip(),
+                client_ip: peer.addr.ip(),
             };
             routes.find(&view).cloned().ok_or(ProxyError::NoRoute)?
         };
@@ -240,7 +242,7 @@ impl Handler {
         drop(table);
 
         let scheme = if tls { "https" } else { "http" };
-        set_forwarded_headers(&mut parts.headers, &host, peer, scheme);
+        set_forwarded_headers(&mut parts.headers, host_value.as_ref(), host, peer, scheme);
         for (i, m) in route.middlewares.iter().enumerate() {
             match m.on_request(&mut parts, scheme) {
                 Action::Continue => {}
@@ -260,7 +262,7 @@ impl Handler {
                 }
             }
         }
-        let response = match self.send_upstream(&route, &host, parts, body).await {
+        let response = match self.send_upstream(&route, host_value, parts, body).await {
             Ok(response) => {
                 let (mut rparts, rbody) = response.into_parts();
                 // Answer in the client's protocol: an HTTP/1.0 upstream must not turn a keep-alive
@@ -285,7 +287,7 @@ impl Handler {
     async fn send_upstream(
         &self,
         route: &Route,
-        host: &str,
+        host: Option<HeaderValue>,
         mut parts: http::request::Parts,
         body: Incoming,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
@@ -294,11 +296,10 @@ impl Handler {
         strip_hop_by_hop(&mut parts.headers);
         // Go's client sends the request host (the absolute-form authority wins over `Host`), and
         // the server's address when that is empty.
-        let pass_host = lb.pass_host_header && !host.is_empty();
-        if pass_host && parts.uri.authority().is_some() {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                parts.headers.insert(HOST, v);
-            }
+        let host = host.filter(|h| lb.pass_host_header && !h.is_empty());
+        let pass_host = host.is_some();
+        if let Some(host) = host.filter(|_| parts.uri.authority().is_some()) {
+            parts.headers.insert(HOST, host);
         } else if !pass_host || !parts.headers.contains_key(HOST) {
             parts.headers.insert(HOST, server.host_header.clone());
         }
@@ -428,44 +429,60 @@ fn check_request(parts: &mut http::request::Parts) -> Result<Option<Response<Bod
 }
 
 /// The request host: the URI authority (absolute-form, HTTP/2 `:authority`), else `Host`.
-fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
-    uri.authority()
-        .map(|a| a.as_str())
-        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or("")
+fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    match uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => headers.get(HOST).cloned(),
+    }
+}
+
+/// The client end of a downstream connection, with its address as the forwarding headers write
+/// it (made once per connection, shared by its requests).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_canonical().to_string();
+        Self {
+            addr,
+            forwarded_for: HeaderValue::from_maybe_shared(Bytes::from(ip)).ok(),
+        }
+    }
 }
 
 /// Traefik (forwardedHeaders untrusted by default) drops client-supplied `X-Forwarded-*` and
-/// sets its own.
+/// sets its own. `host_value` is `host` as the request carried it.
 fn set_forwarded_headers(
     headers: &mut HeaderMap,
+    host_value: Option<&HeaderValue>,
     host: &str,
-    peer: SocketAddr,
+    peer: &Peer,
     scheme: &'static str,
 ) {
-    let ip = peer.ip().to_canonical().to_string();
-    for h in [
-        &X_FORWARDED_FOR,
-        &X_FORWARDED_PROTO,
-        &X_FORWARDED_HOST,
-        &X_FORWARDED_PORT,
-        &X_FORWARDED_SERVER,
-        &X_REAL_IP,
-    ]
-    .into_iter()
-    .chain(&UNTRUSTED_FORWARDED)
-    {
-        headers.remove(h);
+    // What is set below replaces any client value (`insert` drops every previous one); the
+    // rest is removed.
+    let host_value = host_value.filter(|_| !host.is_empty());
+    let mut dropped: [Option<&HeaderName>; 8] = [None; 8];
+    for (slot, name) in dropped.iter_mut().zip(&UNTRUSTED_FORWARDED) {
+        *slot = Some(name);
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(X_FORWARDED_FOR.clone(), v.clone());
-        headers.insert(X_REAL_IP.clone(), v);
+    dropped[5] = host_value.is_none().then_some(&X_FORWARDED_HOST);
+    dropped[6] = HOSTNAME.is_none().then_some(&X_FORWARDED_SERVER);
+    dropped[7] = peer.forwarded_for.is_none().then_some(&X_FORWARDED_FOR);
+    remove_present(headers, &dropped);
+    if let Some(ip) = &peer.forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        headers.insert(X_REAL_IP.clone(), ip.clone());
+    } else {
+        headers.remove(&X_REAL_IP);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-    if !host.is_empty()
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(X_FORWARDED_HOST.clone(), v);
+    if let Some(v) = host_value {
+        headers.insert(X_FORWARDED_HOST.clone(), v.clone());
     }
     // The port of the request host, else the scheme's default — not the listening port.
     let forwarded_port = split_host_port(host)
@@ -478,30 +495,78 @@ fn set_forwarded_headers(
     }
 }
 
+/// Removes the named headers `headers` holds.
+fn remove_present(headers: &mut HeaderMap, names: &[Option<&HeaderName>]) {
+    let present = present(headers, names);
+    remove_marked(headers, names, present);
+}
+
+/// Which of `names` (at most 32) `headers` holds, as bits by position. A request or response
+/// carries a handful of headers and rarely any of these: one pass comparing names finds them
+/// without hashing a name per lookup.
+fn present(headers: &HeaderMap, names: &[Option<&HeaderName>]) -> u32 {
+    debug_assert!(names.len() <= 32);
+    let mut present = 0u32;
+    if headers.keys_len() * names.len() > 512 {
+        for (i, name) in names.iter().enumerate() {
+            if name.is_some_and(|n| headers.contains_key(n)) {
+                present |= 1 << i;
+            }
+        }
+        return present;
+    }
+    for key in headers.keys() {
+        if let Some(i) = names.iter().position(|n| *n == Some(key)) {
+            present |= 1 << i;
+        }
+    }
+    present
+}
+
+fn remove_marked(headers: &mut HeaderMap, names: &[Option<&HeaderName>], mut marked: u32) {
+    while marked != 0 {
+        if let Some(name) = names[marked.trailing_zeros() as usize] {
+            headers.remove(name);
+        }
+        marked &= marked - 1;
+    }
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let names = HOP_BY_HOP.each_ref().map(Some);
+    let found = present(headers, &names);
+    if found == 0 {
+        return;
+    }
+    let has = |name: &HeaderName| {
+        let i = HOP_BY_HOP
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or(usize::MAX);
+        i < 32 && found & (1 << i) != 0
+    };
     // Go's reverse proxy keeps `TE: trailers` (gRPC needs it) and drops any other `TE`.
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    let te_trailers = has(&header::TE)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    if has(&header::CONNECTION) {
+        // Headers named in `Connection` are hop-by-hop too.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
-    // `Upgrade` is hop-by-hop as well; WebSocket pass-through is not supported yet.
-    headers.remove(header::UPGRADE);
+    remove_marked(headers, &names, found);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -534,35 +599,64 @@ mod tests {
     #[test]
     fn forwarded_headers_replace_client_values() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.append("x-forwarded-for", HeaderValue::from_static("7.7.7.7"));
         h.insert("x-forwarded-prefix", HeaderValue::from_static("/evil"));
         h.insert("x-forwarded-uri", HeaderValue::from_static("/evil"));
-        set_forwarded_headers(
-            &mut h,
-            "a.example:8081",
-            "127.0.0.2:5000".parse().unwrap(),
-            "http",
-        );
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        forward(&mut h, "a.example:8081", "http");
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-real-ip"], "127.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example:8081");
         assert_eq!(h["x-forwarded-port"], "8081");
+        assert_eq!(h["x-keep"], "1");
         assert!(!h.contains_key("x-forwarded-prefix"));
         assert!(!h.contains_key("x-forwarded-uri"));
+    }
+
+    fn forward(headers: &mut HeaderMap, host: &str, scheme: &'static str) {
+        let value = HeaderValue::from_str(host).unwrap();
+        let peer = Peer::new("[::ffff:127.0.0.2]:5000".parse().unwrap());
+        set_forwarded_headers(headers, Some(&value), host, &peer, scheme);
     }
 
     /// Traefik: the port of the request host, else the scheme's default (not the listener's).
     #[test]
     fn forwarded_port_defaults_to_the_scheme_port() {
-        let peer = "127.0.0.2:5000".parse().unwrap();
         let mut h = HeaderMap::new();
-        set_forwarded_headers(&mut h, "a.example", peer, "http");
+        forward(&mut h, "a.example", "http");
         assert_eq!(h["x-forwarded-port"], "80");
-        set_forwarded_headers(&mut h, "a.example", peer, "https");
+        forward(&mut h, "a.example", "https");
         assert_eq!(h["x-forwarded-port"], "443");
-        set_forwarded_headers(&mut h, "", peer, "http");
+        // No host: a client's `X-Forwarded-Host` is dropped, not replaced.
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        forward(&mut h, "", "http");
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    /// Many headers take the lookup path instead of the scan; both find the same ones.
+    #[test]
+    fn hop_by_hop_headers_are_found_among_many() {
+        for extra in [0, 100] {
+            let mut h = HeaderMap::new();
+            for i in 0..extra {
+                h.insert(
+                    HeaderName::from_bytes(format!("x-extra-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            h.insert("connection", HeaderValue::from_static("x-named"));
+            h.insert("x-named", HeaderValue::from_static("1"));
+            h.insert("upgrade", HeaderValue::from_static("websocket"));
+            h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+            h.insert("te", HeaderValue::from_static("trailers"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), extra + 1, "{extra}");
+            assert_eq!(h["te"], "trailers");
+        }
     }
 
     #[test]
