@@ -622,25 +622,33 @@ impl Iterator for Candidates<'_> {
 /// An [`Expr`] with its arguments prepared for evaluation. Cloned when a table is patched (a
 /// host is shared, a regex is reference-counted).
 #[derive(Clone, Debug)]
+///
+/// Every route holds one and an `&&` a list of them, so the variants are kept to two words: the
+/// rare large matchers (regexes, headers, queries) are boxed. At 50 000 ``Host && PathPrefix``
+/// routers that is ~6 MB less than inline (72 → 32 bytes a node).
 enum Node {
     All(Box<[Node]>),
     Any(Box<[Node]>),
     Not(Box<Node>),
     Host(HostExpr),
-    HostRegexp(Regex),
+    HostRegexp(Box<Regex>),
     Path(Box<str>),
     PathPrefix(Box<str>),
-    PathRegexp(Regex),
+    PathRegexp(Box<Regex>),
     Method(Box<str>),
-    Header(HeaderName, Box<str>),
-    HeaderRegexp(HeaderName, Regex),
+    Header(Box<(HeaderName, Box<str>)>),
+    HeaderRegexp(Box<(HeaderName, Regex)>),
     /// Key and value; ``Query(`k`)`` has the value `""`.
-    Query(Box<str>, Box<str>),
-    QueryRegexp(Box<str>, Regex),
+    Query(Box<(Box<str>, Box<str>)>),
+    QueryRegexp(Box<(Box<str>, Regex)>),
     ClientIp(IpNet),
     /// A matcher that cannot match any request.
     Never,
 }
+
+// Two words and a tag: see [`Node`].
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Node>() <= 32);
 
 #[derive(Clone, Debug)]
 enum HostExpr {
@@ -685,28 +693,30 @@ fn compile(expr: &Expr, router: &str) -> Result<Node, RouterError> {
     };
     Ok(match m {
         Matcher::Host(host) => host_expr(host),
-        Matcher::HostRegexp(re) => Node::HostRegexp(regex(m.name(), re)?),
+        Matcher::HostRegexp(re) => Node::HostRegexp(Box::new(regex(m.name(), re)?)),
         Matcher::Path(p) => Node::Path(p.as_str().into()),
         Matcher::PathPrefix(p) => Node::PathPrefix(p.as_str().into()),
-        Matcher::PathRegexp(re) => Node::PathRegexp(regex(m.name(), re)?),
+        Matcher::PathRegexp(re) => Node::PathRegexp(Box::new(regex(m.name(), re)?)),
         Matcher::Method(method) => Node::Method(method.as_str().into()),
         Matcher::Header(key, value) => match header_name(key) {
-            Some(name) => Node::Header(name, value.as_str().into()),
+            Some(name) => Node::Header(Box::new((name, value.as_str().into()))),
             None => Node::Never,
         },
         Matcher::HeaderRegexp(key, re) => {
             let re = regex(m.name(), re)?;
             match header_name(key) {
-                Some(name) => Node::HeaderRegexp(name, re),
+                Some(name) => Node::HeaderRegexp(Box::new((name, re))),
                 None => Node::Never,
             }
         }
-        Matcher::Query(key, value) | Matcher::QueryRegexp(key, value @ None) => Node::Query(
-            key.as_str().into(),
-            value.as_deref().unwrap_or_default().into(),
-        ),
+        Matcher::Query(key, value) | Matcher::QueryRegexp(key, value @ None) => {
+            Node::Query(Box::new((
+                key.as_str().into(),
+                value.as_deref().unwrap_or_default().into(),
+            )))
+        }
         Matcher::QueryRegexp(key, Some(re)) => {
-            Node::QueryRegexp(key.as_str().into(), regex(m.name(), re)?)
+            Node::QueryRegexp(Box::new((key.as_str().into(), regex(m.name(), re)?)))
         }
         Matcher::ClientIp(value) => {
             Node::ClientIp(
@@ -834,22 +844,30 @@ impl Node {
             Node::PathPrefix(prefix) => req.path.starts_with(&**prefix),
             Node::PathRegexp(re) => re.is_match(req.path),
             Node::Method(method) => req.method.as_str() == &**method,
-            Node::Header(name, value) => req
-                .headers
-                .get_all(name)
-                .iter()
-                .any(|v| v.as_bytes() == value.as_bytes()),
-            Node::HeaderRegexp(name, re) => req
-                .headers
-                .get_all(name)
-                .iter()
-                .any(|v| re.is_match(&String::from_utf8_lossy(v.as_bytes()))),
-            Node::Query(key, value) => {
+            Node::Header(header) => {
+                let (name, value) = &**header;
+                req.headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| v.as_bytes() == value.as_bytes())
+            }
+            Node::HeaderRegexp(header) => {
+                let (name, re) = &**header;
+                req.headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| re.is_match(&String::from_utf8_lossy(v.as_bytes())))
+            }
+            Node::Query(query) => {
+                let (key, value) = &**query;
                 query_pairs(req.query).any(|(k, v)| unescape_eq(k, key) && unescape_eq(v, value))
             }
-            Node::QueryRegexp(key, re) => query_pairs(req.query).any(|(k, v)| {
-                unescape_eq(k, key) && query_unescape(v).is_some_and(|v| re.is_match(&v))
-            }),
+            Node::QueryRegexp(query) => {
+                let (key, re) = &**query;
+                query_pairs(req.query).any(|(k, v)| {
+                    unescape_eq(k, key) && query_unescape(v).is_some_and(|v| re.is_match(&v))
+                })
+            }
             Node::ClientIp(net) => net.contains(&ctx.client_ip),
             Node::Never => false,
         }
