@@ -127,28 +127,20 @@ async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
     assert_eq!(pool.idle_count(&origin.authority), 0);
 }
 
+/// A connection the origin closes is never used again: closed after each response without a
+/// word (the next request finds it closed, or is refused by it before being written), or after
+/// a response that says `Connection: close`. Every request gets a new connection.
 #[tokio::test]
 async fn a_connection_the_origin_closes_is_not_used_again() {
-    // The origin closes each connection after its response, without saying so: the next request
-    // finds it closed (or is refused by it before being written) and gets a new connection.
-    let origin = origin(OK, true).await;
-    let pool = Http1Pool::default();
-    for n in 1..=5 {
-        let response = pool.send(&origin.authority, get()).await.unwrap();
-        assert_eq!(body_text(response).await, "ok");
-        assert_eq!(origin.connections.load(Ordering::SeqCst), n);
-    }
-}
-
-#[tokio::test]
-async fn connection_close_is_honoured() {
     const CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
-    let origin = origin(CLOSE, false).await;
-    let pool = Http1Pool::default();
-    for n in 1..=3 {
-        let response = pool.send(&origin.authority, get()).await.unwrap();
-        assert_eq!(body_text(response).await, "ok");
-        assert_eq!(origin.connections.load(Ordering::SeqCst), n);
+    for (response, close_after_each) in [(OK, true), (CLOSE, false)] {
+        let origin = origin(response, close_after_each).await;
+        let pool = Http1Pool::default();
+        for n in 1..=5 {
+            let response = pool.send(&origin.authority, get()).await.unwrap();
+            assert_eq!(body_text(response).await, "ok");
+            assert_eq!(origin.connections.load(Ordering::SeqCst), n);
+        }
     }
 }
 
