@@ -573,10 +573,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn upstream_path(base: &str, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
-    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
     if base.is_empty() {
-        return PathAndQuery::try_from(pq).map_err(|e| ProxyError::Upstream(e.to_string()));
+        // A clone shares the request's bytes: no copy, no second validation.
+        return Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")));
     }
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let joined = format!("{base}{pq}");
     PathAndQuery::try_from(joined.as_str()).map_err(|e| ProxyError::Upstream(e.to_string()))
 }

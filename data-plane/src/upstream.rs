@@ -126,26 +126,47 @@ where
     /// The most recently used idle connection to `authority` that can take a request now, dropping
     /// the ones that closed or idled too long.
     async fn checkout(&self, authority: &Authority) -> Option<http1::SendRequest<B>> {
-        loop {
-            let idle = {
-                let mut map = self.idle.lock().ok()?;
-                let list = map.get_mut(authority)?;
-                let idle = list.pop();
-                if list.is_empty() {
-                    map.remove(authority);
-                }
-                idle?
+        let mut busy = Vec::new();
+        let found = loop {
+            let Some(Idle { sender, since }) = self.pop(authority) else {
+                break None;
             };
-            let Idle { mut sender, since } = idle;
             if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
-            // Given back when the response body ended, the connection may not have read its
-            // end of message yet: it becomes ready within a poll, or closes.
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Some(sender);
+            if sender.is_ready() {
+                break Some(sender);
             }
+            // Given back when its response body ended, a connection is made ready by its task
+            // within a turn of the scheduler. One still busy after that is writing the rest of
+            // an upload its origin answered early: it goes back to the pool rather than hold
+            // this request up behind a slow client.
+            tokio::task::yield_now().await;
+            if sender.is_ready() {
+                break Some(sender);
+            }
+            if !sender.is_closed() {
+                busy.push(Idle { sender, since });
+            }
+        };
+        if !busy.is_empty()
+            && let Ok(mut map) = self.idle.lock()
+        {
+            let list = map.entry(authority.clone()).or_default();
+            // Oldest first, as they were.
+            list.splice(0..0, busy.into_iter().rev());
         }
+        found
+    }
+
+    fn pop(&self, authority: &Authority) -> Option<Idle<B>> {
+        let mut map = self.idle.lock().ok()?;
+        let list = map.get_mut(authority)?;
+        let idle = list.pop();
+        if list.is_empty() {
+            map.remove(authority);
+        }
+        idle
     }
 }
 

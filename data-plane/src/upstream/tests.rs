@@ -65,7 +65,7 @@ fn get() -> Request<Empty<Bytes>> {
         .unwrap()
 }
 
-async fn body_text(response: Response<UpstreamBody<Empty<Bytes>>>) -> String {
+async fn body_text<B>(response: Response<UpstreamBody<B>>) -> String {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
@@ -155,4 +155,63 @@ async fn a_refused_dial_is_a_connect_error() {
         .unwrap_err();
     assert!(error.is_connect(), "{error}");
     assert!(error.to_string().contains("refused"), "{error}");
+}
+
+/// A request body: none, or a client still uploading (one chunk, then nothing, ever).
+enum TestBody {
+    Empty,
+    Uploading(Option<Bytes>),
+}
+
+impl HttpBody for TestBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            TestBody::Empty => Poll::Ready(None),
+            TestBody::Uploading(first) => match first.take() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, TestBody::Empty)
+    }
+}
+
+/// The origin answers an upload before it has all arrived (as with a 413): the response is
+/// complete, the connection is still writing the upload, and the next request does not wait
+/// behind it.
+#[tokio::test]
+async fn a_connection_still_uploading_does_not_hold_up_the_next_request() {
+    let origin = origin(OK, false).await;
+    let pool = Http1Pool::default();
+    let upload = Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "origin.test")
+        .body(TestBody::Uploading(Some(Bytes::from_static(b"partial"))))
+        .unwrap();
+    let response = pool.send(&origin.authority, upload).await.unwrap();
+    assert_eq!(body_text(response).await, "ok");
+    let get = Request::builder()
+        .uri("/")
+        .header("host", "origin.test")
+        .body(TestBody::Empty)
+        .unwrap();
+    // A deadline only so that a regression fails instead of hanging the suite.
+    let response = tokio::time::timeout(Duration::from_secs(30), pool.send(&origin.authority, get))
+        .await
+        .expect("the second request was held up behind the upload")
+        .unwrap();
+    assert_eq!(body_text(response).await, "ok");
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
+    // The uploading connection is still pooled, behind the idle one.
+    assert_eq!(pool.idle_count(&origin.authority), 2);
 }
