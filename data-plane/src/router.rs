@@ -297,17 +297,19 @@ impl<T> RouteTable<T> {
     pub fn build<'a>(
         routes: impl IntoIterator<Item = RouteInput<'a, T>>,
     ) -> Result<Self, RouterError> {
+        let mut strings = Interner::default();
         let mut named = routes
             .into_iter()
             .map(|input| {
                 let route = Route {
-                    node: compile(input.rule, input.name)?,
+                    node: compile(input.rule, input.name, &mut strings)?,
                     priority: input.priority,
                     payload: input.payload,
                 };
                 Ok((input.name, route))
             })
             .collect::<Result<Vec<_>, RouterError>>()?;
+        drop(strings);
         if u32::try_from(named.len()).is_err() {
             return Err(RouterError::TooManyRoutes { count: named.len() });
         }
@@ -340,11 +342,12 @@ impl<T> RouteTable<T> {
         added: Vec<RouteInput<'a, T>>,
         name_of: impl Fn(&T) -> &str,
     ) -> Result<Self, RouterError> {
+        let mut strings = Interner::default();
         let mut fresh = added
             .into_iter()
             .map(|input| {
                 Ok(Route {
-                    node: compile(input.rule, input.name)?,
+                    node: compile(input.rule, input.name, &mut strings)?,
                     priority: input.priority,
                     payload: input.payload,
                 })
@@ -632,8 +635,8 @@ enum Node {
     Not(Box<Node>),
     Host(HostExpr),
     HostRegexp(Box<Regex>),
-    Path(Box<str>),
-    PathPrefix(Box<str>),
+    Path(Arc<str>),
+    PathPrefix(Arc<str>),
     PathRegexp(Box<Regex>),
     Method(Box<str>),
     Header(Box<(HeaderName, Box<str>)>),
@@ -670,11 +673,28 @@ enum HostKey<'a> {
     Wildcard(&'a Arc<str>),
 }
 
-fn compile(expr: &Expr, router: &str) -> Result<Node, RouterError> {
-    let list = |items: &[Expr]| {
+/// One shared copy of each host and path a table's rules name: many routers repeat them (ten
+/// `PathPrefix` rules under one host, one prefix under many hosts), and each copy was its own
+/// allocation in every route.
+#[derive(Default)]
+struct Interner(std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>);
+
+impl Interner {
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(text) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
+}
+
+fn compile(expr: &Expr, router: &str, strings: &mut Interner) -> Result<Node, RouterError> {
+    let mut list = |items: &[Expr]| {
         items
             .iter()
-            .map(|e| compile(e, router))
+            .map(|e| compile(e, router, strings))
             .collect::<Result<Box<[_]>, _>>()
     };
     let regex = |matcher: &'static str, pattern: &str| {
@@ -688,14 +708,14 @@ fn compile(expr: &Expr, router: &str) -> Result<Node, RouterError> {
     let m = match expr {
         Expr::All(items) => return Ok(Node::All(list(items)?)),
         Expr::Any(items) => return Ok(Node::Any(list(items)?)),
-        Expr::Not(inner) => return Ok(Node::Not(Box::new(compile(inner, router)?))),
+        Expr::Not(inner) => return Ok(Node::Not(Box::new(compile(inner, router, strings)?))),
         Expr::Matcher(m) => m,
     };
     Ok(match m {
-        Matcher::Host(host) => host_expr(host),
+        Matcher::Host(host) => host_expr(host, strings),
         Matcher::HostRegexp(re) => Node::HostRegexp(Box::new(regex(m.name(), re)?)),
-        Matcher::Path(p) => Node::Path(p.as_str().into()),
-        Matcher::PathPrefix(p) => Node::PathPrefix(p.as_str().into()),
+        Matcher::Path(p) => Node::Path(strings.get(p)),
+        Matcher::PathPrefix(p) => Node::PathPrefix(strings.get(p)),
         Matcher::PathRegexp(re) => Node::PathRegexp(Box::new(regex(m.name(), re)?)),
         Matcher::Method(method) => Node::Method(method.as_str().into()),
         Matcher::Header(key, value) => match header_name(key) {
@@ -730,7 +750,7 @@ fn compile(expr: &Expr, router: &str) -> Result<Node, RouterError> {
     })
 }
 
-fn host_expr(host: &str) -> Node {
+fn host_expr(host: &str, strings: &mut Interner) -> Node {
     // The controller lower-cases and drops one trailing dot; lower-casing again is free insurance.
     let host = host.to_ascii_lowercase();
     let expr = if host == "*" {
@@ -743,13 +763,13 @@ fn host_expr(host: &str) -> Node {
         HostExpr::Literal(host.into())
     } else if let Some(suffix) = host.strip_prefix('*') {
         if suffix.starts_with('.') {
-            HostExpr::Wildcard(suffix.into())
+            HostExpr::Wildcard(strings.get(suffix))
         } else {
             // `*foo.com`: never matches, and the literal algorithm says so.
             HostExpr::Literal(host.into())
         }
     } else {
-        HostExpr::Exact(host.into())
+        HostExpr::Exact(strings.get(&host))
     };
     Node::Host(expr)
 }

@@ -1464,3 +1464,43 @@ fn arbitrary_input_never_panics() {
         req.route(&t);
     }
 }
+
+/// Routes naming the same host or path share one copy of it (and the host index its key).
+#[test]
+fn repeated_hosts_and_paths_are_stored_once() {
+    let rules = [
+        all(vec![host("A.example"), prefix("/api")]),
+        all(vec![host("a.example"), prefix("/web")]),
+        all(vec![host("b.example"), prefix("/api")]),
+        all(vec![host("b.example"), path("/api")]),
+    ];
+    let names = ["r0", "r1", "r2", "r3"];
+    let table = RouteTable::build(rules.iter().zip(names).map(|(rule, name)| RouteInput {
+        name,
+        rule,
+        priority: 1,
+        payload: name,
+    }))
+    .unwrap();
+    let parts = |payload: &str| {
+        let route = table.routes.iter().find(|r| r.payload == payload).unwrap();
+        let Node::All(items) = &route.node else {
+            panic!("{payload}: not an &&")
+        };
+        let Node::Host(HostExpr::Exact(host)) = &items[0] else {
+            panic!("{payload}: no exact host")
+        };
+        let (Node::PathPrefix(path) | Node::Path(path)) = &items[1] else {
+            panic!("{payload}: no path")
+        };
+        (Arc::clone(host), Arc::clone(path))
+    };
+    let (r0, r1, r2, r3) = (parts("r0"), parts("r1"), parts("r2"), parts("r3"));
+    assert!(Arc::ptr_eq(&r0.0, &r1.0), "a.example twice");
+    assert!(Arc::ptr_eq(&r2.0, &r3.0), "b.example twice");
+    assert!(Arc::ptr_eq(&r0.1, &r2.1), "/api as a prefix twice");
+    assert!(Arc::ptr_eq(&r0.1, &r3.1), "/api as a prefix and a path");
+    assert!(!Arc::ptr_eq(&r0.0, &r2.0));
+    let (key, _) = table.exact.get_key_value("a.example").unwrap();
+    assert!(Arc::ptr_eq(key, &r0.0), "the index shares the key");
+}
