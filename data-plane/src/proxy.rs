@@ -26,7 +26,7 @@ use crate::{
     middleware::{Action, Middleware, split_host_port},
     router::{RequestView, forwarded_path, routing_path},
     state::{Redirect, Route, Table},
-    upstream::{CONNECT_TIMEOUT, Http1Pool, UpstreamBody},
+    upstream::{CONNECT_TIMEOUT, Http1Pool, RequestBody, UpstreamBody},
 };
 
 /// The body of every response the proxy sends.
@@ -313,7 +313,10 @@ impl Handler {
             return self
                 .upstreams
                 .http1
-                .send(&server.authority, Request::from_parts(parts, body))
+                .send(
+                    &server.authority,
+                    Request::from_parts(parts, RequestBody::from(body)),
+                )
                 .await
                 .map_err(|e| {
                     if e.is_connect() {

@@ -6,9 +6,11 @@
 //! URI and a pool key per request: on one core those were a measurable part of a proxied request.
 //!
 //! Semantics follow Go's `http.Transport` as Traefik configures it: idle connections are kept
-//! for 90 s, at most [`MAX_IDLE_PER_HOST`] per server, a dial times out after 30 s, and a request
-//! that an idle connection closed under it before it was written is retried once on a new
-//! connection (it was never sent, so this is safe for any method).
+//! for 90 s, at most [`MAX_IDLE_PER_HOST`] per server, a dial times out after 30 s, a request
+//! that an idle connection closed under it before it was written is retried on a new connection
+//! (it was never sent, so this is safe for any method), and so is a replayable request (no body,
+//! an idempotent method) that a connection idle for a while took and then closed without an
+//! answer: its origin closed it for idleness as the request arrived.
 //!
 //! Must not: hold the pool's lock across an `.await`, or serve anything but HTTP/1.1 (h2c uses
 //! hyper-util's client, which multiplexes).
@@ -23,7 +25,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response, uri::Authority};
+use http::{Method, Request, Response, uri::Authority};
+use http_body_util::Empty;
 use hyper::{
     body::{Body as HttpBody, Frame, Incoming, SizeHint},
     client::conn::http1,
@@ -56,8 +59,8 @@ impl UpstreamError {
 type Map<B> = HashMap<Authority, Vec<Idle<B>>, foldhash::fast::RandomState>;
 
 /// The HTTP/1.1 connection pool, shared by every listener of a proxy (clones share it). `B`: the
-/// request body type (the client's `Incoming` in the proxy).
-pub struct Http1Pool<B = Incoming> {
+/// request body type ([`RequestBody`] in the proxy).
+pub struct Http1Pool<B = RequestBody> {
     idle: Arc<Mutex<Map<B>>>,
 }
 
@@ -90,7 +93,7 @@ struct Idle<B> {
 
 impl<B> Http1Pool<B>
 where
-    B: HttpBody + Send + 'static,
+    B: HttpBody + From<Empty<Bytes>> + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -101,10 +104,15 @@ where
         mut req: Request<B>,
     ) -> Result<Response<UpstreamBody<B>>, UpstreamError> {
         loop {
-            let (mut sender, reused) = match self.checkout(authority).await {
-                Some(sender) => (sender, true),
-                None => (connect(authority).await?, false),
+            let (mut sender, idle) = match self.checkout(authority).await {
+                Some((sender, idle)) => (sender, Some(idle)),
+                None => (connect(authority).await?, None),
             };
+            // Only a connection that has idled for a while can be closed by its origin for
+            // idleness just as this request reaches it; a copy for that case is made only then.
+            let replay = idle
+                .filter(|idle| *idle >= REPLAY_AFTER_IDLE)
+                .and_then(|_| replay_copy(&req));
             match sender.try_send_request(req).await {
                 Ok(response) => {
                     let give_back = GiveBack {
@@ -114,9 +122,13 @@ where
                     };
                     return Ok(response.map(|body| UpstreamBody::pooled(body, give_back)));
                 }
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), replay) {
                     // Not written: the idle connection was closed under us. A fresh one gets it.
-                    Some(back) if reused => req = back,
+                    (Some(back), _) if idle.is_some() => req = back,
+                    (None, Some(copy)) if closed_without_answer(e.error()) => {
+                        tracing::debug!(%authority, error = %e.error(), "replaying a request an idle connection closed");
+                        req = copy;
+                    }
                     _ => return Err(e.into_error().into()),
                 },
             }
@@ -125,17 +137,18 @@ where
 
     /// The most recently used idle connection to `authority` that can take a request now, dropping
     /// the ones that closed or idled too long.
-    async fn checkout(&self, authority: &Authority) -> Option<http1::SendRequest<B>> {
+    async fn checkout(&self, authority: &Authority) -> Option<(http1::SendRequest<B>, Duration)> {
         let mut busy = Vec::new();
         let found = loop {
             let Some(Idle { sender, since }) = self.pop(authority) else {
                 break None;
             };
-            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
+            let idle = since.elapsed();
+            if sender.is_closed() || idle > IDLE_TIMEOUT {
                 continue;
             }
             if sender.is_ready() {
-                break Some(sender);
+                break Some((sender, idle));
             }
             // Given back when its response body ended, a connection is made ready by its task
             // within a turn of the scheduler. One still busy after that is writing the rest of
@@ -143,7 +156,7 @@ where
             // this request up behind a slow client.
             tokio::task::yield_now().await;
             if sender.is_ready() {
-                break Some(sender);
+                break Some((sender, idle));
             }
             if !sender.is_closed() {
                 busy.push(Idle { sender, since });
@@ -201,6 +214,106 @@ impl<B> Http1Pool<B> {
     }
 }
 
+/// How long a connection must have been idle for a request sent on it to be replayed when the
+/// origin closes it without an answer. Origins close idle connections after seconds (Node's
+/// default is 5 s, nginx's 75 s); a connection in steady use is never closed for idleness, and a
+/// request on it is not copied.
+const REPLAY_AFTER_IDLE: Duration = if cfg!(test) {
+    Duration::ZERO
+} else {
+    Duration::from_secs(1)
+};
+
+/// A copy of `req` to send again, when it is replayable as Go's `Transport` defines it: no body
+/// and an idempotent method, or an `Idempotency-Key` header.
+fn replay_copy<B: HttpBody + From<Empty<Bytes>>>(req: &Request<B>) -> Option<Request<B>> {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) || req.headers().contains_key("idempotency-key")
+        || req.headers().contains_key("x-idempotency-key");
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(B::from(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// The connection ended after the request was written and before any answer (Go: "server
+/// closed idle connection", or a reset).
+fn closed_without_answer(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// What the proxy sends upstream: the client's request body, or none once it is known to be
+/// empty (so that a request without a body can be sent again, see [`replay_copy`]).
+pub enum RequestBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl From<Empty<Bytes>> for RequestBody {
+    fn from(_: Empty<Bytes>) -> Self {
+        RequestBody::Empty
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        if body.is_end_stream() {
+            RequestBody::Empty
+        } else {
+            RequestBody::Client(body)
+        }
+    }
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// Dials `authority` (every resolved address in turn, each within [`CONNECT_TIMEOUT`]) and starts
 /// the connection's task.
 async fn connect<B>(authority: &Authority) -> Result<http1::SendRequest<B>, UpstreamError>
@@ -252,7 +365,7 @@ struct GiveBack<B> {
 /// A response body from upstream. A pooled HTTP/1.1 connection goes back to its pool once the
 /// body has been read to its end; a body dropped before that closes the connection with it (the
 /// rest of the message would otherwise still be on the wire).
-pub struct UpstreamBody<B = Incoming> {
+pub struct UpstreamBody<B = RequestBody> {
     body: Incoming,
     give_back: Option<GiveBack<B>>,
 }

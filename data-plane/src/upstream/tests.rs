@@ -215,3 +215,75 @@ async fn a_connection_still_uploading_does_not_hold_up_the_next_request() {
     // The uploading connection is still pooled, behind the idle one.
     assert_eq!(pool.idle_count(&origin.authority), 2);
 }
+
+impl From<Empty<Bytes>> for TestBody {
+    fn from(_: Empty<Bytes>) -> Self {
+        TestBody::Empty
+    }
+}
+
+/// An origin that answers the first request of each connection and closes the connection,
+/// unanswered, when a second one arrives on it (as an origin closing it for idleness just as
+/// the request reaches it).
+async fn answers_once_per_connection() -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                let mut answered = false;
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    seen.extend_from_slice(&buf[..n]);
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if answered {
+                            return; // closed without an answer
+                        }
+                        answered = true;
+                        if stream.write_all(OK).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Origin {
+        authority,
+        connections,
+    }
+}
+
+/// Go's Transport sends a replayable request again when a reused connection closes without
+/// answering it; anything else gets the error.
+#[tokio::test]
+async fn a_replayable_request_an_idle_connection_drops_is_sent_again() {
+    let origin = answers_once_per_connection().await;
+    let pool = Http1Pool::default();
+    let first = pool.send(&origin.authority, get()).await.unwrap();
+    assert_eq!(body_text(first).await, "ok");
+    let again = pool.send(&origin.authority, get()).await.unwrap();
+    assert_eq!(body_text(again).await, "ok");
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
+
+    // A POST is not replayed.
+    let post = |path: &str| {
+        Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", "origin.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let origin = answers_once_per_connection().await;
+    let first = pool.send(&origin.authority, post("/a")).await.unwrap();
+    assert_eq!(body_text(first).await, "ok");
+    let error = pool.send(&origin.authority, post("/b")).await.unwrap_err();
+    assert!(!error.is_connect(), "{error}");
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+}
