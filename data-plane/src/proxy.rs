@@ -281,13 +281,7 @@ impl Handler {
                     Request::from_parts(parts, RequestBody::from(body)),
                 )
                 .await
-                .map_err(|e| {
-                    if e.is_connect() {
-                        ProxyError::Upstream(format!("connect to {}: {e}", server.url))
-                    } else {
-                        ProxyError::Upstream(format!("{}: {e}", server.url))
-                    }
-                });
+                .map_err(|e| upstream_error(&server.url, e.is_connect(), &e));
         }
         let mut uri_parts = http::uri::Parts::default();
         uri_parts.scheme = Some(Scheme::HTTP);
@@ -300,13 +294,16 @@ impl Handler {
             .request(Request::from_parts(parts, body))
             .await
             .map(|response| response.map(UpstreamBody::from))
-            .map_err(|e| {
-                if e.is_connect() {
-                    ProxyError::Upstream(format!("connect to {}: {e}", server.url))
-                } else {
-                    ProxyError::Upstream(format!("{}: {e}", server.url))
-                }
-            })
+            .map_err(|e| upstream_error(&server.url, e.is_connect(), &e))
+    }
+}
+
+/// A failed forward to the server at `url` (502), saying whether the dial failed.
+fn upstream_error(url: &str, connect: bool, error: &dyn std::fmt::Display) -> ProxyError {
+    if connect {
+        ProxyError::Upstream(format!("connect to {url}: {error}"))
+    } else {
+        ProxyError::Upstream(format!("{url}: {error}"))
     }
 }
 

@@ -48,6 +48,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+/// Bits of [`present`]'s answer for `HOP_BY_HOP`'s `Connection` (0) and `TE` (5).
+const CONNECTION_FOUND: u32 = 1 << 0;
+const TE_FOUND: u32 = 1 << 5;
 
 /// The client end of a downstream connection, with its address as the forwarding headers write
 /// it (made once per connection, shared by its requests).
@@ -151,22 +154,15 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if found == 0 {
         return;
     }
-    let has = |name: &HeaderName| {
-        let i = HOP_BY_HOP
-            .iter()
-            .position(|n| n == name)
-            .unwrap_or(usize::MAX);
-        i < 32 && found & (1 << i) != 0
-    };
     // Go's reverse proxy keeps `TE: trailers` (gRPC needs it) and drops any other `TE`.
-    let te_trailers = has(&header::TE)
+    let te_trailers = found & TE_FOUND != 0
         && headers
             .get_all(header::TE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    if has(&header::CONNECTION) {
+    if found & CONNECTION_FOUND != 0 {
         // Headers named in `Connection` are hop-by-hop too.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -274,5 +270,14 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn the_connection_and_te_bits_name_those_headers() {
+        assert_eq!(
+            HOP_BY_HOP[CONNECTION_FOUND.trailing_zeros() as usize],
+            header::CONNECTION
+        );
+        assert_eq!(HOP_BY_HOP[TE_FOUND.trailing_zeros() as usize], header::TE);
     }
 }
