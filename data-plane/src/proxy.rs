@@ -23,7 +23,7 @@ use crate::{
     middleware::{Action, Middleware, split_host_port},
     router::{RequestView, forwarded_path, routing_path},
     state::{Redirect, Route, Table},
-    upstream::{CONNECT_TIMEOUT, Http1Pool, RequestBody, UpstreamBody},
+    upstream::{CONNECT_TIMEOUT, Http1Pool, UpstreamBody},
 };
 
 mod headers;
@@ -276,10 +276,7 @@ impl Handler {
             return self
                 .upstreams
                 .http1
-                .send(
-                    &server.authority,
-                    Request::from_parts(parts, RequestBody::from(body)),
-                )
+                .send(&server.authority, Request::from_parts(parts, body))
                 .await
                 .map_err(|e| upstream_error(&server.url, e.is_connect(), &e));
         }

@@ -1,16 +1,18 @@
 //! Upstream HTTP/1.1 connections, pooled per server authority and driven straight from the request
-//! path: a request takes an idle connection (most recently used first) or dials a new one, sends
-//! on it, and the connection goes back to the pool the moment the response body has been read to
-//! its end. Unlike hyper-util's general-purpose client, nothing here races a checkout against a
-//! dial, spawns a task per request to watch for the connection becoming idle again, or clones a
-//! URI and a pool key per request: on one core those were a measurable part of a proxied request.
+//! path: a request takes an idle connection (most recently used first) or dials a new one, writes
+//! itself on it and reads the response head in its own task ([`h1`]); the response body is read
+//! from the socket as the downstream connection asks for it, and the connection goes back to the
+//! pool the moment that body has ended. There is no task per connection, no channel between the
+//! request and its connection, and no check-out race: on one core those (hyper's client) were a
+//! measurable part of a proxied request.
 //!
 //! Semantics follow Go's `http.Transport` as Traefik configures it: idle connections are kept
 //! for 90 s, at most [`MAX_IDLE_PER_HOST`] per server, a dial times out after 30 s, a request
 //! that an idle connection closed under it before it was written is retried on a new connection
 //! (it was never sent, so this is safe for any method), and so is a replayable request (no body,
 //! an idempotent method) that a connection idle for a while took and then closed without an
-//! answer: its origin closed it for idleness as the request arrived.
+//! answer: its origin closed it for idleness as the request arrived. A connection whose request
+//! body was cut short by an early answer is not reused.
 //!
 //! Must not: hold the pool's lock across an `.await`, or serve anything but HTTP/1.1 (h2c uses
 //! hyper-util's client, which multiplexes).
@@ -26,13 +28,13 @@ use std::{
 
 use bytes::Bytes;
 use http::{Method, Request, Response, uri::Authority};
-use http_body_util::Empty;
-use hyper::{
-    body::{Body as HttpBody, Frame, Incoming, SizeHint},
-    client::conn::http1,
-};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use self::h1::{Conn, Decoded, Decoder, ReadError, RequestFraming};
+
+mod h1;
 
 /// Traefik's default `dialTimeout`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,8 +48,12 @@ pub const MAX_IDLE_PER_HOST: usize = 200;
 pub enum UpstreamError {
     #[error("connect: {0}")]
     Connect(String),
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
+    #[error("write request: {0}")]
+    Write(std::io::Error),
+    #[error("read response: {0}")]
+    Read(#[from] ReadError),
+    #[error("request body: {0}")]
+    RequestBody(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl UpstreamError {
@@ -56,123 +62,96 @@ impl UpstreamError {
     }
 }
 
-type Map<B> = HashMap<Authority, Vec<Idle<B>>, foldhash::fast::RandomState>;
+type Map = HashMap<Authority, Vec<Idle>, foldhash::fast::RandomState>;
 
-/// The HTTP/1.1 connection pool, shared by every listener of a proxy (clones share it). `B`: the
-/// request body type ([`RequestBody`] in the proxy).
-pub struct Http1Pool<B = RequestBody> {
-    idle: Arc<Mutex<Map<B>>>,
+/// The HTTP/1.1 connection pool, shared by every listener of a proxy (clones share it).
+#[derive(Clone, Default)]
+pub struct Http1Pool {
+    idle: Arc<Mutex<Map>>,
 }
 
-impl<B> Clone for Http1Pool<B> {
-    fn clone(&self) -> Self {
-        Self {
-            idle: Arc::clone(&self.idle),
-        }
-    }
-}
-
-impl<B> Default for Http1Pool<B> {
-    fn default() -> Self {
-        Self {
-            idle: Arc::default(),
-        }
-    }
-}
-
-impl<B> std::fmt::Debug for Http1Pool<B> {
+impl std::fmt::Debug for Http1Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http1Pool").finish_non_exhaustive()
     }
 }
 
-struct Idle<B> {
-    sender: http1::SendRequest<B>,
+struct Idle {
+    conn: Conn,
     since: Instant,
 }
 
-impl<B> Http1Pool<B>
-where
-    B: HttpBody + From<Empty<Bytes>> + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+/// How one attempt at a request ended without a response.
+struct Failed {
+    error: UpstreamError,
+    /// Nothing of the request reached the origin in a usable form: any request may be sent again.
+    unsent: bool,
+    /// The connection ended after the whole request was written and before any answer.
+    unanswered: bool,
+}
+
+impl Http1Pool {
     /// Sends `req` (origin-form target, `Host` already set) to the server at `authority`.
-    pub async fn send(
+    pub async fn send<B>(
         &self,
         authority: &Authority,
-        mut req: Request<B>,
-    ) -> Result<Response<UpstreamBody<B>>, UpstreamError> {
+        req: Request<B>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError>
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, mut body) = req.into_parts();
+        let (head, framing) = h1::encode_head(&parts, body.is_end_stream(), authority.as_str());
+        let replayable = framing == RequestFraming::None && replayable(&parts);
         loop {
-            let (mut sender, idle) = match self.checkout(authority).await {
-                Some((sender, idle)) => (sender, Some(idle)),
+            let (mut conn, idle) = match self.checkout(authority) {
+                Some((conn, idle)) => (conn, Some(idle)),
                 None => (connect(authority).await?, None),
             };
-            // Only a connection that has idled for a while can be closed by its origin for
-            // idleness just as this request reaches it; a copy for that case is made only then.
-            let replay = idle
-                .filter(|idle| *idle >= REPLAY_AFTER_IDLE)
-                .and_then(|_| replay_copy(&req));
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    let give_back = GiveBack {
+            match exchange(&mut conn, &head, framing, &mut body, &parts.method).await {
+                Ok((head, keep_alive)) => {
+                    let give_back = keep_alive.then(|| GiveBack {
                         pool: self.clone(),
                         authority: authority.clone(),
-                        sender,
-                    };
-                    return Ok(response.map(|body| UpstreamBody::pooled(body, give_back)));
+                    });
+                    let decoder = Decoder::from(head.framing);
+                    let body = UpstreamBody::h1(conn, decoder, give_back);
+                    return Ok(Response::from_parts(head.parts, body));
                 }
-                Err(mut e) => match (e.take_message(), replay) {
-                    // Not written: the idle connection was closed under us. A fresh one gets it.
-                    (Some(back), _) if idle.is_some() => req = back,
-                    (None, Some(copy)) if closed_without_answer(e.error()) => {
-                        tracing::debug!(%authority, error = %e.error(), "replaying a request an idle connection closed");
-                        req = copy;
+                Err(failed) => {
+                    let Some(idle) = idle else {
+                        return Err(failed.error);
+                    };
+                    // On a reused connection only: one the origin had closed before it was
+                    // written to gets any request again; one it closed, unanswered, just as a
+                    // request arrived after a while idle gets a replayable request again.
+                    if failed.unsent {
+                        continue;
                     }
-                    _ => return Err(e.into_error().into()),
-                },
+                    if failed.unanswered && replayable && idle >= REPLAY_AFTER_IDLE {
+                        tracing::debug!(%authority, error = %failed.error, "replaying a request an idle connection closed");
+                        continue;
+                    }
+                    return Err(failed.error);
+                }
             }
         }
     }
 
-    /// The most recently used idle connection to `authority` that can take a request now, dropping
-    /// the ones that closed or idled too long.
-    async fn checkout(&self, authority: &Authority) -> Option<(http1::SendRequest<B>, Duration)> {
-        let mut busy = Vec::new();
-        let found = loop {
-            let Some(Idle { sender, since }) = self.pop(authority) else {
-                break None;
-            };
+    /// The most recently used idle connection to `authority` that is still open, dropping the
+    /// ones that closed or idled too long.
+    fn checkout(&self, authority: &Authority) -> Option<(Conn, Duration)> {
+        loop {
+            let Idle { conn, since } = self.pop(authority)?;
             let idle = since.elapsed();
-            if sender.is_closed() || idle > IDLE_TIMEOUT {
-                continue;
+            if idle <= IDLE_TIMEOUT && !conn.closed_while_idle() {
+                return Some((conn, idle));
             }
-            if sender.is_ready() {
-                break Some((sender, idle));
-            }
-            // Given back when its response body ended, a connection is made ready by its task
-            // within a turn of the scheduler. One still busy after that is writing the rest of
-            // an upload its origin answered early: it goes back to the pool rather than hold
-            // this request up behind a slow client.
-            tokio::task::yield_now().await;
-            if sender.is_ready() {
-                break Some((sender, idle));
-            }
-            if !sender.is_closed() {
-                busy.push(Idle { sender, since });
-            }
-        };
-        if !busy.is_empty()
-            && let Ok(mut map) = self.idle.lock()
-        {
-            let list = map.entry(authority.clone()).or_default();
-            // Oldest first, as they were.
-            list.splice(0..0, busy.into_iter().rev());
         }
-        found
     }
 
-    fn pop(&self, authority: &Authority) -> Option<Idle<B>> {
+    fn pop(&self, authority: &Authority) -> Option<Idle> {
         let mut map = self.idle.lock().ok()?;
         let list = map.get_mut(authority)?;
         let idle = list.pop();
@@ -181,13 +160,8 @@ where
         }
         idle
     }
-}
 
-impl<B> Http1Pool<B> {
-    fn give_back(&self, authority: Authority, sender: http1::SendRequest<B>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn give_back(&self, authority: Authority, conn: Conn) {
         let Ok(mut map) = self.idle.lock() else {
             return;
         };
@@ -197,11 +171,13 @@ impl<B> Http1Pool<B> {
         // that only ever grows back to the same size holds no dead connections.
         let expired = list
             .iter()
-            .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT || i.sender.is_closed())
+            .take_while(|i| {
+                now.duration_since(i.since) > IDLE_TIMEOUT || i.conn.closed_while_idle()
+            })
             .count();
         list.drain(..expired);
         if list.len() < MAX_IDLE_PER_HOST {
-            list.push(Idle { sender, since: now });
+            list.push(Idle { conn, since: now });
         }
     }
 
@@ -214,114 +190,126 @@ impl<B> Http1Pool<B> {
     }
 }
 
+/// Writes the request on `conn` and reads the response head. While a body is being sent the
+/// origin may answer early (a 413, say): the answer wins, the rest of the body is not sent and
+/// the connection is not reused (Go's Transport does not reuse one whose request was not fully
+/// written either). Returns the head and whether the connection can be reused after its body.
+async fn exchange<B>(
+    conn: &mut Conn,
+    head: &[u8],
+    framing: RequestFraming,
+    body: &mut B,
+    method: &Method,
+) -> Result<(h1::Head, bool), Failed>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Err(e) = conn.stream.write_all(head).await {
+        return Err(Failed {
+            error: UpstreamError::Write(e),
+            unsent: true,
+            unanswered: false,
+        });
+    }
+    let Conn { stream, buf } = conn;
+    if framing != RequestFraming::None {
+        let (mut reader, mut writer) = stream.split();
+        tokio::select! {
+            biased;
+            early = h1::read_head(&mut reader, buf, method) => {
+                return match early {
+                    Ok(head) => Ok((head, false)),
+                    Err(e) => Err(Failed { error: e.into(), unsent: false, unanswered: false }),
+                };
+            }
+            sent = send_body(&mut writer, body, framing) => match sent {
+                Ok(()) => {}
+                // The origin may have answered, then closed: an answer is read below.
+                Err(UpstreamError::Write(e)) => {
+                    return match h1::read_head(&mut reader, buf, method).await {
+                        Ok(head) => Ok((head, false)),
+                        Err(_) => Err(Failed { error: UpstreamError::Write(e), unsent: false, unanswered: false }),
+                    };
+                }
+                Err(error) => return Err(Failed { error, unsent: false, unanswered: false }),
+            },
+        }
+    }
+    match h1::read_head(stream, buf, method).await {
+        Ok(head) => {
+            let keep_alive = head.keep_alive;
+            Ok((head, keep_alive))
+        }
+        Err(ReadError::ClosedBeforeResponse) => Err(Failed {
+            error: ReadError::ClosedBeforeResponse.into(),
+            unsent: false,
+            unanswered: true,
+        }),
+        Err(e) => Err(Failed {
+            error: e.into(),
+            unsent: false,
+            unanswered: false,
+        }),
+    }
+}
+
 /// How long a connection must have been idle for a request sent on it to be replayed when the
 /// origin closes it without an answer. Origins close idle connections after seconds (Node's
-/// default is 5 s, nginx's 75 s); a connection in steady use is never closed for idleness, and a
-/// request on it is not copied.
+/// default is 5 s, nginx's 75 s); a request on a connection in steady use is never replayed.
 const REPLAY_AFTER_IDLE: Duration = if cfg!(test) {
     Duration::ZERO
 } else {
     Duration::from_secs(1)
 };
 
-/// A copy of `req` to send again, when it is replayable as Go's `Transport` defines it: no body
-/// and an idempotent method, or an `Idempotency-Key` header.
-fn replay_copy<B: HttpBody + From<Empty<Bytes>>>(req: &Request<B>) -> Option<Request<B>> {
-    let idempotent = matches!(
-        *req.method(),
+/// Whether a request without a body may be sent again, as Go's `Transport` decides: an
+/// idempotent method, or an `Idempotency-Key` header.
+fn replayable(parts: &http::request::Parts) -> bool {
+    matches!(
+        parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) || req.headers().contains_key("idempotency-key")
-        || req.headers().contains_key("x-idempotency-key");
-    if !idempotent || !req.body().is_end_stream() {
-        return None;
-    }
-    let mut copy = Request::new(B::from(Empty::new()));
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
+    ) || parts.headers.contains_key("idempotency-key")
+        || parts.headers.contains_key("x-idempotency-key")
 }
 
-/// The connection ended after the request was written and before any answer (Go: "server
-/// closed idle connection", or a reset).
-fn closed_without_answer(error: &hyper::Error) -> bool {
-    if error.is_incomplete_message() || error.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// What the proxy sends upstream: the client's request body, or none once it is known to be
-/// empty (so that a request without a body can be sent again, see [`replay_copy`]).
-pub enum RequestBody {
-    Client(Incoming),
-    Empty,
-}
-
-impl From<Empty<Bytes>> for RequestBody {
-    fn from(_: Empty<Bytes>) -> Self {
-        RequestBody::Empty
-    }
-}
-
-impl From<Incoming> for RequestBody {
-    fn from(body: Incoming) -> Self {
-        if body.is_end_stream() {
-            RequestBody::Empty
-        } else {
-            RequestBody::Client(body)
-        }
-    }
-}
-
-impl HttpBody for RequestBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
-            RequestBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Client(body) => body.is_end_stream(),
-            RequestBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Client(body) => body.size_hint(),
-            RequestBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
-/// Dials `authority` (every resolved address in turn, each within [`CONNECT_TIMEOUT`]) and starts
-/// the connection's task.
-async fn connect<B>(authority: &Authority) -> Result<http1::SendRequest<B>, UpstreamError>
+/// Sends the request body, framed.
+async fn send_body<B>(
+    writer: &mut tokio::net::tcp::WriteHalf<'_>,
+    body: &mut B,
+    framing: RequestFraming,
+) -> Result<(), UpstreamError>
 where
-    B: HttpBody + Send + 'static,
-    B::Data: Send,
+    B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UpstreamError::RequestBody(e.into()))?;
+        // Trailers are not forwarded (nor were they by hyper's client).
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let written = if framing == RequestFraming::Chunked {
+            writer.write_all(&h1::chunk(&data)).await
+        } else {
+            writer.write_all(&data).await
+        };
+        written.map_err(UpstreamError::Write)?;
+    }
+    if framing == RequestFraming::Chunked {
+        writer
+            .write_all(h1::LAST_CHUNK)
+            .await
+            .map_err(UpstreamError::Write)?;
+    }
+    Ok(())
+}
+
+/// Dials `authority`: every resolved address in turn, each within [`CONNECT_TIMEOUT`].
+async fn connect(authority: &Authority) -> Result<Conn, UpstreamError> {
     let host = authority.host();
     let host = host
         .strip_prefix('[')
@@ -340,13 +328,7 @@ where
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-                    }
-                });
-                return Ok(sender);
+                return Ok(Conn::new(stream));
             }
             Ok(Err(e)) => last = format!("{addr}: {e}"),
             Err(_) => last = format!("{addr}: timed out after {CONNECT_TIMEOUT:?}"),
@@ -355,98 +337,150 @@ where
     Err(UpstreamError::Connect(last))
 }
 
-/// What returns a connection to its pool.
-struct GiveBack<B> {
-    pool: Http1Pool<B>,
+/// Where a connection goes back to once its response body has ended.
+struct GiveBack {
+    pool: Http1Pool,
     authority: Authority,
-    sender: http1::SendRequest<B>,
 }
 
-/// A response body from upstream. A pooled HTTP/1.1 connection goes back to its pool once the
-/// body has been read to its end; a body dropped before that closes the connection with it (the
-/// rest of the message would otherwise still be on the wire).
-pub struct UpstreamBody<B = RequestBody> {
-    body: Incoming,
-    give_back: Option<GiveBack<B>>,
+/// A response body from upstream. An HTTP/1.1 body is read from its connection as the downstream
+/// side asks for it; the connection goes back to its pool the moment the body has ended, and a
+/// body dropped before that closes the connection with it (the rest of the message would
+/// otherwise still be on the wire).
+pub struct UpstreamBody {
+    inner: Inner,
 }
 
-impl<B> UpstreamBody<B> {
-    fn pooled(body: Incoming, give_back: GiveBack<B>) -> Self {
+enum Inner {
+    H1 {
+        /// `None` once the body has ended.
+        conn: Option<Conn>,
+        decoder: Decoder,
+        /// `None`: the connection is closed at the end.
+        give_back: Option<GiveBack>,
+    },
+    /// From hyper-util's client (h2c), which pools its own connections.
+    H2(Incoming),
+}
+
+impl UpstreamBody {
+    fn h1(conn: Conn, decoder: Decoder, give_back: Option<GiveBack>) -> Self {
         let mut body = Self {
-            body,
-            give_back: Some(give_back),
+            inner: Inner::H1 {
+                conn: Some(conn),
+                decoder,
+                give_back,
+            },
         };
-        if body.body.is_end_stream() {
-            body.release();
+        // Nothing to read (a known empty length): hyper will not poll for it.
+        if decoder == Decoder::Done {
+            body.finish();
         }
         body
     }
 
-    fn release(&mut self) {
-        if let Some(GiveBack {
-            pool,
-            authority,
-            sender,
-        }) = self.give_back.take()
+    /// The body has ended: its connection goes back to the pool if it may, else it closes.
+    fn finish(&mut self) {
+        if let Inner::H1 {
+            conn, give_back, ..
+        } = &mut self.inner
+            && let Some(conn) = conn.take()
+            && let Some(GiveBack { pool, authority }) = give_back.take()
+            // Bytes after the response: the origin is confused, the connection is not reused.
+            && conn.buf.is_empty()
         {
-            pool.give_back(authority, sender);
+            pool.give_back(authority, conn);
         }
     }
 }
 
-impl<B> Drop for UpstreamBody<B> {
-    fn drop(&mut self) {
-        // hyper does not poll a body that says it has ended (a known length, all read).
-        if self.body.is_end_stream() {
-            self.release();
-        }
-    }
-}
-
-impl<B> From<Incoming> for UpstreamBody<B> {
+impl From<Incoming> for UpstreamBody {
     /// A body whose connection is not pooled here (h2c).
     fn from(body: Incoming) -> Self {
         Self {
-            body,
-            give_back: None,
+            inner: Inner::H2(body),
         }
     }
 }
 
-impl<B> std::fmt::Debug for UpstreamBody<B> {
+impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("pooled", &self.give_back.is_some())
-            .finish()
+        match &self.inner {
+            Inner::H1 {
+                decoder, give_back, ..
+            } => f
+                .debug_struct("UpstreamBody")
+                .field("decoder", decoder)
+                .field("pooled", &give_back.is_some())
+                .finish(),
+            Inner::H2(_) => f.debug_struct("UpstreamBody").finish_non_exhaustive(),
+        }
     }
 }
 
-impl<B> HttpBody for UpstreamBody<B> {
+impl HttpBody for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            // An error ends the connection: it is not given back.
-            Poll::Ready(Some(Err(_))) => this.give_back = None,
-            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        let (conn, decoder) = match &mut this.inner {
+            Inner::H2(body) => return Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inner::H1 { conn, decoder, .. } => (conn, decoder),
+        };
+        let Some(c) = conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = match h1::poll_decode(c, decoder, cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(polled) => polled,
+        };
+        match polled {
+            Ok(Decoded::Data(data)) => {
+                if *decoder == Decoder::Done {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Ok(Decoded::Trailers(trailers)) => {
+                this.finish();
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            Ok(Decoded::End | Decoded::NeedMore) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                // The connection is broken: closed, never given back.
+                *conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.inner {
+            Inner::H1 { decoder, .. } => *decoder == Decoder::Done,
+            Inner::H2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.inner {
+            Inner::H1 {
+                decoder: Decoder::Length(n),
+                ..
+            } => SizeHint::with_exact(*n),
+            Inner::H1 {
+                decoder: Decoder::Done,
+                ..
+            } => SizeHint::with_exact(0),
+            Inner::H1 { .. } => SizeHint::default(),
+            Inner::H2(body) => body.size_hint(),
+        }
     }
 }
 

@@ -65,7 +65,7 @@ fn get() -> Request<Empty<Bytes>> {
         .unwrap()
 }
 
-async fn body_text<B>(response: Response<UpstreamBody<B>>) -> String {
+async fn body_text(response: Response<UpstreamBody>) -> String {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
@@ -185,9 +185,9 @@ impl HttpBody for TestBody {
     }
 }
 
-/// The origin answers an upload before it has all arrived (as with a 413): the response is
-/// complete, the connection is still writing the upload, and the next request does not wait
-/// behind it.
+/// The origin answers an upload before it has all arrived (as with a 413): the answer is
+/// returned at once, the rest of the upload is not sent, and the connection, whose request was
+/// cut short, is not used again (Go's Transport does the same).
 #[tokio::test]
 async fn a_connection_still_uploading_does_not_hold_up_the_next_request() {
     let origin = origin(OK, false).await;
@@ -212,14 +212,7 @@ async fn a_connection_still_uploading_does_not_hold_up_the_next_request() {
         .unwrap();
     assert_eq!(body_text(response).await, "ok");
     assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
-    // The uploading connection is still pooled, behind the idle one.
-    assert_eq!(pool.idle_count(&origin.authority), 2);
-}
-
-impl From<Empty<Bytes>> for TestBody {
-    fn from(_: Empty<Bytes>) -> Self {
-        TestBody::Empty
-    }
+    assert_eq!(pool.idle_count(&origin.authority), 1);
 }
 
 /// An origin that answers the first request of each connection and closes the connection,
@@ -286,4 +279,209 @@ async fn a_replayable_request_an_idle_connection_drops_is_sent_again() {
     let error = pool.send(&origin.authority, post("/b")).await.unwrap_err();
     assert!(!error.is_connect(), "{error}");
     assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+}
+
+/// An origin that reads one request per connection up to the end of its body (`body_end`: the
+/// bytes the request ends with), sends what it read on `seen`, and answers `response`.
+async fn recording_origin(
+    body_end: &'static [u8],
+    response: &'static [u8],
+) -> (Authority, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.ends_with(body_end) {
+                        let _ = tx.send(std::mem::take(&mut seen));
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (authority, rx)
+}
+
+fn post<B>(body: B, length: Option<usize>) -> Request<B> {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri("/up?x=1")
+        .header("host", "origin.test");
+    if let Some(n) = length {
+        req = req.header("content-length", n);
+    }
+    req.body(body).unwrap()
+}
+
+#[tokio::test]
+async fn request_bodies_are_framed_by_their_length_or_chunked() {
+    use http_body_util::{Full, StreamBody};
+
+    // A known length: sent as it is, after the head.
+    let (authority, mut seen) = recording_origin(b"hello", OK).await;
+    let pool = Http1Pool::default();
+    let response = pool
+        .send(
+            &authority,
+            post(Full::new(Bytes::from_static(b"hello")), Some(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(body_text(response).await, "ok");
+    let wire = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert!(wire.starts_with("POST /up?x=1 HTTP/1.1\r\n"), "{wire:?}");
+    assert!(wire.contains("\r\ncontent-length: 5\r\n"), "{wire:?}");
+    assert!(!wire.contains("transfer-encoding"), "{wire:?}");
+    assert!(wire.ends_with("\r\n\r\nhello"), "{wire:?}");
+    assert_eq!(pool.idle_count(&authority), 1);
+
+    // No length: chunked, one chunk per frame, then the last chunk.
+    let (authority, mut seen) = recording_origin(b"0\r\n\r\n", OK).await;
+    let frames = ["abc", "", "0123456789abcdefg"]
+        .map(|s| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(s.as_bytes()))));
+    let body = StreamBody::new(tokio_stream::iter(frames));
+    let response = pool.send(&authority, post(body, None)).await.unwrap();
+    assert_eq!(body_text(response).await, "ok");
+    let wire = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert!(
+        wire.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{wire:?}"
+    );
+    assert!(
+        wire.ends_with("\r\n\r\n3\r\nabc\r\n11\r\n0123456789abcdefg\r\n0\r\n\r\n"),
+        "{wire:?}"
+    );
+
+    // An empty POST says so, as Go's client does; a GET says nothing.
+    let (authority, mut seen) = recording_origin(b"\r\n\r\n", OK).await;
+    let response = pool
+        .send(&authority, post(Empty::<Bytes>::new(), None))
+        .await
+        .unwrap();
+    assert_eq!(body_text(response).await, "ok");
+    let wire = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert!(wire.contains("\r\ncontent-length: 0\r\n"), "{wire:?}");
+    let response = pool.send(&authority, get()).await.unwrap();
+    assert_eq!(body_text(response).await, "ok");
+    let wire = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+    assert_eq!(wire, "GET / HTTP/1.1\r\nhost: origin.test\r\n\r\n");
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    const CONTINUE: &[u8] =
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok";
+    let origin = origin(CONTINUE, false).await;
+    let pool = Http1Pool::default();
+    for _ in 0..2 {
+        let response = pool.send(&origin.authority, get()).await.unwrap();
+        assert_eq!(response.status(), 201);
+        assert!(!response.headers().contains_key("link"));
+        assert_eq!(body_text(response).await, "ok");
+    }
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_head_response_has_no_body_whatever_its_length_says() {
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n";
+    let origin = origin(HEAD, false).await;
+    let pool = Http1Pool::default();
+    for _ in 0..3 {
+        let head = Request::builder()
+            .method("HEAD")
+            .uri("/")
+            .header("host", "origin.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = pool.send(&origin.authority, head).await.unwrap();
+        assert_eq!(response.headers()["content-length"], "1234");
+        assert!(response.body().is_end_stream());
+        assert_eq!(body_text(response).await, "");
+    }
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn chunked_trailers_reach_the_body() {
+    const TRAILERS: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: grpc-status\r\n\r\n2;ext=1\r\nok\r\n0\r\ngrpc-status: 0\r\n\r\n";
+    let origin = origin(TRAILERS, false).await;
+    let pool = Http1Pool::default();
+    let response = pool.send(&origin.authority, get()).await.unwrap();
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "ok");
+    assert_eq!(pool.idle_count(&origin.authority), 1);
+}
+
+/// Connections that cannot carry another request are closed after their response: one that
+/// sent bytes beyond its response, an HTTP/1.0 answer without keep-alive, a body delimited by
+/// the connection's end.
+#[tokio::test]
+async fn connections_that_cannot_be_reused_are_not() {
+    const EXTRA: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokGARBAGE";
+    const HTTP10: &[u8] = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    const UNTIL_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nok";
+    for (response, close) in [(EXTRA, false), (HTTP10, false), (UNTIL_CLOSE, true)] {
+        let origin = origin(response, close).await;
+        let pool = Http1Pool::default();
+        for n in 1..=3 {
+            let response = pool.send(&origin.authority, get()).await.unwrap();
+            assert_eq!(body_text(response).await, "ok");
+            assert_eq!(pool.idle_count(&origin.authority), 0);
+            assert_eq!(origin.connections.load(Ordering::SeqCst), n);
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_responses_are_errors() {
+    let cases: [(&[u8], &str); 4] = [
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+            "conflicting Content-Length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\nok",
+            "invalid Content-Length",
+        ),
+        (b"SMTP ready\r\n\r\n", "malformed response"),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            "101",
+        ),
+    ];
+    for (response, expected) in cases {
+        let origin = origin(response, false).await;
+        let error = Http1Pool::default()
+            .send(&origin.authority, get())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(expected), "{error} / {expected}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_cut_short_by_the_origin_is_an_error() {
+    const SHORT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nonly";
+    let origin = origin(SHORT, true).await;
+    let pool = Http1Pool::default();
+    let response = pool.send(&origin.authority, get()).await.unwrap();
+    let error = response.into_body().collect().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("closed before the response body ended"),
+        "{error}"
+    );
+    assert_eq!(pool.idle_count(&origin.authority), 0);
 }

@@ -1,0 +1,507 @@
+//! The HTTP/1.1 client side of the wire (RFC 9112), written for the proxy's one job: send a
+//! request head the proxy has already prepared, read the response head, and hand the response
+//! body to the downstream connection as it arrives. It runs in the request's own task: nothing is
+//! spawned per connection, and no channel or waker sits between the socket and the handler.
+//!
+//! What it does not do: upgrades (`Upgrade` is stripped before a request gets here, and a 101 is
+//! an error), pipelining (one request per connection at a time), or request trailers (dropped, as
+//! hyper's client did).
+
+use std::{
+    future::Future as _,
+    io,
+    mem::MaybeUninit,
+    pin::pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header, request, response,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    net::TcpStream,
+};
+
+/// Most header fields in a response head (hyper's default, which the proxy had before).
+const MAX_HEADERS: usize = 100;
+/// Largest response head, and largest trailer section (hyper's default read-buffer limit).
+pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// How much room a read into a connection's buffer asks for.
+const READ_SIZE: usize = 16 * 1024;
+/// Longest chunk-size line (size, extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// One upstream connection: the socket and what was read from it but not used yet.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether the origin closed (or wrote to) this idle connection. Costs no system call while
+    /// the socket has had no event since its last read.
+    pub fn closed_while_idle(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            // Readable: end of stream, an error, or bytes nobody asked for. Or a stale event,
+            // which the read clears.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more of the stream into the buffer; `Ok(0)` at its end.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        poll_fill(&mut self.stream, &mut self.buf, cx)
+    }
+}
+
+/// Reads more from `reader` into `buf`; `Ok(0)` at the end of the stream.
+fn poll_fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(READ_SIZE);
+    pin!(reader.read_buf(buf)).poll(cx)
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body is sent.
+    None,
+    /// The request carries `Content-Length` (the client's; the body is exactly that long).
+    Length,
+    /// `Transfer-Encoding: chunked` (added here).
+    Chunked,
+}
+
+/// Writes the request head: origin-form target, the headers as they are, and the framing the
+/// body needs. `body_empty`: the body is known to have nothing in it.
+pub fn encode_head(
+    parts: &request::Parts,
+    body_empty: bool,
+    authority: &str,
+) -> (Vec<u8>, RequestFraming) {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let mut head = Vec::with_capacity(parts.method.as_str().len() + target.len() + fields + 64);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        field(&mut head, "host", authority.as_bytes());
+    }
+    for (name, value) in &parts.headers {
+        field(&mut head, name.as_str(), value.as_bytes());
+    }
+    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let framing = if body_empty {
+        // Go sends an explicit zero length for the methods that normally carry a body.
+        if !has_length && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            field(&mut head, "content-length", b"0");
+        }
+        RequestFraming::None
+    } else if has_length {
+        RequestFraming::Length
+    } else {
+        field(&mut head, "transfer-encoding", b"chunked");
+        RequestFraming::Chunked
+    };
+    head.extend_from_slice(b"\r\n");
+    (head, framing)
+}
+
+fn field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// A chunk of a chunked request body, framed.
+pub fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(data.len() + 20);
+    framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    framed.extend_from_slice(data);
+    framed.extend_from_slice(b"\r\n");
+    framed
+}
+
+/// The end of a chunked request body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Why a response could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The connection ended before the first byte of a response.
+    #[error("connection closed before a response")]
+    ClosedBeforeResponse,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("malformed response: {0}")]
+    Malformed(String),
+}
+
+/// A response head and what follows it.
+pub struct Head {
+    pub parts: response::Parts,
+    pub framing: Framing,
+    /// The connection can take another request once this response's body has been read.
+    pub keep_alive: bool,
+}
+
+/// How much body follows a response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the origin closes the connection.
+    UntilClose,
+}
+
+/// Reads the response head for a request sent with `method` from `reader` (what was read
+/// before is in `buf`), skipping interim (1xx) responses. Cancel-safe: what was read stays in
+/// `buf`.
+pub async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Head, ReadError> {
+    let mut got_any = !buf.is_empty();
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf, method)? {
+                Some(head) if head.parts.status.is_informational() => continue,
+                Some(head) => return Ok(head),
+                None if buf.len() >= MAX_HEAD_BYTES => {
+                    return Err(ReadError::Malformed(format!(
+                        "response head larger than {MAX_HEAD_BYTES} bytes"
+                    )));
+                }
+                None => {}
+            }
+        }
+        match std::future::poll_fn(|cx| poll_fill(reader, buf, cx)).await {
+            Ok(0) if !got_any => return Err(ReadError::ClosedBeforeResponse),
+            Ok(0) => {
+                return Err(ReadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of the response head",
+                )));
+            }
+            Ok(_) => got_any = true,
+            Err(e) if !got_any && is_reset(&e) => return Err(ReadError::ClosedBeforeResponse),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Parses a complete head off the front of `buf` (`None`: not complete yet). An interim
+/// response is taken off too, and returned for the caller to skip.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(ReadError::Malformed(e.to_string())),
+    };
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| ReadError::Malformed(format!("status code {code}")))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ReadError::Malformed(
+            "101 Switching Protocols to a request that asked for no upgrade".into(),
+        ));
+    }
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Names now, values once the head is frozen (they share its bytes).
+    let mut fields = Vec::with_capacity(response.headers.len());
+    for h in response.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ReadError::Malformed(format!("header name {:?}", h.name)))?;
+        let start = h.value.as_ptr() as usize - base;
+        fields.push((name, start..start + h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, range) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(range))
+            .map_err(|_| ReadError::Malformed(format!("value of header {name}")))?;
+        headers.append(name, value);
+    }
+    let (framing, framing_closes) = framing(&headers, status, method)?;
+    let keep_alive = !framing_closes && keeps_alive(&headers, version);
+    let mut parts = response::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Head {
+        parts,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// RFC 9112 §6.3: the body's length, and whether the framing forces the connection to close.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    method: &Method,
+) -> Result<(Framing, bool), ReadError> {
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Length(0), false));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|c| !c.is_empty());
+        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        // With a Content-Length as well, the message may be an attack: read it, then close.
+        let closes = headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked {
+            (Framing::Chunked, closes)
+        } else {
+            (Framing::UntilClose, true)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = std::str::from_utf8(part)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| ReadError::Malformed("invalid Content-Length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ReadError::Malformed(
+                    "conflicting Content-Length values".into(),
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), false),
+        None => (Framing::UntilClose, true),
+    })
+}
+
+/// Whether the `Connection` header (or its absence, by version) lets the connection live on.
+fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if has("close") {
+        return false;
+    }
+    version == Version::HTTP_11 || has("keep-alive")
+}
+
+/// Where a response body's decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    /// Bytes left of a `Content-Length` body.
+    Length(u64),
+    /// Bytes left until the origin closes.
+    UntilClose,
+    /// Before a chunk-size line.
+    ChunkSize,
+    /// Bytes left of a chunk's data.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// The trailer section after the last chunk.
+    Trailers,
+    Done,
+}
+
+impl From<Framing> for Decoder {
+    fn from(framing: Framing) -> Self {
+        match framing {
+            Framing::Length(0) => Decoder::Done,
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::ChunkSize,
+            Framing::UntilClose => Decoder::UntilClose,
+        }
+    }
+}
+
+/// What the decoder made of the buffer.
+pub enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body has ended (nothing more to hand out).
+    End,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+impl Decoder {
+    /// Takes what it can off the front of `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Decoded> {
+        loop {
+            match *self {
+                Decoder::Done => return Ok(Decoded::End),
+                Decoder::Length(left) | Decoder::ChunkData(left) if !buf.is_empty() => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    *self = match *self {
+                        Decoder::Length(_) if left == 0 => Decoder::Done,
+                        Decoder::Length(_) => Decoder::Length(left),
+                        _ if left == 0 => Decoder::ChunkEnd,
+                        _ => Decoder::ChunkData(left),
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                Decoder::UntilClose if !buf.is_empty() => {
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                Decoder::Length(_) | Decoder::ChunkData(_) | Decoder::UntilClose => {
+                    return Ok(Decoded::NeedMore);
+                }
+                Decoder::ChunkSize => {
+                    let (used, size) = match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete(line)) => line,
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                            return Err(invalid("chunk-size line too long"));
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                        Err(_) => return Err(invalid("invalid chunk size")),
+                    };
+                    buf.advance(used);
+                    *self = if size == 0 {
+                        Decoder::Trailers
+                    } else {
+                        Decoder::ChunkData(size)
+                    };
+                }
+                Decoder::ChunkEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(invalid("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *self = Decoder::ChunkSize;
+                }
+                Decoder::Trailers => return trailers(buf, self),
+            }
+        }
+    }
+}
+
+/// The trailer section: empty (`CRLF`) or header fields then `CRLF`.
+fn trailers(buf: &mut BytesMut, decoder: &mut Decoder) -> io::Result<Decoded> {
+    if buf.starts_with(b"\r\n") {
+        buf.advance(2);
+        *decoder = Decoder::Done;
+        return Ok(Decoded::End);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (len, fields) = match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(done)) => done,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(invalid("trailer section too large"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+        Err(e) => return Err(invalid(&format!("trailer section: {e}"))),
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    buf.advance(len);
+    *decoder = Decoder::Done;
+    Ok(Decoded::Trailers(map))
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+/// Polls `conn` for the next piece of a body decoded by `decoder`.
+pub fn poll_decode(
+    conn: &mut Conn,
+    decoder: &mut Decoder,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Decoded>> {
+    loop {
+        match decoder.decode(&mut conn.buf)? {
+            Decoded::NeedMore => {}
+            decoded => return Poll::Ready(Ok(decoded)),
+        }
+        if ready!(conn.poll_fill(cx))? == 0 {
+            if *decoder == Decoder::UntilClose {
+                *decoder = Decoder::Done;
+                return Poll::Ready(Ok(Decoded::End));
+            }
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the response body ended",
+            )));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

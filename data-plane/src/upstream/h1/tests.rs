@@ -1,0 +1,268 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn head_of(text: &str, method: Method) -> Result<Option<Head>, ReadError> {
+    parse_head(&mut BytesMut::from(text.as_bytes()), &method)
+}
+
+fn framing_of(text: &str, method: Method) -> (Framing, bool) {
+    let head = head_of(text, method).unwrap().unwrap();
+    (head.framing, head.keep_alive)
+}
+
+#[test]
+fn framing_follows_rfc_9112() {
+    use Framing::*;
+    let get = || Method::GET;
+    let cases = [
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            get(),
+            (Length(5), true),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+            get(),
+            (Length(5), true),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            get(),
+            (Chunked, true),
+        ),
+        // Transfer-Encoding wins over Content-Length, and the connection is closed after.
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            get(),
+            (Chunked, false),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            get(),
+            (UntilClose, false),
+        ),
+        ("HTTP/1.1 200 OK\r\n\r\n", get(), (UntilClose, false)),
+        ("HTTP/1.1 204 No Content\r\n\r\n", get(), (Length(0), true)),
+        (
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n",
+            get(),
+            (Length(0), true),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+            Method::HEAD,
+            (Length(0), true),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+            get(),
+            (Length(1), false),
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nconnection: x, Close\r\ncontent-length: 1\r\n\r\n",
+            get(),
+            (Length(1), false),
+        ),
+        (
+            "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+            get(),
+            (Length(1), false),
+        ),
+        (
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
+            get(),
+            (Length(1), true),
+        ),
+    ];
+    for (text, method, expected) in cases {
+        assert_eq!(framing_of(text, method), expected, "{text:?}");
+    }
+}
+
+#[test]
+fn a_head_is_parsed_only_when_complete_and_values_share_its_bytes() {
+    let text = "HTTP/1.1 404 Nope\r\nx-a: 1\r\nX-B: two words\r\nx-a: 3\r\n\r\nbody";
+    for cut in 0..text.len() - 4 {
+        assert!(
+            head_of(&text[..cut], Method::GET).unwrap().is_none(),
+            "{cut}"
+        );
+    }
+    let mut buf = BytesMut::from(text.as_bytes());
+    let head = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+    assert_eq!(head.parts.status, 404);
+    assert_eq!(head.parts.version, Version::HTTP_11);
+    let a: Vec<_> = head.parts.headers.get_all("x-a").iter().collect();
+    assert_eq!(a, ["1", "3"]);
+    assert_eq!(head.parts.headers["x-b"], "two words");
+    assert_eq!(&buf[..], b"body", "the body stays in the buffer");
+}
+
+#[test]
+fn malformed_heads_are_errors() {
+    for text in [
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/2 200 OK\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 1x\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    ] {
+        assert!(head_of(text, Method::GET).is_err(), "{text:?}");
+    }
+}
+
+/// Feeds `wire` to a decoder `step` bytes at a time; returns the data and trailers it gave.
+fn decode_all(
+    mut decoder: Decoder,
+    wire: &[u8],
+    step: usize,
+) -> io::Result<(Vec<u8>, Option<HeaderMap>)> {
+    let mut buf = BytesMut::new();
+    let mut data = Vec::new();
+    let mut trailers = None;
+    let mut fed = 0;
+    loop {
+        match decoder.decode(&mut buf)? {
+            Decoded::Data(d) => data.extend_from_slice(&d),
+            Decoded::Trailers(t) => trailers = Some(t),
+            Decoded::End => return Ok((data, trailers)),
+            Decoded::NeedMore => {
+                if fed == wire.len() {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "wire ended"));
+                }
+                let next = (fed + step).min(wire.len());
+                buf.extend_from_slice(&wire[fed..next]);
+                fed = next;
+            }
+        }
+    }
+}
+
+#[test]
+fn chunked_bodies_decode_whatever_the_reads_look_like() {
+    let wire = b"3;name=value\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\n";
+    for step in 1..wire.len() {
+        let (data, trailers) = decode_all(Decoder::ChunkSize, wire, step).unwrap();
+        assert_eq!(data, b"abc0123456789abcdef", "step {step}");
+        assert_eq!(trailers.unwrap()["x-t"], "1");
+    }
+    let (data, trailers) = decode_all(Decoder::ChunkSize, b"2\r\nok\r\n0\r\n\r\n", 1).unwrap();
+    assert_eq!((data.as_slice(), trailers), (&b"ok"[..], None));
+}
+
+#[test]
+fn bad_chunked_framing_is_an_error() {
+    for wire in [
+        &b"zz\r\nab\r\n0\r\n\r\n"[..],
+        b"2\r\nabX\r\n0\r\n\r\n",
+        b"11111111111111111\r\n",
+        b"2\r\nab\r\n0\r\nbad trailer\r\n\r\n",
+    ] {
+        assert!(
+            decode_all(Decoder::ChunkSize, wire, 64).is_err(),
+            "{wire:?}"
+        );
+    }
+}
+
+#[test]
+fn a_length_body_ends_at_its_length() {
+    let mut decoder = Decoder::from(Framing::Length(4));
+    let mut buf = BytesMut::from(&b"abcdefgh"[..]);
+    let Decoded::Data(d) = decoder.decode(&mut buf).unwrap() else {
+        panic!("data expected");
+    };
+    assert_eq!((&d[..], decoder), (&b"abcd"[..], Decoder::Done));
+    assert_eq!(&buf[..], b"efgh");
+    assert!(matches!(decoder.decode(&mut buf).unwrap(), Decoded::End));
+    assert_eq!(Decoder::from(Framing::Length(0)), Decoder::Done);
+}
+
+fn parts(method: &str, headers: &[(&str, &str)]) -> request::Parts {
+    let mut req = http::Request::builder().method(method).uri("/p?q=1");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(()).unwrap().into_parts().0
+}
+
+#[test]
+fn request_heads_carry_the_framing_their_body_needs() {
+    let host = [("host", "a.test")];
+    let cases = [
+        (parts("GET", &host), true, "", RequestFraming::None),
+        (
+            parts("POST", &host),
+            true,
+            "content-length: 0\r\n",
+            RequestFraming::None,
+        ),
+        (parts("DELETE", &host), true, "", RequestFraming::None),
+        (
+            parts("POST", &[("host", "a.test"), ("content-length", "0")]),
+            true,
+            "",
+            RequestFraming::None,
+        ),
+        (
+            parts("PUT", &[("host", "a.test"), ("content-length", "3")]),
+            false,
+            "",
+            RequestFraming::Length,
+        ),
+        (
+            parts("PUT", &host),
+            false,
+            "transfer-encoding: chunked\r\n",
+            RequestFraming::Chunked,
+        ),
+    ];
+    for (parts, empty, added, framing) in cases {
+        let (head, got) = encode_head(&parts, empty, "origin:80");
+        let head = String::from_utf8(head).unwrap();
+        let mut expected = format!("{} /p?q=1 HTTP/1.1\r\n", parts.method);
+        for (name, value) in &parts.headers {
+            expected += &format!("{name}: {}\r\n", value.to_str().unwrap());
+        }
+        expected += added;
+        expected += "\r\n";
+        assert_eq!((head, got), (expected, framing));
+    }
+    // A request without Host gets the server's authority.
+    let (head, _) = encode_head(&parts("GET", &[]), true, "origin:8080");
+    assert_eq!(head, b"GET /p?q=1 HTTP/1.1\r\nhost: origin:8080\r\n\r\n");
+}
+
+proptest! {
+    /// Any body, cut into any chunks (with or without extensions), read in any pieces, decodes
+    /// back to itself.
+    #[test]
+    fn chunked_round_trip(
+        body in proptest::collection::vec(any::<u8>(), 0..2000),
+        cuts in proptest::collection::vec(1usize..300, 1..20),
+        ext in any::<bool>(),
+        step in 1usize..97,
+    ) {
+        let mut wire = Vec::new();
+        let mut rest = &body[..];
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = cuts[i % cuts.len()].min(rest.len());
+            let (piece, tail) = rest.split_at(n);
+            let mut framed = chunk(piece);
+            if ext {
+                let at = framed.iter().position(|b| *b == b'\r').unwrap_or(0);
+                framed.splice(at..at, b";e=1".iter().copied());
+            }
+            wire.extend_from_slice(&framed);
+            rest = tail;
+            i += 1;
+        }
+        wire.extend_from_slice(LAST_CHUNK);
+        let (data, trailers) = decode_all(Decoder::ChunkSize, &wire, step).unwrap();
+        prop_assert_eq!(data, body);
+        prop_assert!(trailers.is_none());
+    }
+}
