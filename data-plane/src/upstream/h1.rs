@@ -253,18 +253,32 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadE
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Names now, values once the head is frozen (they share its bytes).
-    let mut fields = Vec::with_capacity(response.headers.len());
-    for h in response.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ReadError::Malformed(format!("header name {:?}", h.name)))?;
-        let start = h.value.as_ptr() as usize - base;
-        fields.push((name, start..start + h.value.len()));
+    // Where each field is; names and values are made from a copy of the head, values sharing
+    // its bytes.
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = response.headers.len();
+    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        let name = at(h.name.as_bytes());
+        let value = at(h.value);
+        *span = (
+            name,
+            name + h.name.len() as u32,
+            value,
+            value + h.value.len() as u32,
+        );
     }
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, range) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
+    let head = take(buf, len);
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name_bytes = &head[ns as usize..ne as usize];
+        let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
+            ReadError::Malformed(format!(
+                "header name {:?}",
+                String::from_utf8_lossy(name_bytes)
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| ReadError::Malformed(format!("value of header {name}")))?;
         headers.append(name, value);
     }
@@ -350,6 +364,22 @@ fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
     version == Version::HTTP_11 || has("keep-alive")
 }
 
+/// Largest piece of the read buffer handed out as a copy rather than shared.
+const COPY_UP_TO: usize = 4096;
+
+/// Takes `n` bytes off the front of `buf`. A small piece is copied out, so that the buffer stays
+/// unshared and the next read reuses it; a large one shares the buffer's bytes (no copy, and the
+/// next read allocates anew, which a large read costs anyway).
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n <= COPY_UP_TO {
+        let piece = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        piece
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
 /// Where a response body's decoder stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decoder {
@@ -397,7 +427,7 @@ impl Decoder {
                 Decoder::Done => return Ok(Decoded::End),
                 Decoder::Length(left) | Decoder::ChunkData(left) if !buf.is_empty() => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let data = buf.split_to(n).freeze();
+                    let data = take(buf, n);
                     let left = left - n as u64;
                     *self = match *self {
                         Decoder::Length(_) if left == 0 => Decoder::Done,
@@ -408,7 +438,8 @@ impl Decoder {
                     return Ok(Decoded::Data(data));
                 }
                 Decoder::UntilClose if !buf.is_empty() => {
-                    return Ok(Decoded::Data(buf.split().freeze()));
+                    let n = buf.len();
+                    return Ok(Decoded::Data(take(buf, n)));
                 }
                 Decoder::Length(_) | Decoder::ChunkData(_) | Decoder::UntilClose => {
                     return Ok(Decoded::NeedMore);
