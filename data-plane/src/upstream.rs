@@ -21,16 +21,26 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use http::{Method, Request, Response, uri::Authority};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+};
 
 use self::h1::{Conn, Decoded, Decoder, ReadError, RequestFraming};
 
@@ -54,6 +64,8 @@ pub enum UpstreamError {
     Read(#[from] ReadError),
     #[error("request body: {0}")]
     RequestBody(Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0}")]
+    InvalidRequest(&'static str),
 }
 
 impl UpstreamError {
@@ -68,6 +80,32 @@ type Map = HashMap<Authority, Vec<Idle>, foldhash::fast::RandomState>;
 #[derive(Clone, Default)]
 pub struct Http1Pool {
     idle: Arc<Mutex<Map>>,
+    sweeping: Arc<AtomicBool>,
+}
+
+/// How often idle connections are checked for closing, besides when their server's connections
+/// are taken or given back.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// Drops every idle connection that idled too long or that its origin closed.
+fn sweep(idle: &Mutex<Map>, now: Instant) {
+    let dropped: Vec<Idle> = {
+        let Ok(mut map) = idle.lock() else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        map.retain(|_, list| {
+            let (keep, gone): (Vec<Idle>, Vec<Idle>) =
+                std::mem::take(list).into_iter().partition(|i| {
+                    now.duration_since(i.since) <= IDLE_TIMEOUT && !i.conn.closed_while_idle()
+                });
+            *list = keep;
+            dropped.extend(gone);
+            !list.is_empty()
+        });
+        dropped
+    };
+    drop(dropped);
 }
 
 impl std::fmt::Debug for Http1Pool {
@@ -98,25 +136,31 @@ impl Http1Pool {
         req: Request<B>,
     ) -> Result<Response<UpstreamBody>, UpstreamError>
     where
-        B: HttpBody<Data = Bytes> + Unpin,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
-        let (parts, mut body) = req.into_parts();
-        let (head, framing) = h1::encode_head(&parts, body.is_end_stream(), authority.as_str());
+        let (parts, body) = req.into_parts();
+        let (head, framing) = h1::encode_head(&parts, body.is_end_stream(), authority.as_str())
+            .ok_or(UpstreamError::InvalidRequest("invalid Content-Length"))?;
         let replayable = framing == RequestFraming::None && replayable(&parts);
+        let mut body = Some(body);
         loop {
-            let (mut conn, idle) = match self.checkout(authority) {
+            let (conn, idle) = match self.checkout(authority) {
                 Some((conn, idle)) => (conn, Some(idle)),
                 None => (connect(authority).await?, None),
             };
-            match exchange(&mut conn, &head, framing, &mut body, &parts.method).await {
-                Ok((head, keep_alive)) => {
-                    let give_back = keep_alive.then(|| GiveBack {
+            match exchange(conn, &head, framing, &mut body, &parts.method).await {
+                Ok(Exchanged {
+                    head,
+                    reader,
+                    upload,
+                }) => {
+                    let give_back = head.keep_alive.then(|| GiveBack {
                         pool: self.clone(),
                         authority: authority.clone(),
                     });
                     let decoder = Decoder::from(head.framing);
-                    let body = UpstreamBody::h1(conn, decoder, give_back);
+                    let body = UpstreamBody::h1(reader, decoder, give_back, upload);
                     return Ok(Response::from_parts(head.parts, body));
                 }
                 Err(failed) => {
@@ -124,8 +168,9 @@ impl Http1Pool {
                         return Err(failed.error);
                     };
                     // On a reused connection only: one the origin had closed before it was
-                    // written to gets any request again; one it closed, unanswered, just as a
-                    // request arrived after a while idle gets a replayable request again.
+                    // written to gets any request again (its body was not touched); one it
+                    // closed, unanswered, just as a request arrived after a while idle gets a
+                    // replayable request (no body) again.
                     if failed.unsent {
                         continue;
                     }
@@ -162,23 +207,50 @@ impl Http1Pool {
     }
 
     fn give_back(&self, authority: Authority, conn: Conn) {
-        let Ok(mut map) = self.idle.lock() else {
-            return;
-        };
         let now = Instant::now();
-        let list = map.entry(authority).or_default();
-        // The oldest idle connections are at the front: expire them as new ones arrive, so a pool
-        // that only ever grows back to the same size holds no dead connections.
-        let expired = list
-            .iter()
-            .take_while(|i| {
-                now.duration_since(i.since) > IDLE_TIMEOUT || i.conn.closed_while_idle()
-            })
-            .count();
-        list.drain(..expired);
-        if list.len() < MAX_IDLE_PER_HOST {
-            list.push(Idle { conn, since: now });
+        // Closed after the lock is released (a close is a system call).
+        let expired: Vec<Idle> = {
+            let Ok(mut map) = self.idle.lock() else {
+                return;
+            };
+            let list = map.entry(authority).or_default();
+            // The oldest idle connections are at the front: expire them as new ones arrive, so
+            // a pool that only ever grows back to the same size holds no dead connections.
+            let n = list
+                .iter()
+                .take_while(|i| {
+                    now.duration_since(i.since) > IDLE_TIMEOUT || i.conn.closed_while_idle()
+                })
+                .count();
+            let expired = list.drain(..n).collect();
+            if list.len() < MAX_IDLE_PER_HOST {
+                list.push(Idle { conn, since: now });
+            }
+            expired
+        };
+        drop(expired);
+        self.start_sweeper();
+    }
+
+    /// Starts, once per pool, the task that closes connections that idled too long or that
+    /// their origin closed, for every server, including servers no request goes to any more.
+    fn start_sweeper(&self) {
+        if self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
         }
+        let idle = Arc::downgrade(&self.idle);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // Ends with the pool.
+                let Some(idle) = idle.upgrade() else {
+                    return;
+                };
+                sweep(&idle, Instant::now());
+            }
+        });
     }
 
     /// Idle connections held to `authority` (tests).
@@ -190,21 +262,45 @@ impl Http1Pool {
     }
 }
 
-/// Writes the request on `conn` and reads the response head. While a body is being sent the
-/// origin may answer early (a 413, say): the answer wins, the rest of the body is not sent and
-/// the connection is not reused (Go's Transport does not reuse one whose request was not fully
-/// written either). Returns the head and whether the connection can be reused after its body.
+/// What an exchange leaves for the response body: the read side and, when the origin answered
+/// before the request body was all sent, the upload still going.
+struct Exchanged {
+    head: h1::Head,
+    reader: Reader,
+    upload: Option<Upload>,
+}
+
+/// The rest of a request body being sent; gives the write side back when done.
+type Upload = Pin<Box<dyn Future<Output = (Result<(), UpstreamError>, OwnedWriteHalf)> + Send>>;
+
+/// Where a response body is read from.
+enum Reader {
+    /// The whole connection (it can go back to the pool).
+    Whole(Conn),
+    /// The read side of a connection whose write side an upload holds.
+    Half(OwnedReadHalf, BytesMut),
+}
+
+/// Writes the request on `conn` and reads the response head. A request body is sent while the
+/// origin may already answer (a 413, or a streaming echo): the answer is returned at once and
+/// the upload goes on next to the response body ([`UpstreamBody`] drives both); the connection
+/// is reused only if both end (Go's Transport likewise).
 async fn exchange<B>(
-    conn: &mut Conn,
+    mut conn: Conn,
     head: &[u8],
     framing: RequestFraming,
-    body: &mut B,
+    body: &mut Option<B>,
     method: &Method,
-) -> Result<(h1::Head, bool), Failed>
+) -> Result<Exchanged, Failed>
 where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
+    let failed = |error, unanswered| Failed {
+        error,
+        unsent: false,
+        unanswered,
+    };
     if let Err(e) = conn.stream.write_all(head).await {
         return Err(Failed {
             error: UpstreamError::Write(e),
@@ -212,45 +308,46 @@ where
             unanswered: false,
         });
     }
-    let Conn { stream, buf } = conn;
-    if framing != RequestFraming::None {
-        let (mut reader, mut writer) = stream.split();
+    if framing != RequestFraming::None
+        && let Some(body) = body.take()
+    {
+        let Conn { stream, mut buf } = conn;
+        let (mut reader, writer) = stream.into_split();
+        let mut upload: Upload = Box::pin(send_body(writer, body, framing));
         tokio::select! {
             biased;
-            early = h1::read_head(&mut reader, buf, method) => {
-                return match early {
-                    Ok(head) => Ok((head, false)),
-                    Err(e) => Err(Failed { error: e.into(), unsent: false, unanswered: false }),
-                };
+            early = h1::read_head(&mut reader, &mut buf, method) => {
+                let head = early.map_err(|e| failed(e.into(), false))?;
+                let reader = Reader::Half(reader, buf);
+                return Ok(Exchanged { head, reader, upload: Some(upload) });
             }
-            sent = send_body(&mut writer, body, framing) => match sent {
-                Ok(()) => {}
+            (sent, writer) = &mut upload => match sent {
+                Ok(()) => {
+                    let stream = reader.reunite(writer).map_err(|e| failed(UpstreamError::Write(std::io::Error::other(e)), false))?;
+                    conn = Conn { stream, buf };
+                }
                 // The origin may have answered, then closed: an answer is read below.
                 Err(UpstreamError::Write(e)) => {
-                    return match h1::read_head(&mut reader, buf, method).await {
-                        Ok(head) => Ok((head, false)),
-                        Err(_) => Err(Failed { error: UpstreamError::Write(e), unsent: false, unanswered: false }),
-                    };
+                    let mut head = h1::read_head(&mut reader, &mut buf, method)
+                        .await
+                        .map_err(|_| failed(UpstreamError::Write(e), false))?;
+                    head.keep_alive = false;
+                    return Ok(Exchanged { head, reader: Reader::Half(reader, buf), upload: None });
                 }
-                Err(error) => return Err(Failed { error, unsent: false, unanswered: false }),
+                Err(error) => return Err(failed(error, false)),
             },
         }
     }
-    match h1::read_head(stream, buf, method).await {
-        Ok(head) => {
-            let keep_alive = head.keep_alive;
-            Ok((head, keep_alive))
+    match h1::read_head(&mut conn.stream, &mut conn.buf, method).await {
+        Ok(head) => Ok(Exchanged {
+            head,
+            reader: Reader::Whole(conn),
+            upload: None,
+        }),
+        Err(ReadError::ClosedBeforeResponse) => {
+            Err(failed(ReadError::ClosedBeforeResponse.into(), true))
         }
-        Err(ReadError::ClosedBeforeResponse) => Err(Failed {
-            error: ReadError::ClosedBeforeResponse.into(),
-            unsent: false,
-            unanswered: true,
-        }),
-        Err(e) => Err(Failed {
-            error: e.into(),
-            unsent: false,
-            unanswered: false,
-        }),
+        Err(e) => Err(failed(e.into(), false)),
     }
 }
 
@@ -273,17 +370,33 @@ fn replayable(parts: &http::request::Parts) -> bool {
         || parts.headers.contains_key("x-idempotency-key")
 }
 
-/// Sends the request body, framed.
+/// Sends the request body, framed; gives the write side back.
 async fn send_body<B>(
-    writer: &mut tokio::net::tcp::WriteHalf<'_>,
-    body: &mut B,
+    mut writer: OwnedWriteHalf,
+    body: B,
+    framing: RequestFraming,
+) -> (Result<(), UpstreamError>, OwnedWriteHalf)
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let sent = pump(&mut writer, body, framing).await;
+    (sent, writer)
+}
+
+async fn pump<B>(
+    writer: &mut OwnedWriteHalf,
+    mut body: B,
     framing: RequestFraming,
 ) -> Result<(), UpstreamError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    while let Some(frame) = body.frame().await {
+    let mut sent = 0u64;
+    while framing.length().is_none_or(|n| sent < n)
+        && let Some(frame) = body.frame().await
+    {
         let frame = frame.map_err(|e| UpstreamError::RequestBody(e.into()))?;
         // Trailers are not forwarded (nor were they by hyper's client).
         let Ok(data) = frame.into_data() else {
@@ -292,20 +405,28 @@ where
         if data.is_empty() {
             continue;
         }
-        let written = if framing == RequestFraming::Chunked {
-            writer.write_all(&h1::chunk(&data)).await
-        } else {
-            writer.write_all(&data).await
+        sent += data.len() as u64;
+        let written = match framing {
+            RequestFraming::Length(n) if sent > n => {
+                return Err(UpstreamError::InvalidRequest(
+                    "request body longer than its Content-Length",
+                ));
+            }
+            RequestFraming::Chunked => writer.write_all(&h1::chunk(&data)).await,
+            _ => writer.write_all(&data).await,
         };
         written.map_err(UpstreamError::Write)?;
     }
-    if framing == RequestFraming::Chunked {
-        writer
+    match framing {
+        RequestFraming::Length(n) if sent < n => Err(UpstreamError::InvalidRequest(
+            "request body shorter than its Content-Length",
+        )),
+        RequestFraming::Chunked => writer
             .write_all(h1::LAST_CHUNK)
             .await
-            .map_err(UpstreamError::Write)?;
+            .map_err(UpstreamError::Write),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Dials `authority`: every resolved address in turn, each within [`CONNECT_TIMEOUT`].
@@ -344,52 +465,92 @@ struct GiveBack {
 }
 
 /// A response body from upstream. An HTTP/1.1 body is read from its connection as the downstream
-/// side asks for it; the connection goes back to its pool the moment the body has ended, and a
-/// body dropped before that closes the connection with it (the rest of the message would
-/// otherwise still be on the wire).
+/// side asks for it; the connection goes back to its pool the moment the body has ended (and the
+/// request body, if the origin answered before it was all sent, has been sent too), and a body
+/// dropped before that closes the connection with it (the rest of the message would otherwise
+/// still be on the wire).
 pub struct UpstreamBody {
     inner: Inner,
 }
 
 enum Inner {
-    H1 {
-        /// `None` once the body has ended.
-        conn: Option<Conn>,
-        decoder: Decoder,
-        /// `None`: the connection is closed at the end.
-        give_back: Option<GiveBack>,
-    },
+    H1(H1Body),
     /// From hyper-util's client (h2c), which pools its own connections.
     H2(Incoming),
 }
 
-impl UpstreamBody {
-    fn h1(conn: Conn, decoder: Decoder, give_back: Option<GiveBack>) -> Self {
-        let mut body = Self {
-            inner: Inner::H1 {
-                conn: Some(conn),
-                decoder,
-                give_back,
+struct H1Body {
+    /// `None` once the body has ended.
+    reader: Option<Reader>,
+    decoder: Decoder,
+    /// `None`: the connection is closed at the end.
+    give_back: Option<GiveBack>,
+    /// The request body still being sent.
+    upload: Option<Upload>,
+    /// The write side, once that upload is done.
+    writer: Option<OwnedWriteHalf>,
+}
+
+impl H1Body {
+    /// Drives the upload, if one is still going; the write side is kept when it completes.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) {
+        if let Some(upload) = &mut self.upload
+            && let Poll::Ready((sent, writer)) = upload.as_mut().poll(cx)
+        {
+            self.upload = None;
+            match sent {
+                Ok(()) => self.writer = Some(writer),
+                Err(e) => {
+                    tracing::debug!(error = %e, "request body not sent in full after the response head");
+                    self.give_back = None;
+                }
+            }
+        }
+    }
+
+    /// The body has ended: its connection goes back to the pool if it may, else it closes.
+    fn finish(&mut self) {
+        let (Some(reader), Some(GiveBack { pool, authority })) =
+            (self.reader.take(), self.give_back.take())
+        else {
+            return;
+        };
+        let conn = match reader {
+            Reader::Whole(conn) => conn,
+            // Whole again only if the upload has ended (else it is cut short, the connection
+            // closed).
+            Reader::Half(read, buf) => match self.writer.take().map(|w| read.reunite(w)) {
+                Some(Ok(stream)) => Conn { stream, buf },
+                _ => return,
             },
+        };
+        // Bytes after the response: the origin is confused, the connection is not reused.
+        if conn.buf.is_empty() {
+            pool.give_back(authority, conn);
+        }
+    }
+}
+
+impl UpstreamBody {
+    fn h1(
+        reader: Reader,
+        decoder: Decoder,
+        give_back: Option<GiveBack>,
+        upload: Option<Upload>,
+    ) -> Self {
+        let mut body = H1Body {
+            reader: Some(reader),
+            decoder,
+            give_back,
+            upload,
+            writer: None,
         };
         // Nothing to read (a known empty length): hyper will not poll for it.
         if decoder == Decoder::Done {
             body.finish();
         }
-        body
-    }
-
-    /// The body has ended: its connection goes back to the pool if it may, else it closes.
-    fn finish(&mut self) {
-        if let Inner::H1 {
-            conn, give_back, ..
-        } = &mut self.inner
-            && let Some(conn) = conn.take()
-            && let Some(GiveBack { pool, authority }) = give_back.take()
-            // Bytes after the response: the origin is confused, the connection is not reused.
-            && conn.buf.is_empty()
-        {
-            pool.give_back(authority, conn);
+        Self {
+            inner: Inner::H1(body),
         }
     }
 }
@@ -406,12 +567,11 @@ impl From<Incoming> for UpstreamBody {
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.inner {
-            Inner::H1 {
-                decoder, give_back, ..
-            } => f
+            Inner::H1(body) => f
                 .debug_struct("UpstreamBody")
-                .field("decoder", decoder)
-                .field("pooled", &give_back.is_some())
+                .field("decoder", &body.decoder)
+                .field("pooled", &body.give_back.is_some())
+                .field("uploading", &body.upload.is_some())
                 .finish(),
             Inner::H2(_) => f.debug_struct("UpstreamBody").finish_non_exhaustive(),
         }
@@ -426,36 +586,39 @@ impl HttpBody for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        let (conn, decoder) = match &mut this.inner {
+        let body = match &mut self.get_mut().inner {
             Inner::H2(body) => return Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Inner::H1 { conn, decoder, .. } => (conn, decoder),
+            Inner::H1(body) => body,
         };
-        let Some(c) = conn.as_mut() else {
-            return Poll::Ready(None);
+        body.poll_upload(cx);
+        let polled = match &mut body.reader {
+            None => return Poll::Ready(None),
+            Some(Reader::Whole(conn)) => {
+                h1::poll_decode(&mut conn.stream, &mut conn.buf, &mut body.decoder, cx)
+            }
+            Some(Reader::Half(read, buf)) => h1::poll_decode(read, buf, &mut body.decoder, cx),
         };
-        let polled = match h1::poll_decode(c, decoder, cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(polled) => polled,
+        let Poll::Ready(polled) = polled else {
+            return Poll::Pending;
         };
         match polled {
             Ok(Decoded::Data(data)) => {
-                if *decoder == Decoder::Done {
-                    this.finish();
+                if body.decoder == Decoder::Done {
+                    body.finish();
                 }
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Ok(Decoded::Trailers(trailers)) => {
-                this.finish();
+                body.finish();
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
             Ok(Decoded::End | Decoded::NeedMore) => {
-                this.finish();
+                body.finish();
                 Poll::Ready(None)
             }
             Err(e) => {
                 // The connection is broken: closed, never given back.
-                *conn = None;
+                body.reader = None;
                 Poll::Ready(Some(Err(e.into())))
             }
         }
@@ -463,22 +626,18 @@ impl HttpBody for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::H1 { decoder, .. } => *decoder == Decoder::Done,
+            Inner::H1(body) => body.decoder == Decoder::Done,
             Inner::H2(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::H1 {
-                decoder: Decoder::Length(n),
-                ..
-            } => SizeHint::with_exact(*n),
-            Inner::H1 {
-                decoder: Decoder::Done,
-                ..
-            } => SizeHint::with_exact(0),
-            Inner::H1 { .. } => SizeHint::default(),
+            Inner::H1(body) => match body.decoder {
+                Decoder::Length(n) => SizeHint::with_exact(n),
+                Decoder::Done => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
             Inner::H2(body) => body.size_hint(),
         }
     }

@@ -163,21 +163,16 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     if found & CONNECTION_FOUND != 0 {
-        // Headers named in `Connection` are hop-by-hop too. Most name only `close` or
-        // `keep-alive`, which go anyway: nothing is allocated for those.
+        // Headers named in `Connection` are hop-by-hop too (Go removes them all, even one
+        // literally named `Close`). Most name only `close` or `keep-alive` and no such header is
+        // present: nothing is allocated for those.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case("close")
-                    && !HOP_BY_HOP
-                        .iter()
-                        .any(|h| h.as_str().eq_ignore_ascii_case(t))
-            })
+            .filter(|t| !t.is_empty() && headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for n in named {

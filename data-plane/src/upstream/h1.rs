@@ -62,15 +62,10 @@ impl Conn {
             }
         }
     }
-
-    /// Reads more of the stream into the buffer; `Ok(0)` at its end.
-    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        poll_fill(&mut self.stream, &mut self.buf, cx)
-    }
 }
 
 /// Reads more from `reader` into `buf`; `Ok(0)` at the end of the stream.
-fn poll_fill<R: AsyncRead + Unpin>(
+pub fn poll_fill<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
@@ -84,19 +79,30 @@ fn poll_fill<R: AsyncRead + Unpin>(
 pub enum RequestFraming {
     /// No body is sent.
     None,
-    /// The request carries `Content-Length` (the client's; the body is exactly that long).
-    Length,
+    /// The request carries `Content-Length` (the client's): the body must be exactly that long.
+    Length(u64),
     /// `Transfer-Encoding: chunked` (added here).
     Chunked,
 }
 
+impl RequestFraming {
+    /// The body's declared length.
+    pub fn length(self) -> Option<u64> {
+        match self {
+            RequestFraming::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
 /// Writes the request head: origin-form target, the headers as they are, and the framing the
-/// body needs. `body_empty`: the body is known to have nothing in it.
+/// body needs. `body_empty`: the body is known to have nothing in it. `None`: the request's
+/// `Content-Length` is not a length (hyper's server and h2 reject those before they get here).
 pub fn encode_head(
     parts: &request::Parts,
     body_empty: bool,
     authority: &str,
-) -> (Vec<u8>, RequestFraming) {
+) -> Option<(Vec<u8>, RequestFraming)> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let fields: usize = parts
         .headers
@@ -114,21 +120,32 @@ pub fn encode_head(
     for (name, value) in &parts.headers {
         field(&mut head, name.as_str(), value.as_bytes());
     }
-    let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
-    let framing = if body_empty {
-        // Go sends an explicit zero length for the methods that normally carry a body.
-        if !has_length && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-            field(&mut head, "content-length", b"0");
+    let length = match parts.headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())?,
+        ),
+    };
+    let framing = match length {
+        Some(0) => RequestFraming::None,
+        Some(n) => RequestFraming::Length(n),
+        None if body_empty => {
+            // Go sends an explicit zero length for the methods that normally carry a body.
+            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+                field(&mut head, "content-length", b"0");
+            }
+            RequestFraming::None
         }
-        RequestFraming::None
-    } else if has_length {
-        RequestFraming::Length
-    } else {
-        field(&mut head, "transfer-encoding", b"chunked");
-        RequestFraming::Chunked
+        None => {
+            field(&mut head, "transfer-encoding", b"chunked");
+            RequestFraming::Chunked
+        }
     };
     head.extend_from_slice(b"\r\n");
-    (head, framing)
+    Some((head, framing))
 }
 
 fn field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -282,7 +299,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadE
             .map_err(|_| ReadError::Malformed(format!("value of header {name}")))?;
         headers.append(name, value);
     }
-    let (framing, framing_closes) = framing(&headers, status, method)?;
+    let (framing, framing_closes) = framing(&headers, version, status, method)?;
+    if framing == Framing::Chunked {
+        // The length is not the body's (Go drops it too): the client side frames it anew.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let keep_alive = !framing_closes && keeps_alive(&headers, version);
     let mut parts = response::Response::new(()).into_parts().0;
     parts.status = status;
@@ -298,6 +319,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadE
 /// RFC 9112 §6.3: the body's length, and whether the framing forces the connection to close.
 fn framing(
     headers: &HeaderMap,
+    version: Version,
     status: StatusCode,
     method: &Method,
 ) -> Result<(Framing, bool), ReadError> {
@@ -308,22 +330,28 @@ fn framing(
     {
         return Ok((Framing::Length(0), false));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
+    // Transfer-Encoding is an HTTP/1.1 thing (an HTTP/1.0 message's is ignored, as Go does).
+    // Only `chunked` alone is forwarded: the proxy drops the header (hop-by-hop), so any other
+    // coding would reach the client undeclared; Go's Transport refuses it too.
+    if version == Version::HTTP_11 && headers.contains_key(header::TRANSFER_ENCODING) {
+        let mut codings = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty());
-        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty());
+        let chunked_alone = codings
+            .next()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if !chunked_alone {
+            return Err(ReadError::Malformed("unsupported transfer encoding".into()));
+        }
         // With a Content-Length as well, the message may be an attack: read it, then close.
-        let closes = headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(if chunked {
-            (Framing::Chunked, closes)
-        } else {
-            (Framing::UntilClose, true)
-        });
+        return Ok((
+            Framing::Chunked,
+            headers.contains_key(header::CONTENT_LENGTH),
+        ));
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -445,15 +473,17 @@ impl Decoder {
                     return Ok(Decoded::NeedMore);
                 }
                 Decoder::ChunkSize => {
-                    let (used, size) = match httparse::parse_chunk_size(buf) {
-                        Ok(httparse::Status::Complete(line)) => line,
-                        Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                    let Some(lf) = buf.iter().position(|b| *b == b'\n') else {
+                        if buf.len() > MAX_CHUNK_LINE {
                             return Err(invalid("chunk-size line too long"));
                         }
-                        Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
-                        Err(_) => return Err(invalid("invalid chunk size")),
+                        return Ok(Decoded::NeedMore);
                     };
-                    buf.advance(used);
+                    if lf > MAX_CHUNK_LINE {
+                        return Err(invalid("chunk-size line too long"));
+                    }
+                    let size = chunk_size(&buf[..lf])?;
+                    buf.advance(lf + 1);
                     *self = if size == 0 {
                         Decoder::Trailers
                     } else {
@@ -506,22 +536,47 @@ fn trailers(buf: &mut BytesMut, decoder: &mut Decoder) -> io::Result<Decoded> {
     Ok(Decoded::Trailers(map))
 }
 
+/// The size on a chunk-size line (`line`: up to, not including, its LF): at least one hex digit,
+/// then optional extensions (`;name=value`, ignored), then CR. Anything else — no digit, a bare
+/// LF, a CR or LF inside an extension — is an error: a decoder that guessed here could read the
+/// next response's bytes as this one's.
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let Some(line) = line.strip_suffix(b"\r") else {
+        return Err(invalid("chunk-size line not ended by CRLF"));
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(invalid("invalid chunk size"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
+        return Err(invalid("invalid chunk size"));
+    }
+    line[..digits].iter().try_fold(0u64, |n, b| {
+        let d = (*b as char).to_digit(16).map(u64::from);
+        d.and_then(|d| n.checked_mul(16)?.checked_add(d))
+            .ok_or_else(|| invalid("invalid chunk size"))
+    })
+}
+
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
-/// Polls `conn` for the next piece of a body decoded by `decoder`.
-pub fn poll_decode(
-    conn: &mut Conn,
+/// Polls `reader` (what was read before is in `buf`) for the next piece of a body decoded by
+/// `decoder`.
+pub fn poll_decode<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
     decoder: &mut Decoder,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<Decoded>> {
     loop {
-        match decoder.decode(&mut conn.buf)? {
+        match decoder.decode(buf)? {
             Decoded::NeedMore => {}
             decoded => return Poll::Ready(Ok(decoded)),
         }
-        if ready!(conn.poll_fill(cx))? == 0 {
+        if ready!(poll_fill(reader, buf, cx))? == 0 {
             if *decoder == Decoder::UntilClose {
                 *decoder = Decoder::Done;
                 return Poll::Ready(Ok(Decoded::End));

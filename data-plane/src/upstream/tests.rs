@@ -186,8 +186,8 @@ impl HttpBody for TestBody {
 }
 
 /// The origin answers an upload before it has all arrived (as with a 413): the answer is
-/// returned at once, the rest of the upload is not sent, and the connection, whose request was
-/// cut short, is not used again (Go's Transport does the same).
+/// returned at once, and the connection, whose upload had not ended when the response did, is
+/// closed rather than used again (Go's Transport does the same).
 #[tokio::test]
 async fn a_connection_still_uploading_does_not_hold_up_the_next_request() {
     let origin = origin(OK, false).await;
@@ -484,4 +484,149 @@ async fn a_body_cut_short_by_the_origin_is_an_error() {
         "{error}"
     );
     assert_eq!(pool.idle_count(&origin.authority), 0);
+}
+
+/// A request body fed by the test: each message a frame; the body ends when the sender drops.
+struct Fed(tokio::sync::mpsc::UnboundedReceiver<&'static str>);
+
+impl HttpBody for Fed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|m| m.map(|s| Ok(Frame::data(Bytes::from_static(s.as_bytes())))))
+    }
+}
+
+/// An origin that answers a request head at once with a chunked response and then echoes the
+/// request body, chunk framing and all, as it arrives (a streaming echo, as some upload and
+/// bidirectional services do).
+async fn echo_origin() -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                let mut in_body = false;
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    seen.extend_from_slice(&buf[..n]);
+                    if !in_body {
+                        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        seen.drain(..end + 4);
+                        in_body = true;
+                        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                        if stream.write_all(head).await.is_err() {
+                            return;
+                        }
+                    }
+                    if stream.write_all(&seen).await.is_err() {
+                        return;
+                    }
+                    let ended = seen.ends_with(b"0\r\n\r\n");
+                    seen.clear();
+                    if ended {
+                        in_body = false;
+                    }
+                }
+            });
+        }
+    });
+    Origin {
+        authority,
+        connections,
+    }
+}
+
+/// `f`, with a deadline only so that a regression fails instead of hanging the suite.
+async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("timed out")
+}
+
+/// The origin answers before the upload is over and echoes it: the upload goes on next to the
+/// response, each piece comes back as it is sent, and the connection, both directions done, is
+/// used again.
+#[tokio::test]
+async fn an_upload_goes_on_after_an_early_answer() {
+    let origin = echo_origin().await;
+    let pool = Http1Pool::default();
+    for _ in 0..2 {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send("ping").unwrap();
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .header("host", "origin.test")
+            .body(Fed(rx))
+            .unwrap();
+        let response = within(pool.send(&origin.authority, upload)).await;
+        let mut body = response.unwrap().into_body();
+        let frame = within(body.frame()).await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "ping");
+        tx.send("pong").unwrap();
+        let frame = within(body.frame()).await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "pong");
+        drop(tx);
+        let rest = within(body.collect()).await.unwrap();
+        assert!(rest.to_bytes().is_empty());
+    }
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.idle_count(&origin.authority), 1);
+}
+
+#[tokio::test]
+async fn a_request_body_must_match_its_content_length() {
+    use http_body_util::Full;
+    let (authority, _seen) = recording_origin(b"never", OK).await;
+    let pool = Http1Pool::default();
+    for (body, expected) in [("too long", "longer"), ("ab", "shorter")] {
+        let error = pool
+            .send(
+                &authority,
+                post(Full::new(Bytes::from_static(body.as_bytes())), Some(5)),
+            )
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+}
+
+/// Idle connections their origin closed, or that idled too long, are swept for every server,
+/// whether or not it gets requests again.
+#[tokio::test]
+async fn the_sweep_drops_closed_and_expired_connections() {
+    let closing = origin(OK, true).await;
+    let staying = origin(OK, false).await;
+    let pool = Http1Pool::default();
+    for origin in [&closing, &staying] {
+        let response = pool.send(&origin.authority, get()).await.unwrap();
+        assert_eq!(body_text(response).await, "ok");
+    }
+    // The closing origin's connection may have been pooled before its end arrived.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.idle_count(&closing.authority) > 0 {
+        assert!(Instant::now() < deadline, "closed connection never swept");
+        sweep(&pool.idle, Instant::now());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.idle_count(&staying.authority), 1);
+    sweep(
+        &pool.idle,
+        Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1),
+    );
+    assert_eq!(pool.idle_count(&staying.authority), 0);
+    assert!(pool.idle.lock().unwrap().is_empty());
 }
