@@ -225,7 +225,29 @@ impl Handler {
                 }
             }
         }
-        let response = match self.send_upstream(&route, host_value, parts, body).await {
+        // Prepared here and awaited in this function: the request future, which hyper moves
+        // once per request, is then no larger than one of the two clients' futures.
+        let sent = match self.upstream_request(&route, host_value, parts, body) {
+            Ok(UpstreamRequest::Http1 {
+                url,
+                authority,
+                req,
+            }) => self
+                .upstreams
+                .http1
+                .send(authority, req)
+                .await
+                .map_err(|e| upstream_error(url, e.is_connect(), &e)),
+            Ok(UpstreamRequest::H2c { url, req }) => self
+                .upstreams
+                .h2c
+                .request(req)
+                .await
+                .map(|response| response.map(UpstreamBody::from))
+                .map_err(|e| upstream_error(url, e.is_connect(), &e)),
+            Err(e) => Err(e),
+        };
+        let response = match sent {
             Ok(response) => {
                 let (mut rparts, rbody) = response.into_parts();
                 // Answer in the client's protocol: an HTTP/1.0 upstream must not turn a keep-alive
@@ -246,14 +268,14 @@ impl Handler {
         Ok(decorate(response, &route.middlewares))
     }
 
-    /// Picks a server and forwards the request to it.
-    async fn send_upstream(
+    /// Picks a server and makes the request to send it.
+    fn upstream_request<'r>(
         &self,
-        route: &Route,
+        route: &'r Route,
         host: Option<HeaderValue>,
         mut parts: http::request::Parts,
         body: Incoming,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> Result<UpstreamRequest<'r>, ProxyError> {
         let (lb, server) = route.service.pick().ok_or(ProxyError::NoServer)?;
 
         strip_hop_by_hop(&mut parts.headers);
@@ -273,12 +295,11 @@ impl Handler {
             // HTTP/1.1 sends the origin-form target; the pool is keyed by the server's authority.
             parts.uri = Uri::from(path_and_query);
             parts.version = Version::HTTP_11;
-            return self
-                .upstreams
-                .http1
-                .send(&server.authority, Request::from_parts(parts, body))
-                .await
-                .map_err(|e| upstream_error(&server.url, e.is_connect(), &e));
+            return Ok(UpstreamRequest::Http1 {
+                url: &server.url,
+                authority: &server.authority,
+                req: Request::from_parts(parts, body),
+            });
         }
         let mut uri_parts = http::uri::Parts::default();
         uri_parts.scheme = Some(Scheme::HTTP);
@@ -286,13 +307,24 @@ impl Handler {
         uri_parts.path_and_query = Some(path_and_query);
         parts.uri = Uri::from_parts(uri_parts).map_err(|e| ProxyError::Upstream(e.to_string()))?;
         parts.version = Version::HTTP_2;
-        self.upstreams
-            .h2c
-            .request(Request::from_parts(parts, body))
-            .await
-            .map(|response| response.map(UpstreamBody::from))
-            .map_err(|e| upstream_error(&server.url, e.is_connect(), &e))
+        Ok(UpstreamRequest::H2c {
+            url: &server.url,
+            req: Request::from_parts(parts, body),
+        })
     }
+}
+
+/// A request ready for one of the upstream clients, with the URL of the server it goes to.
+enum UpstreamRequest<'r> {
+    Http1 {
+        url: &'r str,
+        authority: &'r http::uri::Authority,
+        req: Request<Incoming>,
+    },
+    H2c {
+        url: &'r str,
+        req: Request<Incoming>,
+    },
 }
 
 /// A failed forward to the server at `url` (502), saying whether the dial failed.

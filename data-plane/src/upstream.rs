@@ -147,7 +147,8 @@ impl Http1Pool {
         loop {
             let (conn, idle) = match self.checkout(authority) {
                 Some((conn, idle)) => (conn, Some(idle)),
-                None => (connect(authority).await?, None),
+                // Boxed: rare, and the request future is moved once per request.
+                None => (Box::pin(connect(authority)).await?, None),
             };
             match exchange(conn, &head, framing, &mut body, &parts.method).await {
                 Ok(Exchanged {
@@ -311,31 +312,11 @@ where
     if framing != RequestFraming::None
         && let Some(body) = body.take()
     {
-        let Conn { stream, mut buf } = conn;
-        let (mut reader, writer) = stream.into_split();
-        let mut upload: Upload = Box::pin(send_body(writer, body, framing));
-        tokio::select! {
-            biased;
-            early = h1::read_head(&mut reader, &mut buf, method) => {
-                let head = early.map_err(|e| failed(e.into(), false))?;
-                let reader = Reader::Half(reader, buf);
-                return Ok(Exchanged { head, reader, upload: Some(upload) });
-            }
-            (sent, writer) = &mut upload => match sent {
-                Ok(()) => {
-                    let stream = reader.reunite(writer).map_err(|e| failed(UpstreamError::Write(std::io::Error::other(e)), false))?;
-                    conn = Conn { stream, buf };
-                }
-                // The origin may have answered, then closed: an answer is read below.
-                Err(UpstreamError::Write(e)) => {
-                    let mut head = h1::read_head(&mut reader, &mut buf, method)
-                        .await
-                        .map_err(|_| failed(UpstreamError::Write(e), false))?;
-                    head.keep_alive = false;
-                    return Ok(Exchanged { head, reader: Reader::Half(reader, buf), upload: None });
-                }
-                Err(error) => return Err(failed(error, false)),
-            },
+        // Boxed: the request future of every proxied request is moved at least once, and
+        // most requests have no body.
+        match Box::pin(upload(conn, body, framing, method)).await? {
+            Uploaded::Answered(exchanged) => return Ok(exchanged),
+            Uploaded::Sent(whole) => conn = whole,
         }
     }
     match h1::read_head(&mut conn.stream, &mut conn.buf, method).await {
@@ -348,6 +329,61 @@ where
             Err(failed(ReadError::ClosedBeforeResponse.into(), true))
         }
         Err(e) => Err(failed(e.into(), false)),
+    }
+}
+
+/// How [`upload`] ended.
+enum Uploaded {
+    /// The origin answered before the body was all sent (or while it could not be).
+    Answered(Exchanged),
+    /// The body was sent; the response head is to be read.
+    Sent(Conn),
+}
+
+/// Sends the request body on `conn` while watching for an early answer.
+async fn upload<B>(
+    conn: Conn,
+    body: B,
+    framing: RequestFraming,
+    method: &Method,
+) -> Result<Uploaded, Failed>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let failed = |error| Failed {
+        error,
+        unsent: false,
+        unanswered: false,
+    };
+    let Conn { stream, mut buf } = conn;
+    let (mut reader, writer) = stream.into_split();
+    let mut upload: Upload = Box::pin(send_body(writer, body, framing));
+    tokio::select! {
+        biased;
+        early = h1::read_head(&mut reader, &mut buf, method) => {
+            let head = early.map_err(|e| failed(e.into()))?;
+            let reader = Reader::Half(reader, buf);
+            Ok(Uploaded::Answered(Exchanged { head, reader, upload: Some(upload) }))
+        }
+        (sent, writer) = &mut upload => match sent {
+            Ok(()) => {
+                let stream = reader
+                    .reunite(writer)
+                    .map_err(|e| failed(UpstreamError::Write(std::io::Error::other(e))))?;
+                Ok(Uploaded::Sent(Conn { stream, buf }))
+            }
+            // The origin may have answered, then closed: an answer is read below.
+            Err(UpstreamError::Write(e)) => {
+                let mut head = h1::read_head(&mut reader, &mut buf, method)
+                    .await
+                    .map_err(|_| failed(UpstreamError::Write(e)))?;
+                head.keep_alive = false;
+                let reader = Reader::Half(reader, buf);
+                Ok(Uploaded::Answered(Exchanged { head, reader, upload: None }))
+            }
+            Err(error) => Err(failed(error)),
+        },
     }
 }
 

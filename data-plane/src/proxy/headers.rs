@@ -90,6 +90,9 @@ pub(super) fn set_forwarded_headers(
     dropped[6] = HOSTNAME.is_none().then_some(&X_FORWARDED_SERVER);
     dropped[7] = peer.forwarded_for.is_none().then_some(&X_FORWARDED_FOR);
     remove_present(headers, &dropped);
+    // Room for the (up to) six set below at once: a map parsed from a request with few headers
+    // would otherwise grow, and rehash, two or three times.
+    headers.reserve(6);
     if let Some(ip) = &peer.forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
         headers.insert(X_REAL_IP.clone(), ip.clone());
