@@ -10,9 +10,10 @@ use std::{
     sync::Arc,
 };
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
+    server::graceful::GracefulConnection,
 };
 use switchyard_shared::drain;
 use tokio::{net::TcpListener, sync::watch};
@@ -21,6 +22,8 @@ use crate::{
     proxy::{Handler, Peer},
     tls::TlsState,
 };
+
+mod sniff;
 
 /// Parses an entry-point address (`:80`, `0.0.0.0:80`, `[::1]:8080`, `localhost:80`).
 pub fn parse_listen_address(address: &str) -> Result<SocketAddr, String> {
@@ -261,14 +264,45 @@ where
             Ok::<_, Infallible>(handler.serve(req, peer, tls).await)
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    let conn = builder.serve_connection(io, service);
+    // HTTP/1.1, or h2c with prior knowledge (also over TLS, as hyper-util's auto builder did).
+    let sniffed = tokio::select! {
+        sniffed = sniff::sniff(io) => sniffed,
+        // Draining: a connection that has not said anything yet is simply closed.
+        _ = drain.signaled() => return,
+    };
+    let (protocol, io) = match sniffed {
+        Ok(Some(sniffed)) => sniffed,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection ended before its first request");
+            return;
+        }
+    };
+    match protocol {
+        sniff::Protocol::Http1 => {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(io, service);
+            drive(conn, drain, peer).await;
+        }
+        sniff::Protocol::H2c => {
+            let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+            drive(conn, drain, peer).await;
+        }
+    }
+}
+
+/// Runs a connection to its end; a drain lets the request in flight finish, then closes
+/// (HTTP/2: GOAWAY).
+async fn drive<C>(conn: C, mut drain: drain::Watch, peer: SocketAddr)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         _ = drain.signaled() => {
-            // Finish the request in flight, then close (HTTP/2: GOAWAY).
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -7,7 +7,7 @@
 use http::Method;
 use switchyard_tests::harness::{
     DEADLINE, Fleet, free_port, grpc,
-    http::{Pool, Reply},
+    http::{self as client, Pool, Reply},
 };
 
 /// A router `name` for `rule` on service `service`, as a YAML snippet under `http.routers`.
@@ -574,4 +574,34 @@ async fn weights_split_traffic() {
             "{host}: weight 3 got {heavy_n}, weight 1 got {light_n} of {REQUESTS}"
         );
     }
+}
+
+/// A plain entry point speaks HTTP/1.1 and, to a client that opens with the HTTP/2 preface, h2c
+/// (as Traefik's entry points do), on the same port; the request reaches the backend either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_entry_point_serves_http1_and_h2c_on_one_port() {
+    let fleet = Fleet::new("reload-h2c");
+    let a = fleet.echo("a").await;
+    fleet.write_dynamic(
+        "app.yml",
+        &dynamic(
+            &[router("app", "Host(`app.test`)", "app", &[])],
+            &[service("app", &[&a.url()])],
+        ),
+    );
+    let _controller = fleet.controller();
+    let p = fleet.proxy("p");
+    fleet.converged(&["p"], DEADLINE).await;
+    fleet
+        .eventually("HTTP/1.1 and h2c reach a", DEADLINE, || async {
+            p.serves("app.test", "a").await?;
+            let reply = client::get_h2c(p.web, "app.test", "/h2").await?;
+            reply.expect_backend("a")?;
+            let echoed = reply.echo()?;
+            if echoed.path != "/h2" {
+                return Err(format!("backend saw {}", echoed.path));
+            }
+            Ok(())
+        })
+        .await;
 }

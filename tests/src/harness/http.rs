@@ -1,6 +1,7 @@
 //! HTTP clients for tests, each returning an observation (`Result<Reply, String>`) rather than
 //! panicking, so they compose with `eventually`:
 //! - [`get`] / [`send`]: one request on a fresh connection (hyper's HTTP/1.1 client);
+//! - [`get_h2c`]: the same over HTTP/2 with prior knowledge (h2c, no upgrade);
 //! - [`Pool`]: hyper-util's pooled client, keep-alive across requests (what load loops use);
 //! - [`KeepAlive`]: one raw `TcpStream` carrying many sequential HTTP/1.1 requests, parsed by hand,
 //!   so a test sees exactly when the server closes or resets *that* connection.
@@ -162,6 +163,33 @@ pub async fn send(
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
         .map_err(|_| format!("request to {addr} {host}{path} timed out"))?
+}
+
+/// `GET path` with `Host: host` on a fresh HTTP/2 connection to `addr`, prior knowledge (the
+/// connection opens with the HTTP/2 preface; `Host` becomes `:authority`).
+pub async fn get_h2c(addr: SocketAddr, host: &str, path: &str) -> Result<Reply, String> {
+    let request = build(Method::GET, host, &format!("http://{host}{path}"), &[])?;
+    let exchange = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP/2 handshake with {addr}: {e}"))?;
+        tokio::spawn(conn);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("HTTP/2 request to {addr}: {e}"))?;
+        if response.version() != http::Version::HTTP_2 {
+            return Err(format!("answered in {:?}", response.version()));
+        }
+        collect(response).await
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("h2c request to {addr} {host}{path} timed out"))?
 }
 
 fn build(
