@@ -3,58 +3,56 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http_body_util::{BodyExt, Empty};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
 };
 
 use super::*;
 
-/// A raw HTTP/1.1 origin on loopback: answers every request on a connection with `response`,
-/// then closes the connection when `close_after_each` is set. Counts connections.
+/// A raw origin on loopback, counting its connections.
 struct Origin {
     authority: Authority,
     connections: Arc<AtomicUsize>,
 }
 
-async fn origin(response: &'static [u8], close_after_each: bool) -> Origin {
+/// Starts an origin that hands each connection it accepts to `per_connection`.
+async fn serve_origin<F, Fut>(per_connection: F) -> Origin
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&connections);
     tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
+        while let Ok((stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                loop {
-                    let Ok(n) = stream.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    // One response per complete request head (the tests send no bodies).
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        if stream.write_all(response).await.is_err() {
-                            return;
-                        }
-                        if close_after_each {
-                            return;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(per_connection(stream));
         }
     });
     Origin {
         authority,
         connections,
     }
+}
+
+/// An HTTP/1.1 origin that answers every request head on a connection with `response`, and
+/// closes the connection after each when `close_after_each` is set (the tests send no bodies).
+async fn origin(response: &'static [u8], close_after_each: bool) -> Origin {
+    serve_origin(move |mut stream| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            seen.extend_from_slice(&buf[..n]);
+            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                if stream.write_all(response).await.is_err() || close_after_each {
+                    return;
+                }
+            }
+        }
+    })
+    .await
 }
 
 fn get() -> Request<Empty<Bytes>> {
@@ -219,37 +217,25 @@ async fn a_connection_still_uploading_does_not_hold_up_the_next_request() {
 /// unanswered, when a second one arrives on it (as an origin closing it for idleness just as
 /// the request reaches it).
 async fn answers_once_per_connection() -> Origin {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&connections);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                let mut answered = false;
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    seen.extend_from_slice(&buf[..n]);
-                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        if answered {
-                            return; // closed without an answer
-                        }
-                        answered = true;
-                        if stream.write_all(OK).await.is_err() {
-                            return;
-                        }
-                    }
+    serve_origin(|mut stream| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        let mut answered = false;
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                if answered {
+                    return; // closed without an answer
                 }
-            });
+                answered = true;
+                if stream.write_all(OK).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
-    Origin {
-        authority,
-        connections,
-    }
+    })
+    .await
 }
 
 /// Go's Transport sends a replayable request again when a reused connection closes without
@@ -287,28 +273,25 @@ async fn recording_origin(
     body_end: &'static [u8],
     response: &'static [u8],
 ) -> (Authority, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.ends_with(body_end) {
-                        let _ = tx.send(std::mem::take(&mut seen));
-                        if stream.write_all(response).await.is_err() {
-                            return;
-                        }
+    let origin = serve_origin(move |mut stream| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.ends_with(body_end) {
+                    let _ = tx.send(std::mem::take(&mut seen));
+                    if stream.write_all(response).await.is_err() {
+                        return;
                     }
                 }
-            });
+            }
         }
-    });
-    (authority, rx)
+    })
+    .await;
+    (origin.authority, rx)
 }
 
 fn post<B>(body: B, length: Option<usize>) -> Request<B> {
@@ -507,46 +490,30 @@ impl HttpBody for Fed {
 /// request body, chunk framing and all, as it arrives (a streaming echo, as some upload and
 /// bidirectional services do).
 async fn echo_origin() -> Origin {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&connections);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                let mut in_body = false;
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    seen.extend_from_slice(&buf[..n]);
-                    if !in_body {
-                        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        seen.drain(..end + 4);
-                        in_body = true;
-                        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
-                        if stream.write_all(head).await.is_err() {
-                            return;
-                        }
-                    }
-                    if stream.write_all(&seen).await.is_err() {
-                        return;
-                    }
-                    let ended = seen.ends_with(b"0\r\n\r\n");
-                    seen.clear();
-                    if ended {
-                        in_body = false;
-                    }
+    serve_origin(|mut stream| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        let mut in_body = false;
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            seen.extend_from_slice(&buf[..n]);
+            if !in_body {
+                let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                seen.drain(..end + 4);
+                let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if stream.write_all(head).await.is_err() {
+                    return;
                 }
-            });
+            }
+            if stream.write_all(&seen).await.is_err() {
+                return;
+            }
+            in_body = !seen.ends_with(b"0\r\n\r\n");
+            seen.clear();
         }
-    });
-    Origin {
-        authority,
-        connections,
-    }
+    })
+    .await
 }
 
 /// `f`, with a deadline only so that a regression fails instead of hanging the suite.
