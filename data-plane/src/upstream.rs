@@ -239,8 +239,14 @@ impl Http1Pool {
         if self.sweeping.swap(true, Ordering::Relaxed) {
             return;
         }
+        // Outside a runtime (nothing in the proxy gives a connection back there) there is
+        // nothing to spawn on: the next give-back tries again.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Relaxed);
+            return;
+        };
         let idle = Arc::downgrade(&self.idle);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             tick.tick().await;
             loop {
