@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Turns bench/run.sh's raw results (TSV files in one directory) into markdown tables.
 
-usage: report.py RESULTS_DIR CONNS DURATION SCALE_DURATION ROUNDS
+usage: report.py RESULTS_DIR CONNS DURATION SCALE_DURATION ROUNDS SCALE_ROUNDS
 """
 import csv
 import os
 import statistics
 import sys
 
-res, conns, dur, sdur, rounds = sys.argv[1:6]
+res, conns, dur, sdur, rounds, srounds = sys.argv[1:7]
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -98,7 +98,7 @@ if any(r["section"] == "tp" for r in runs):
 comp = {r["config"]: r for r in rows("compile.tsv")}
 if any(r["section"] == "scale" for r in runs):
     p("### 2. Route scale\n")
-    p(f"wrk -t1 -c{conns} -d{sdur}s per run, median of {rounds} interleaved rounds; one proxy per "
+    p(f"wrk -t1 -c{conns} -d{sdur}s per run, median of {srounds} interleaved rounds; one proxy per "
       "configuration, all alive for the whole section, only the measured one loaded. `match`: a "
       "request routed to the origin (200); `no match`: a request no router matches (404). "
       "× 10: req/s relative to the 10-router proxy in the same run.\n")

@@ -24,7 +24,8 @@
 # Everything listens on 127.0.0.1; every load run is bounded (-d / -D and `timeout`); every
 # process this script starts is stopped by its PID on exit.
 #
-# Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_DURATION=4 SECTIONS=… TRAEFIK_SCALE=1
+# Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_ROUNDS=5 SCALE_DURATION=3 SECTIONS=…
+#        TRAEFIK_SCALE=1
 #        ALT_PROXY=PATH (throughput: also measure this switchyard-proxy build, as switchyard-alt)
 #        TP_TARGETS="nginx switchyard switchyard-alt" TP_SCENARIOS="small" (throughput: a subset,
 #        for quick same-run A/Bs; defaults: every target, "small 16k close h2c")
@@ -37,7 +38,11 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
-SCALE_DURATION=${SCALE_DURATION:-4}
+# Route scale: more, shorter rounds. Its rows are compared with each other, and a slow spell of
+# a shared machine (a minute or so) can cover two of three interleaved rounds of one proxy; the
+# median of five does not keep it.
+SCALE_ROUNDS=${SCALE_ROUNDS:-5}
+SCALE_DURATION=${SCALE_DURATION:-3}
 SECTIONS=${SECTIONS:-"throughput scale propagation coldstart"}
 TRAEFIK_SCALE=${TRAEFIK_SCALE:-1}
 WRITE_DOCS=${WRITE_DOCS:-1}
@@ -475,7 +480,7 @@ if has scale; then
     read -r _ _ mh mp nh np <<<"${SPEC[$t]}"
     load scale "$t" match 0 1 wrk "http://$LO:${SPORT[$t]}$mp" "$mh"
   done
-  for ((r = 1; r <= ROUNDS; r++)); do
+  for ((r = 1; r <= SCALE_ROUNDS; r++)); do
     for t in "${SNAMES[@]}"; do
       read -r _ _ mh mp nh np <<<"${SPEC[$t]}"
       load scale "$t" match "$r" "$SCALE_DURATION" wrk "http://$LO:${SPORT[$t]}$mp" "$mh"
@@ -611,7 +616,7 @@ stop_all
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-python3 "$ROOT/bench/report.py" "$R" "$CONNS" "$DURATION" "$SCALE_DURATION" "$ROUNDS" >"$R/results.md"
+python3 "$ROOT/bench/report.py" "$R" "$CONNS" "$DURATION" "$SCALE_DURATION" "$ROUNDS" "$SCALE_ROUNDS" >"$R/results.md"
 cat "$R/results.md"
 mkdir -p "$ROOT/target/bench"
 cp "$R/results.md" "$ROOT/target/bench/latest.md"
