@@ -44,7 +44,7 @@ use tokio::{
 
 use self::h1::{Conn, Decoded, Decoder, ReadError, RequestFraming};
 
-mod h1;
+pub(crate) mod h1;
 
 /// Traefik's default `dialTimeout`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,10 +95,9 @@ fn sweep(idle: &Mutex<Map>, now: Instant) {
         };
         let mut dropped = Vec::new();
         map.retain(|_, list| {
-            let (keep, gone): (Vec<Idle>, Vec<Idle>) =
-                std::mem::take(list).into_iter().partition(|i| {
-                    now.duration_since(i.since) <= IDLE_TIMEOUT && !i.conn.closed_while_idle()
-                });
+            let (keep, gone): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
+                .into_iter()
+                .partition(|i| i.usable(now));
             *list = keep;
             dropped.extend(gone);
             !list.is_empty()
@@ -117,6 +116,13 @@ impl std::fmt::Debug for Http1Pool {
 struct Idle {
     conn: Conn,
     since: Instant,
+}
+
+impl Idle {
+    /// Still fit for a request at `now`: not idle too long, not closed by its origin.
+    fn usable(&self, now: Instant) -> bool {
+        now.duration_since(self.since) <= IDLE_TIMEOUT && !self.conn.closed_while_idle()
+    }
 }
 
 /// How one attempt at a request ended without a response.
@@ -188,55 +194,50 @@ impl Http1Pool {
     /// The most recently used idle connection to `authority` that is still open, dropping the
     /// ones that closed or idled too long.
     fn checkout(&self, authority: &Authority) -> Option<(Conn, Duration)> {
+        let now = Instant::now();
         loop {
-            let Idle { conn, since } = self.pop(authority)?;
-            let idle = since.elapsed();
-            if idle <= IDLE_TIMEOUT && !conn.closed_while_idle() {
-                return Some((conn, idle));
+            let idle = self.pop(authority)?;
+            if idle.usable(now) {
+                return Some((idle.conn, now.duration_since(idle.since)));
             }
         }
     }
 
+    /// The most recently given back connection to `authority`. An emptied list stays in the
+    /// map (the sweep removes it), so that a busy server's list is not dropped and made again
+    /// on every request.
     fn pop(&self, authority: &Authority) -> Option<Idle> {
-        let mut map = self.idle.lock().ok()?;
-        let list = map.get_mut(authority)?;
-        let idle = list.pop();
-        if list.is_empty() {
-            map.remove(authority);
-        }
-        idle
+        self.idle.lock().ok()?.get_mut(authority)?.pop()
     }
 
+    /// Pools `conn` unless its server already has [`MAX_IDLE_PER_HOST`] idle connections. Dead
+    /// and expired ones are dropped by the sweep and at checkout, not here on the request path.
     fn give_back(&self, authority: Authority, conn: Conn) {
-        let now = Instant::now();
-        // Closed after the lock is released (a close is a system call).
-        let expired: Vec<Idle> = {
+        let refused = {
             let Ok(mut map) = self.idle.lock() else {
                 return;
             };
             let list = map.entry(authority).or_default();
-            // The oldest idle connections are at the front: expire them as new ones arrive, so
-            // a pool that only ever grows back to the same size holds no dead connections.
-            let n = list
-                .iter()
-                .take_while(|i| {
-                    now.duration_since(i.since) > IDLE_TIMEOUT || i.conn.closed_while_idle()
-                })
-                .count();
-            let expired = list.drain(..n).collect();
             if list.len() < MAX_IDLE_PER_HOST {
-                list.push(Idle { conn, since: now });
+                list.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+                None
+            } else {
+                Some(conn)
             }
-            expired
         };
-        drop(expired);
+        // Closed after the lock is released (a close is a system call).
+        drop(refused);
         self.start_sweeper();
     }
 
     /// Starts, once per pool, the task that closes connections that idled too long or that
     /// their origin closed, for every server, including servers no request goes to any more.
     fn start_sweeper(&self) {
-        if self.sweeping.swap(true, Ordering::Relaxed) {
+        // A load first: this runs on every give-back, the swap once.
+        if self.sweeping.load(Ordering::Relaxed) || self.sweeping.swap(true, Ordering::Relaxed) {
             return;
         }
         // Outside a runtime (nothing in the proxy gives a connection back there) there is

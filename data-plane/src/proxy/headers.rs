@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::LazyLock};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::middleware::split_host_port;
+use crate::{middleware::split_host_port, upstream::h1::list_elements};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -159,23 +159,13 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Go's reverse proxy keeps `TE: trailers` (gRPC needs it) and drops any other `TE`.
     let te_trailers = found & TE_FOUND != 0
-        && headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        && list_elements(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     if found & CONNECTION_FOUND != 0 {
         // Headers named in `Connection` are hop-by-hop too (Go removes them all, even one
         // literally named `Close`). Most name only `close` or `keep-alive` and no such header is
         // present: nothing is allocated for those.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && headers.contains_key(*t))
+        let named: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
+            .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for n in named {

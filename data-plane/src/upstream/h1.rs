@@ -376,15 +376,25 @@ fn framing(
     })
 }
 
+/// The elements of a comma-separated list header (`Connection`, `TE`…) over all its fields,
+/// trimmed, empty ones left out (RFC 9110 §5.6.1). A field that is not visible ASCII has none.
+pub fn list_elements<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// Whether the `Connection` header (or its absence, by version) lets the connection live on.
 fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
     let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+        list_elements(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))
     };
     if has("close") {
         return false;
