@@ -22,6 +22,10 @@ use crate::{
     store::Store,
 };
 
+mod threads;
+
+use threads::{BuildThread, DecodeThread};
+
 /// Where the applied snapshot came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -54,66 +58,6 @@ pub struct Status {
     pub nacks_sent: u64,
     pub deltas_received: u64,
     pub resyncs_requested: u64,
-}
-
-/// A job for the build thread.
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The one long-lived thread that builds every table. glibc gives each thread its own malloc
-/// arena and returns freed memory to the arena it came from: tables built on tokio's blocking
-/// pool (on whichever thread was idle) left a table-sized high-water mark in several arenas, and a
-/// proxy holding 50 000 routers grew to 174 MiB over ten one-router changes (82 MiB when built on
-/// one thread, where each table reuses the memory its predecessor freed).
-struct BuildThread {
-    jobs: std::sync::mpsc::Sender<Job>,
-}
-
-impl BuildThread {
-    fn start() -> std::io::Result<Self> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("switchyard-build".into())
-            .spawn(move || {
-                for job in queue {
-                    job();
-                }
-            })?;
-        Ok(Self { jobs })
-    }
-
-    /// Drops `garbage` (the replaced table, the snapshot the new one was built from) on the
-    /// build thread after the swap, then lets glibc merge what was freed. Freeing a big table
-    /// leaves hundreds of thousands of small chunks in glibc's fast bins, and the next request
-    /// for a larger block merges all of them first (`malloc_consolidate`): that is done here,
-    /// between applies, instead of inside the next build. Nothing waits for it.
-    fn retire(&self, garbage: impl Send + 'static) {
-        let _ = self.jobs.send(Box::new(move || {
-            drop(garbage);
-            // A request above glibc's small-bin sizes and below its mmap threshold.
-            let block: Vec<u8> = Vec::with_capacity(64 * 1024);
-            drop(std::hint::black_box(block));
-        }));
-    }
-
-    /// Runs `f` on the build thread; a panic in `f` is an error here, not the thread's end.
-    async fn run<R: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> Result<R, String> {
-        let (reply, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            let _ = reply.send(outcome);
-        });
-        self.jobs
-            .send(job)
-            .map_err(|_| "the build thread has stopped".to_owned())?;
-        match result.await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err("the table build panicked".to_owned()),
-            Err(_) => Err("the build thread stopped during a build".to_owned()),
-        }
-    }
 }
 
 /// The table for `content` (the encoded snapshot `checked`) patched from `served`, when the two
@@ -162,11 +106,14 @@ pub struct Rebuilt {
     delta: DeltaChanges,
 }
 
-/// A table built by the build thread, with what it leaves to free on that thread once the new
-/// table is live (the decoded snapshot or changes it was built from).
+/// A table built by the build thread, with what it leaves to free once the new table is live:
+/// the decoded snapshot or changes it was built from.
 struct Built {
     table: Table,
+    /// Freed on the build thread.
     garbage: Box<dyn Send>,
+    /// A snapshot the decode thread decoded, freed there.
+    decoded: Option<Snapshot>,
     /// Patched from the table served: how many routers and services changed.
     patched: Option<usize>,
 }
@@ -176,6 +123,16 @@ impl Built {
         Self {
             table,
             garbage: Box::new(input),
+            decoded: None,
+            patched: None,
+        }
+    }
+
+    fn decoded(table: Table, input: Snapshot) -> Self {
+        Self {
+            table,
+            garbage: Box::new(()),
+            decoded: Some(input),
             patched: None,
         }
     }
@@ -192,6 +149,7 @@ pub struct Runtime {
     /// Serialises applies; held across awaits, so an async mutex.
     listeners: AsyncMutex<Listeners>,
     builder: BuildThread,
+    decoder: DecodeThread,
 }
 
 impl Runtime {
@@ -221,6 +179,7 @@ impl Runtime {
             overrides,
             listeners: AsyncMutex::new(listeners),
             builder: BuildThread::start()?,
+            decoder: DecodeThread::start()?,
         })
     }
 
@@ -342,6 +301,7 @@ impl Runtime {
         let bytes = Arc::new(bytes);
         let encoded = Arc::clone(&bytes);
         let store = self.store.clone();
+        let decoder = self.decoder.clone();
         self.apply_with(Some(encoded), Source::Controller, move |previous| {
             let (checked, delta) = match verified {
                 Some((checked, delta)) => (checked, Some(delta)),
@@ -361,12 +321,14 @@ impl Runtime {
                 return Ok(Built {
                     table,
                     garbage: Box::new(changes),
+                    decoded: None,
                     patched: Some(changed),
                 });
             }
-            let snapshot = Snapshot::decode_to_serve(content)
+            let snapshot = decoder
+                .decode(bytes, checked.content.clone())?
                 .map_err(|e| format!("snapshot {version}: {e}"))?;
-            drop(bytes);
+            // A snapshot the build refuses is freed here, on the build thread (rare: a NACK).
             let (table, input) = Table::from_snapshot(
                 checked.version,
                 checked.generation,
@@ -374,7 +336,7 @@ impl Runtime {
                 Some(previous),
             )
             .map_err(|e| e.to_string())?;
-            Ok(Built::whole(table, input))
+            Ok(Built::decoded(table, input))
         })
         .await
     }
@@ -411,6 +373,7 @@ impl Runtime {
         let Built {
             table,
             garbage: input,
+            decoded,
             patched,
         } = built??;
         let prepared = match self.desired(&table) {
@@ -422,6 +385,9 @@ impl Runtime {
             Err(e) => {
                 // NACKed: the unused table is freed where it was built, like a replaced one.
                 self.builder.retire((table, input));
+                if let Some(decoded) = decoded {
+                    self.decoder.free(decoded);
+                }
                 return Err(e);
             }
         };
@@ -452,6 +418,9 @@ impl Runtime {
         // The replaced table (often the last reference) is freed on the build thread, not here
         // where requests are served; see `BuildThread::retire`.
         self.builder.retire((replaced, input));
+        if let Some(decoded) = decoded {
+            self.decoder.free(decoded);
+        }
         listeners.commit(prepared);
         self.with_status(|s| {
             s.source = source;
@@ -507,22 +476,5 @@ impl Runtime {
 
     pub async fn stop_listeners(&self) {
         self.listeners.lock().await.stop_all();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_panicking_build_is_an_error_and_the_thread_goes_on() {
-        let builder = BuildThread::start().expect("start the build thread");
-        let first = builder.run(|| std::thread::current().id()).await;
-        let failed = builder.run(|| -> u32 { panic!("bad table") }).await;
-        assert_eq!(failed, Err("the table build panicked".to_owned()));
-        let after = builder.run(|| std::thread::current().id()).await;
-        // Every job, before and after the panic, ran on the same long-lived thread.
-        assert_eq!(first, after);
-        assert_ne!(first, Ok(std::thread::current().id()));
     }
 }
