@@ -5,6 +5,7 @@
 //! dir is then kept for inspection and its path printed).
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
@@ -23,11 +24,20 @@ use super::{
     process::{Process, binary, log_tail},
 };
 
-/// A loopback address nobody listens on right now (bound to port 0, read, released).
+/// A loopback address nobody listens on right now (bound to port 0, read, released), and never
+/// handed out before by this process: the kernel may give a released port again at once, and a
+/// fleet once got the same port for the controller's gRPC and a proxy's admin listener.
 pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind a loopback port");
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if handed_out.insert(addr.port()) {
+            return addr;
+        }
+    }
 }
 
 type Logs = Arc<Mutex<Vec<(String, PathBuf)>>>;
