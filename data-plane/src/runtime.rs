@@ -279,7 +279,7 @@ impl Runtime {
     /// one only in a few routers and services, just those are decoded and the table is patched
     /// ([`Table::patch`]); otherwise the whole snapshot is decoded and built.
     pub async fn apply_received(&self, received: Reassembled) -> Result<(), String> {
-        self.apply_encoded(received, None).await
+        self.apply_encoded(received, None, Source::Controller).await
     }
 
     /// [`Runtime::apply_received`] for a snapshot rebuilt from a delta, already verified.
@@ -289,20 +289,24 @@ impl Runtime {
             checked,
             delta,
         } = rebuilt;
-        self.apply_encoded(received, Some((checked, delta))).await
+        self.apply_encoded(received, Some((checked, delta)), Source::Controller)
+            .await
     }
 
+    /// The apply of an encoded snapshot, from the controller (persisted as received) or from the
+    /// state dir at boot.
     async fn apply_encoded(
         &self,
         received: Reassembled,
         verified: Option<(chunk::Checked, DeltaChanges)>,
+        source: Source,
     ) -> Result<(), String> {
         let Reassembled { version, bytes } = received;
         let bytes = Arc::new(bytes);
-        let encoded = Arc::clone(&bytes);
+        let encoded = (source == Source::Controller).then(|| Arc::clone(&bytes));
         let store = self.store.clone();
         let decoder = self.decoder.clone();
-        self.apply_with(Some(encoded), Source::Controller, move |previous| {
+        self.apply_with(encoded, source, move |previous| {
             let (checked, delta) = match verified {
                 Some((checked, delta)) => (checked, Some(delta)),
                 None => (chunk::check(&version, &bytes)?, None),
@@ -449,9 +453,20 @@ impl Runtime {
                     tracing::error!(error = %e, "skipping state file");
                     errors.push(e.to_string());
                 }
-                Ok(snapshot) => {
-                    let version = snapshot.version.clone();
-                    match self.apply(snapshot, Source::Disk).await {
+                Ok(stored) => {
+                    let version = match stored.version() {
+                        Ok(version) => version,
+                        Err(e) => {
+                            tracing::error!(error = %e, "skipping state file");
+                            errors.push(e.to_string());
+                            continue;
+                        }
+                    };
+                    let received = Reassembled {
+                        version: version.clone(),
+                        bytes: stored.payload,
+                    };
+                    match self.apply_encoded(received, None, Source::Disk).await {
                         Ok(()) => break,
                         Err(e) => {
                             tracing::error!(%version, error = %e, "persisted snapshot cannot be applied");

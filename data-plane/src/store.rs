@@ -15,7 +15,7 @@ use std::{
 
 use prost::Message;
 use sha2::{Digest, Sha256};
-use switchyard_shared::pb;
+use switchyard_shared::{chunk, pb};
 use thiserror::Error;
 
 const MAGIC: &[u8] = b"SWITCHYARD-SNAPSHOT 1\n";
@@ -65,19 +65,25 @@ impl Store {
 
     /// Every stored generation, newest first, each decoded or with the reason it cannot be.
     /// Missing files are skipped silently.
+    #[cfg(test)]
     pub fn load_all(&self) -> Vec<Result<pb::VersionedSnapshot, StoreError>> {
-        self.load_each().collect()
+        self.load_each()
+            .map(|stored| {
+                let stored = stored?;
+                pb::VersionedSnapshot::decode(stored.payload.as_slice())
+                    .map_err(|e| stored.corrupt(&format!("undecodable: {e}")))
+            })
+            .collect()
     }
 
-    /// [`Store::load_all`], read and decoded one generation at a time as the caller asks (at boot
-    /// the previous generation is not even read when the current one applies).
-    pub fn load_each(
-        &self,
-    ) -> impl Iterator<Item = Result<pb::VersionedSnapshot, StoreError>> + '_ {
+    /// Every stored generation, newest first, read one at a time as the caller asks (at boot the
+    /// previous generation is not even read when the current one applies), each with its
+    /// checksum verified or with the reason it cannot be used. Missing files are skipped silently.
+    pub fn load_each(&self) -> impl Iterator<Item = Result<Stored, StoreError>> + '_ {
         [CURRENT, PREVIOUS].into_iter().filter_map(|name| {
             let path = self.dir.join(name);
             match fs::read(&path) {
-                Ok(bytes) => Some(decode(&path, &bytes)),
+                Ok(bytes) => Some(verified(path, bytes)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(source) => Some(Err(StoreError::Io { path, source })),
             }
@@ -153,22 +159,50 @@ impl Store {
     }
 }
 
-fn decode(path: &Path, bytes: &[u8]) -> Result<pb::VersionedSnapshot, StoreError> {
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        path: path.to_owned(),
+/// A stored generation whose checksum matches.
+#[derive(Debug)]
+pub struct Stored {
+    pub path: PathBuf,
+    /// An encoded `VersionedSnapshot`, as the controller sent it.
+    pub payload: Vec<u8>,
+}
+
+impl Stored {
+    /// The version the payload announces (its content is checked against it when applied).
+    pub fn version(&self) -> Result<String, StoreError> {
+        chunk::announced_version(&self.payload)
+            .map_err(|e| self.corrupt(&format!("undecodable: {e}")))
+    }
+
+    fn corrupt(&self, reason: &str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// The payload of the state file `bytes` read from `path`, once its header and checksum check.
+fn verified(path: PathBuf, mut bytes: Vec<u8>) -> Result<Stored, StoreError> {
+    let corrupt = |path: PathBuf, reason: &str| StoreError::Corrupt {
+        path,
         reason: reason.to_owned(),
     };
-    let rest = bytes
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| corrupt("not a switchyard snapshot file (bad header)"))?;
+    let Some(rest) = bytes.strip_prefix(MAGIC) else {
+        return Err(corrupt(path, "not a switchyard snapshot file (bad header)"));
+    };
     if rest.len() < 65 || rest[64] != b'\n' {
-        return Err(corrupt("truncated checksum"));
+        return Err(corrupt(path, "truncated checksum"));
     }
     let (sum, payload) = (&rest[..64], &rest[65..]);
     if hex::encode(Sha256::digest(payload)).as_bytes() != sum {
-        return Err(corrupt("checksum mismatch"));
+        return Err(corrupt(path, "checksum mismatch"));
     }
-    pb::VersionedSnapshot::decode(payload).map_err(|e| corrupt(&format!("undecodable: {e}")))
+    bytes.drain(..MAGIC.len() + 65);
+    Ok(Stored {
+        path,
+        payload: bytes,
+    })
 }
 
 /// `map_err` for an I/O error on `path`.

@@ -231,6 +231,11 @@ pub struct Checked {
     pub content: std::ops::Range<usize>,
 }
 
+/// The version `bytes` (an encoded `VersionedSnapshot`) announce; not verified.
+pub fn announced_version(bytes: &[u8]) -> Result<String, String> {
+    parts(bytes).map(|parts| parts.version)
+}
+
 /// The content (the encoded `Snapshot`) inside `bytes`, an encoded `VersionedSnapshot`; not
 /// verified.
 pub fn content(bytes: &[u8]) -> Result<&[u8], String> {

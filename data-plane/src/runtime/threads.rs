@@ -13,53 +13,97 @@
 //!   megabytes were free holes below the table, never given back: 57 MiB of RSS at 50 000
 //!   `Host && PathPrefix` routers instead of 33 (docs/benchmarks.md).
 
-use std::{cell::RefCell, ops::Range, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    ops::Range,
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
+};
 
 use switchyard_shared::snapshot::Snapshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A thread that runs jobs in order; a panic in a job is an error for whoever waits on it, not
-/// the thread's end.
+/// the thread's end. The queue is a mutex and a condition variable rather than a channel: a
+/// channel's receiver allocates when it first blocks, and on the decode thread that block could
+/// land at the top of the arena and keep it (see [`CacheBlocks`]). Waiting on a condition
+/// variable allocates nothing. The thread ends once every handle is gone and the queue is empty.
 #[derive(Clone)]
 struct Worker {
-    jobs: std::sync::mpsc::Sender<Job>,
+    queue: Arc<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Condvar,
 }
 
 impl Worker {
     fn start(name: &str) -> std::io::Result<Self> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Queue::default());
+        let own = Arc::clone(&queue);
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                for job in queue {
-                    job();
+                while let Some(job) = own.next(|| Arc::strong_count(&own) == 1) {
+                    // A panic (in a drop, say) is the job's end, not the thread's: jobs that
+                    // answer catch their own and report it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             })?;
-        Ok(Self { jobs })
+        Ok(Self { queue })
     }
 
     /// Queues `job`; nothing waits for it.
     fn send(&self, job: impl FnOnce() + Send + 'static) {
-        let _ = self.jobs.send(Box::new(job));
+        self.queue.push(Box::new(job));
+    }
+}
+
+impl Queue {
+    fn push(&self, job: Job) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// The next job, waiting for one; `None` once the queue is empty and `abandoned`.
+    fn next(&self, abandoned: impl Fn() -> bool) -> Option<Job> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(job) = jobs.pop_front() {
+                return Some(job);
+            }
+            if abandoned() {
+                return None;
+            }
+            // The last handle may go without a notification: look again now and then.
+            jobs = self
+                .ready
+                .wait_timeout(jobs, Duration::from_secs(1))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 }
 
 /// What went wrong running a job, in the words of the thread's caller.
 struct Failures {
-    stopped: &'static str,
     panicked: &'static str,
     stopped_during: &'static str,
 }
 
 const BUILD: Failures = Failures {
-    stopped: "the build thread has stopped",
     panicked: "the table build panicked",
     stopped_during: "the build thread stopped during a build",
 };
 
 const DECODE: Failures = Failures {
-    stopped: "the decode thread has stopped",
     panicked: "the snapshot decode panicked",
     stopped_during: "the decode thread stopped during a decode",
 };
@@ -103,10 +147,7 @@ impl BuildThread {
         let job = move || {
             let _ = reply.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
         };
-        self.0
-            .jobs
-            .send(Box::new(job))
-            .map_err(|_| BUILD.stopped.to_owned())?;
+        self.0.send(job);
         outcome(result.await.ok(), &BUILD)
     }
 }
@@ -143,10 +184,7 @@ impl DecodeThread {
             }));
             let _ = reply.send(decoded);
         };
-        self.0
-            .jobs
-            .send(Box::new(job))
-            .map_err(|_| DECODE.stopped.to_owned())?;
+        self.0.send(job);
         outcome(result.recv().ok(), &DECODE)
     }
 
@@ -237,8 +275,16 @@ mod tests {
         let first = builder.run(|| std::thread::current().id()).await;
         let failed = builder.run(|| -> u32 { panic!("bad table") }).await;
         assert_eq!(failed, Err("the table build panicked".to_owned()));
+        // A panic in a job nothing waits for (a drop) does not end the thread either.
+        struct PanicsOnDrop;
+        impl Drop for PanicsOnDrop {
+            fn drop(&mut self) {
+                panic!("bad drop");
+            }
+        }
+        builder.retire(PanicsOnDrop);
         let after = builder.run(|| std::thread::current().id()).await;
-        // Every job, before and after the panic, ran on the same long-lived thread.
+        // Every job, before and after the panics, ran on the same long-lived thread.
         assert_eq!(first, after);
         assert_ne!(first, Ok(std::thread::current().id()));
     }
