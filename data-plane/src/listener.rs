@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    pin::Pin,
     sync::Arc,
 };
 
@@ -129,7 +130,12 @@ impl Listeners {
             let (stop, stop_rx) = watch::channel(false);
             let handler = (self.make_handler)(&name, addr.port());
             tracing::info!(entry_point = %name, %addr, "listening");
-            tokio::spawn(accept_loop(listener, handler, stop_rx, drain.clone()));
+            tokio::spawn(accept_loop(
+                listener,
+                Arc::new(handler),
+                stop_rx,
+                drain.clone(),
+            ));
             self.active.insert(name, Active { addr, stop });
         }
     }
@@ -156,7 +162,7 @@ impl Listeners {
 
 async fn accept_loop(
     listener: TcpListener,
-    handler: Handler,
+    handler: Arc<Handler>,
     mut stop: watch::Receiver<bool>,
     drain: drain::Watch,
 ) {
@@ -174,40 +180,65 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
+        // One `Arc` per connection, not a copy of the handler (its upstream clients are large).
+        let handler = Arc::clone(&handler);
         let drain = drain.clone();
-        tokio::spawn(async move {
-            // Sniff for a TLS ClientHello only where TLS routers exist (Traefik does the same):
-            // plain-only entry points pay nothing.
-            let tls = {
-                let table = handler.table.load();
-                let has_tls_routes = table
-                    .entry_point(&handler.entry_point)
-                    .is_some_and(|t| !t.tls.is_empty());
-                // Pending ACME TLS-ALPN-01 challenges: any entry point may be the CA's port 443.
-                table
-                    .tls
-                    .clone()
-                    .filter(|t| has_tls_routes || t.has_challenges())
-            };
-            let Some(tls) = tls else {
-                serve(TokioIo::new(stream), handler, peer, false, drain).await;
-                return;
-            };
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
-                Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
-                Ok(Ok(1)) => {
-                    serve(TokioIo::new(stream), handler, peer, false, drain).await;
-                    return;
-                }
-                _ => return,
-            }
-            match handshake(stream, &tls, &handler.entry_point).await {
-                Ok(stream) => serve(TokioIo::new(stream), handler, peer, true, drain).await,
-                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-            }
-        });
+        tokio::spawn(connection(stream, handler, peer, drain));
+    }
+}
+
+/// One accepted connection, as its own task: TLS or not, then HTTP/1.1 or h2c.
+///
+/// The future is as large as its largest state, and tokio moves it whole when spawning it and
+/// again when it ends: the large states (the TLS handshake and stream, with rustls inline, and
+/// hyper's connection) are boxed, so that a plain connection pays for none of them
+/// (`the_connection_task_is_small`).
+async fn connection(
+    stream: tokio::net::TcpStream,
+    handler: Arc<Handler>,
+    peer: SocketAddr,
+    drain: drain::Watch,
+) {
+    // Sniff for a TLS ClientHello only where TLS routers exist (Traefik does the same):
+    // plain-only entry points pay nothing.
+    let tls = {
+        let table = handler.table.load();
+        let has_tls_routes = table
+            .entry_point(&handler.entry_point)
+            .is_some_and(|t| !t.tls.is_empty());
+        // Pending ACME TLS-ALPN-01 challenges: any entry point may be the CA's port 443.
+        table
+            .tls
+            .clone()
+            .filter(|t| has_tls_routes || t.has_challenges())
+    };
+    let Some(tls) = tls else {
+        serve(TokioIo::new(stream), handler, peer, false, drain).await;
+        return;
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+        Ok(Ok(1)) => {
+            serve(TokioIo::new(stream), handler, peer, false, drain).await;
+            return;
+        }
+        _ => return,
+    }
+    Box::pin(serve_tls(stream, tls, handler, peer, drain)).await;
+}
+
+/// [`connection`] once it starts with a TLS ClientHello.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    tls: Arc<TlsState>,
+    handler: Arc<Handler>,
+    peer: SocketAddr,
+    drain: drain::Watch,
+) {
+    match handshake(stream, &tls, &handler.entry_point).await {
+        Ok(stream) => serve(TokioIo::new(stream), handler, peer, true, drain).await,
+        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
     }
 }
 
@@ -250,12 +281,17 @@ async fn handshake(
         .map_err(|e| e.to_string())
 }
 
-async fn serve<I>(io: I, handler: Handler, peer: SocketAddr, tls: bool, mut drain: drain::Watch)
-where
+async fn serve<I>(
+    io: I,
+    handler: Arc<Handler>,
+    peer: SocketAddr,
+    tls: bool,
+    mut drain: drain::Watch,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    // One handler and client address per connection, shared by its requests (an `Arc` clone per
-    // request rather than a clone of every handle the handler holds).
+    // The handler and the client address, shared by the connection's requests (an `Arc` clone
+    // per request).
     let connection = Arc::new((handler, Peer::new(peer)));
     let service = hyper::service::service_fn(move |req| {
         let connection = Arc::clone(&connection);
@@ -278,28 +314,28 @@ where
             return;
         }
     };
+    // The connection on the heap, not in this future (see the accept loop).
     match protocol {
         sniff::Protocol::Http1 => {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .serve_connection(io, service);
-            drive(conn, drain, peer).await;
+            drive(Box::pin(conn), drain, peer).await;
         }
         sniff::Protocol::H2c => {
             let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
-            drive(conn, drain, peer).await;
+            drive(Box::pin(conn), drain, peer).await;
         }
     }
 }
 
 /// Runs a connection to its end; a drain lets the request in flight finish, then closes
 /// (HTTP/2: GOAWAY).
-async fn drive<C>(conn: C, mut drain: drain::Watch, peer: SocketAddr)
+async fn drive<C>(mut conn: Pin<Box<C>>, mut drain: drain::Watch, peer: SocketAddr)
 where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         _ = drain.signaled() => {
@@ -315,6 +351,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_connection_task_is_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let handler = Arc::new(Handler {
+            table: Arc::new(arc_swap::ArcSwap::from_pointee(
+                crate::state::Table::default(),
+            )),
+            entry_point: Arc::from("web"),
+            upstreams: crate::proxy::Upstreams::new(),
+            port: addr.port(),
+        });
+        let (_signal, drain) = drain::channel();
+        let task = connection(stream, handler, peer, drain);
+        // 10 400 bytes when the TLS states and hyper's connection were inline (every connection
+        // then copied that much when spawned and again when it ended), 792 since.
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "the connection task is {size} bytes");
+    }
 
     #[test]
     fn listen_address_forms() {
