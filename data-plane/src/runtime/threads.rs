@@ -17,7 +17,10 @@ use std::{
     cell::RefCell,
     collections::VecDeque,
     ops::Range,
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -39,6 +42,8 @@ struct Worker {
 struct Queue {
     jobs: Mutex<VecDeque<Job>>,
     ready: Condvar,
+    /// Set when the last handle goes.
+    closed: AtomicBool,
 }
 
 impl Worker {
@@ -48,7 +53,9 @@ impl Worker {
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                while let Some(job) = own.next(|| Arc::strong_count(&own) == 1) {
+                let abandoned =
+                    || own.closed.load(Ordering::Acquire) || Arc::strong_count(&own) == 1;
+                while let Some(job) = own.next(abandoned) {
                     // A panic (in a drop, say) is the job's end, not the thread's: jobs that
                     // answer catch their own and report it.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
@@ -60,6 +67,19 @@ impl Worker {
     /// Queues `job`; nothing waits for it.
     fn send(&self, job: impl FnOnce() + Send + 'static) {
         self.queue.push(Box::new(job));
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // This handle and the thread's own reference: the last handle is going (no other is
+        // left to clone from), so the thread may end once the queue is empty.
+        if Arc::strong_count(&self.queue) <= 2 {
+            // Under the lock, so the thread cannot miss it between looking and waiting.
+            let _jobs = self.queue.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            self.queue.closed.store(true, Ordering::Release);
+            self.queue.ready.notify_one();
+        }
     }
 }
 
@@ -82,10 +102,11 @@ impl Queue {
             if abandoned() {
                 return None;
             }
-            // The last handle may go without a notification: look again now and then.
+            // Handles dropped at once may each see another one left, and none notify: look
+            // again now and then (an idle proxy's threads wake once a minute, no more).
             jobs = self
                 .ready
-                .wait_timeout(jobs, Duration::from_secs(1))
+                .wait_timeout(jobs, Duration::from_secs(60))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -411,5 +432,38 @@ mod tests {
             kept < held / 4,
             "{held} bytes resident after the decode, {kept} still after the free"
         );
+    }
+
+    #[test]
+    fn a_worker_thread_ends_with_its_last_handle() {
+        thread_local! {
+            static HELD: RefCell<Option<Arc<()>>> = const { RefCell::new(None) };
+        }
+        let decoder = DecodeThread::start().expect("start the decode thread");
+        let marker = Arc::new(());
+        let held = Arc::downgrade(&marker);
+        // Kept in a thread-local of the worker thread: dropped when that thread ends.
+        decoder
+            .0
+            .send(move || HELD.with(|h| *h.borrow_mut() = Some(marker)));
+        // Jobs run in order: once this answers, the thread holds the marker; it is then waiting
+        // for the next job well within the pause.
+        let empty = decoder
+            .decode(Arc::new(Vec::new()), 0..0)
+            .expect("the thread answers")
+            .expect("an empty snapshot");
+        drop(empty);
+        std::thread::sleep(Duration::from_millis(100));
+        let other = decoder.clone();
+        drop(decoder);
+        drop(other);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while held.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread did not end once its last handle was dropped"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
