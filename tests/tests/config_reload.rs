@@ -31,6 +31,14 @@ fn service(name: &str, urls: &[&str]) -> String {
     text
 }
 
+/// The file with one router, `app.test` → service `app` on `url`.
+fn app_routed_to(url: &str) -> String {
+    dynamic(
+        &[router("app", "Host(`app.test`)", "app", &[])],
+        &[service("app", &[url])],
+    )
+}
+
 fn dynamic(routers: &[String], services: &[String]) -> String {
     format!(
         "http:\n  routers:\n{}  services:\n{}",
@@ -44,13 +52,7 @@ async fn an_edit_in_the_watched_directory_reaches_both_proxies() {
     let fleet = Fleet::new("reload-edit");
     let a = fleet.echo("a").await;
     let b = fleet.echo("b").await;
-    fleet.write_dynamic(
-        "app.yml",
-        &dynamic(
-            &[router("app", "Host(`app.test`)", "app", &[])],
-            &[service("app", &[&a.url()])],
-        ),
-    );
+    fleet.write_dynamic("app.yml", &app_routed_to(&a.url()));
     let _controller = fleet.controller();
     let p1 = fleet.proxy("p1");
     let p2 = fleet.proxy("p2");
@@ -117,13 +119,7 @@ fn names_line(error: &str, file: &str, line: u32) -> bool {
 async fn a_file_that_does_not_parse_is_reported_and_the_last_good_routes_keep_serving() {
     let fleet = Fleet::new("reload-parse");
     let a = fleet.echo("a").await;
-    fleet.write_dynamic(
-        "app.yml",
-        &dynamic(
-            &[router("app", "Host(`app.test`)", "app", &[])],
-            &[service("app", &[&a.url()])],
-        ),
-    );
+    fleet.write_dynamic("app.yml", &app_routed_to(&a.url()));
     let good_extra =
         "http:\n  routers:\n    extra:\n      rule: Host(`extra.test`)\n      service: app\n";
     fleet.write_dynamic("extra.yml", good_extra);
@@ -582,13 +578,7 @@ async fn weights_split_traffic() {
 async fn a_plain_entry_point_serves_http1_and_h2c_on_one_port() {
     let fleet = Fleet::new("reload-h2c");
     let a = fleet.echo("a").await;
-    fleet.write_dynamic(
-        "app.yml",
-        &dynamic(
-            &[router("app", "Host(`app.test`)", "app", &[])],
-            &[service("app", &[&a.url()])],
-        ),
-    );
+    fleet.write_dynamic("app.yml", &app_routed_to(&a.url()));
     let _controller = fleet.controller();
     let p = fleet.proxy("p");
     fleet.converged(&["p"], DEADLINE).await;
