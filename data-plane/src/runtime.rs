@@ -448,31 +448,25 @@ impl Runtime {
     pub async fn load_from_disk(&self) {
         let mut errors = Vec::new();
         for candidate in self.store.load_each() {
-            match candidate {
+            // A file that cannot be read, fails its checksum or announces no version.
+            let stored = candidate.and_then(|stored| Ok((stored.version()?, stored.payload)));
+            let (version, bytes) = match stored {
+                Ok(stored) => stored,
                 Err(e) => {
                     tracing::error!(error = %e, "skipping state file");
                     errors.push(e.to_string());
+                    continue;
                 }
-                Ok(stored) => {
-                    let version = match stored.version() {
-                        Ok(version) => version,
-                        Err(e) => {
-                            tracing::error!(error = %e, "skipping state file");
-                            errors.push(e.to_string());
-                            continue;
-                        }
-                    };
-                    let received = Reassembled {
-                        version: version.clone(),
-                        bytes: stored.payload,
-                    };
-                    match self.apply_encoded(received, None, Source::Disk).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::error!(%version, error = %e, "persisted snapshot cannot be applied");
-                            errors.push(format!("persisted snapshot {version}: {e}"));
-                        }
-                    }
+            };
+            let received = Reassembled {
+                version: version.clone(),
+                bytes,
+            };
+            match self.apply_encoded(received, None, Source::Disk).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(%version, error = %e, "persisted snapshot cannot be applied");
+                    errors.push(format!("persisted snapshot {version}: {e}"));
                 }
             }
         }

@@ -96,14 +96,8 @@ impl Store {
     pub fn current_payload(&self) -> Result<Vec<u8>, StoreError> {
         let path = self.dir.join(CURRENT);
         let mut bytes = fs::read(&path).map_err(io(&path))?;
-        let skip = MAGIC.len() + 65;
-        if bytes.len() < skip || !bytes.starts_with(MAGIC) {
-            return Err(StoreError::Corrupt {
-                path,
-                reason: "not a switchyard snapshot file (bad header)".into(),
-            });
-        }
-        bytes.drain(..skip);
+        let (_, payload) = split(&path, &bytes)?;
+        bytes.drain(..payload);
         Ok(bytes)
     }
 
@@ -184,25 +178,33 @@ impl Stored {
 
 /// The payload of the state file `bytes` read from `path`, once its header and checksum check.
 fn verified(path: PathBuf, mut bytes: Vec<u8>) -> Result<Stored, StoreError> {
-    let corrupt = |path: PathBuf, reason: &str| StoreError::Corrupt {
-        path,
-        reason: reason.to_owned(),
-    };
-    let Some(rest) = bytes.strip_prefix(MAGIC) else {
-        return Err(corrupt(path, "not a switchyard snapshot file (bad header)"));
-    };
-    if rest.len() < 65 || rest[64] != b'\n' {
-        return Err(corrupt(path, "truncated checksum"));
+    let (sum, payload) = split(&path, &bytes)?;
+    if hex::encode(Sha256::digest(&bytes[payload..])).as_bytes() != sum {
+        return Err(StoreError::Corrupt {
+            path,
+            reason: "checksum mismatch".into(),
+        });
     }
-    let (sum, payload) = (&rest[..64], &rest[65..]);
-    if hex::encode(Sha256::digest(payload)).as_bytes() != sum {
-        return Err(corrupt(path, "checksum mismatch"));
-    }
-    bytes.drain(..MAGIC.len() + 65);
+    bytes.drain(..payload);
     Ok(Stored {
         path,
         payload: bytes,
     })
+}
+
+/// The checksum a state file announces, and where its payload starts.
+fn split<'a>(path: &Path, bytes: &'a [u8]) -> Result<(&'a [u8], usize), StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| corrupt("not a switchyard snapshot file (bad header)"))?;
+    if rest.len() < 65 || rest[64] != b'\n' {
+        return Err(corrupt("truncated checksum"));
+    }
+    Ok((&rest[..64], MAGIC.len() + 65))
 }
 
 /// `map_err` for an I/O error on `path`.
