@@ -104,6 +104,8 @@ pub struct Rebuilt {
     pub received: Reassembled,
     checked: chunk::Checked,
     delta: DeltaChanges,
+    /// Its content's fields, kept once it is served for the next delta's base.
+    index: delta::Index,
 }
 
 /// A table built by the build thread, with what it leaves to free once the new table is live:
@@ -150,6 +152,9 @@ pub struct Runtime {
     listeners: AsyncMutex<Listeners>,
     builder: BuildThread,
     decoder: DecodeThread,
+    /// The top-level fields of the snapshot served, by its version, when a delta made it: the
+    /// next delta's base is then not walked again ([`delta::Index`]).
+    base_index: std::sync::Mutex<Option<(String, delta::Index)>>,
 }
 
 impl Runtime {
@@ -180,6 +185,7 @@ impl Runtime {
             listeners: AsyncMutex::new(listeners),
             builder: BuildThread::start()?,
             decoder: DecodeThread::start()?,
+            base_index: std::sync::Mutex::new(None),
         })
     }
 
@@ -249,6 +255,9 @@ impl Runtime {
         }
         let limit = state::patch_limit(served.router_count);
         drop(served);
+        let kept = self
+            .take_base_index()
+            .and_then(|(version, index)| (version == held).then_some(index));
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let payload = store
@@ -256,17 +265,18 @@ impl Runtime {
                 .map_err(|e| format!("the snapshot served cannot be read back: {e}"))?;
             chunk::check(&held, &payload)
                 .map_err(|e| format!("the state file does not hold the snapshot served: {e}"))?;
-            let base = delta::Base::of(&payload)?;
-            let received = base.rebuild(&delta)?;
-            let checked = chunk::check(&received.version, &received.bytes)?;
+            let base = delta::Base::of(&payload, kept)?;
+            let delta::Rebuild { snapshot, index } = base.rebuild(&delta)?;
+            let checked = chunk::check(&snapshot.version, &snapshot.bytes)?;
             let changes = base.changes(&delta.parts, limit);
             Ok(Rebuilt {
-                received,
+                received: snapshot,
                 checked,
                 delta: DeltaChanges {
                     base_version: held,
                     changes,
                 },
+                index,
             })
         })
         .await
@@ -288,9 +298,21 @@ impl Runtime {
             received,
             checked,
             delta,
+            index,
         } = rebuilt;
+        let version = received.version.clone();
         self.apply_encoded(received, Some((checked, delta)), Source::Controller)
-            .await
+            .await?;
+        *self.base_index.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, index));
+        Ok(())
+    }
+
+    /// The index kept for the next delta, if any, taken: an apply replaces it.
+    fn take_base_index(&self) -> Option<(String, delta::Index)> {
+        self.base_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// The apply of an encoded snapshot, from the controller (persisted as received) or from the
@@ -355,6 +377,9 @@ impl Runtime {
     ) -> Result<(), String> {
         let started = std::time::Instant::now();
         let mut listeners = self.listeners.lock().await;
+        // Whatever this apply serves, the index kept is not its own (a delta's apply keeps the
+        // new one once served).
+        drop(self.take_base_index());
         let previous = self.table.load_full();
         // The new generation is written and synced to the state dir while the table builds (the
         // build is CPU, the sync mostly waiting on the disk); it becomes current only once the

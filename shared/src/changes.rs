@@ -165,10 +165,7 @@ pub(crate) fn of_delta(
 
 /// An element of a list field of `content`: its bytes without the key and length.
 fn element_bytes<'a>(content: &'a [u8], field: &Field) -> Option<&'a [u8]> {
-    match wire::fields(content.get(field.span.clone())?)
-        .next()?
-        .ok()?
-    {
+    match wire::fields(content.get(field.span())?).next()?.ok()? {
         (_, Value::Bytes(element)) => Some(element),
         _ => None,
     }

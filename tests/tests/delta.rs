@@ -48,6 +48,32 @@ async fn changes_travel_as_deltas_and_a_damaged_base_is_sent_whole() {
         "{status:?}"
     );
 
+    // A second change: its base is the snapshot the first delta rebuilt, whose fields the proxy
+    // kept from that rebuild instead of walking it again. Wrong fields would rebuild content
+    // that fails its version, and the proxy would ask for the snapshot whole.
+    fleet.write_dynamic(
+        "api.yml",
+        "http:\n  routers:\n    api:\n      rule: Host(`api.test`)\n      service: app@file\n",
+    );
+    fleet
+        .eventually("the proxy serves api.test", DEADLINE, || {
+            p.serves("api.test", "b")
+        })
+        .await;
+    let v2 = fleet.converged(&["p"], DEADLINE).await;
+    let status = p.status().await.unwrap();
+    assert_eq!(status.version, v2, "{status:?}");
+    assert_eq!(
+        (
+            status.snapshots_received,
+            status.deltas_received,
+            status.resyncs_requested,
+            status.nacks_sent
+        ),
+        (3, 2, 0, 0),
+        "{status:?}"
+    );
+
     // What the delta rebuilt was persisted: a restarted proxy serves v2 from its state dir and
     // the controller only confirms it holds the current version.
     p.restart();

@@ -88,7 +88,16 @@ proptest! {
     fn a_delta_rebuilds_the_new_content_exactly(old in side(), new in side()) {
         let (old, new) = (content(&old.0, &old.1), content(&new.0, &new.1));
         let parts = diff(&old, &new, usize::MAX).expect("both parse");
-        prop_assert_eq!(apply(&old, &parts).expect("fits its base"), new);
+        prop_assert_eq!(apply(&old, &parts).expect("fits its base"), new.clone());
+        // The index the rebuild gives is the one a walk of the new content finds, and a base
+        // given it (as a proxy keeps it for the next delta) is the base a walk makes.
+        let (_, index) = Base::of_content(&old, None)
+            .expect("parses")
+            .pieces(&parts)
+            .expect("fits its base");
+        let walked = Index::of(&new).expect("parses");
+        prop_assert_eq!(&index, &walked);
+        prop_assert_eq!(Base::of_content(&new, Some(index)).expect("parses").index, walked);
     }
 }
 
@@ -105,7 +114,7 @@ proptest! {
         let old = content_with(entries.0, &old.0, &old.1);
         let new = content_with(entries.1, &new.0, &new.1);
         let parts = diff(&old, &new, usize::MAX).expect("both parse");
-        let base = Base::of_content(&old).expect("parses");
+        let base = Base::of_content(&old, None).expect("parses");
         prop_assert_eq!(
             base.changes(&parts, max_changed),
             changes::between(&old, &new, max_changed)
@@ -123,8 +132,8 @@ fn parts_that_no_diff_makes_give_no_changes() {
     };
     // Fields: the entry point, routers r000..r003, service s000.
     let old = content_with(Some(0), &[Some(0), Some(0), Some(0), Some(0)], &[Some(0)]);
-    let base = Base::of_content(&old).expect("parses");
-    let field = |i: usize| &old[base.fields[i].span.clone()];
+    let base = Base::of_content(&old, None).expect("parses");
+    let field = |i: usize| &old[base.index.fields[i].span()];
     let changes = |parts: &[pb::DeltaPart]| base.changes(parts, usize::MAX);
 
     // Router r001 removed: one router gone, nothing added.
@@ -201,6 +210,12 @@ fn a_delta_that_does_not_fit_its_base_is_refused_with_the_part() {
         "delta part 0 is empty"
     );
     assert!(apply(&old[..old.len() - 1], &[copy(0, 1)]).is_err());
+    // Inserted bytes that are not whole fields (a length of 5, two bytes follow).
+    let torn = pb::DeltaPart {
+        kind: Some(Kind::Insert(vec![0x0a, 0x05, 0x01, 0x02])),
+    };
+    let err = apply(&old, &[copy(0, 3), torn]).unwrap_err();
+    assert!(err.starts_with("delta part 1 inserts field 1"), "{err}");
 }
 
 #[test]
@@ -239,4 +254,18 @@ fn a_rebuilt_snapshot_is_checked_like_a_received_one() {
             .unwrap_err()
             .contains("does not match its content")
     );
+}
+
+#[test]
+fn a_kept_index_made_for_other_content_is_not_used() {
+    let old = content(&[Some(0), Some(1), Some(2)], &[Some(0)]);
+    let new = content(&[Some(0), Some(3), Some(2)], &[Some(0)]);
+    let parts = diff(&old, &new, usize::MAX).expect("both parse");
+    // An index of other content (three routers fewer): the base is walked instead.
+    let other = content(&[], &[Some(0)]);
+    let stale = Index::of(&other).expect("parses");
+    assert!(!stale.spans(&old));
+    let base = Base::of_content(&old, Some(stale)).expect("parses");
+    assert_eq!(base.index, Index::of(&old).expect("parses"));
+    assert_eq!(base.pieces(&parts).expect("fits").0.concat(), new);
 }

@@ -327,13 +327,18 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
     // The snapshot held as received: the base of the next delta (a proxy reads it back from its
     // state file). The decoded snapshot stands for the table a proxy would build from it.
     let mut held: Option<Reassembled> = None;
+    // Its index, when a delta made it: the next delta's base is not walked (as in a proxy).
+    let mut index: Option<delta::Index> = None;
     while let Some(message) = inbound.next().await {
         // Verified and decoded as the proxy does (subscriber.rs, runtime.rs): a chunked snapshot
         // by its received bytes, decoded straight into the domain snapshot.
         let (version, decoded) = match message?.kind {
             Some(subscribe_response::Kind::Chunk(c)) => match chunks.push(c) {
                 Ok(Some(r)) => match chunk::open(&r.version, &r.bytes) {
-                    Ok(opened) => (opened.version, Ok(r)),
+                    Ok(opened) => {
+                        index = None;
+                        (opened.version, Ok(r))
+                    }
                     Err(e) => (r.version, Err(e)),
                 },
                 Ok(None) => continue,
@@ -343,8 +348,12 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
                 let Some(base) = held.take() else {
                     bail!("a delta arrived before any snapshot");
                 };
-                let base_fields = delta::Base::of(&base.bytes).map_err(anyhow::Error::msg)?;
-                let rebuilt = base_fields.rebuild(&delta).map_err(anyhow::Error::msg)?;
+                let base_fields =
+                    delta::Base::of(&base.bytes, index.take()).map_err(anyhow::Error::msg)?;
+                let delta::Rebuild {
+                    snapshot: rebuilt,
+                    index: rebuilt_index,
+                } = base_fields.rebuild(&delta).map_err(anyhow::Error::msg)?;
                 chunk::check(&rebuilt.version, &rebuilt.bytes).map_err(anyhow::Error::msg)?;
                 // What a proxy patches its table from (`Table::patch`): the objects that changed,
                 // read from the delta once its snapshot is verified, and decoded.
@@ -352,6 +361,7 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
                     .changes(&delta.parts, usize::MAX)
                     .context("the delta changes more than routers and services")?;
                 drop(changes);
+                index = Some(rebuilt_index);
                 (rebuilt.version.clone(), Ok(rebuilt))
             }
             _ => continue,
