@@ -301,8 +301,14 @@ async fn serve<I>(
         }
     });
     // HTTP/1.1, or h2c with prior knowledge (also over TLS, as hyper-util's auto builder did).
+    // A plain connection is closed without shutting its write side down first.
+    let ending = if tls {
+        sniff::Ending::Shutdown
+    } else {
+        sniff::Ending::Close
+    };
     let sniffed = tokio::select! {
-        sniffed = sniff::sniff(io) => sniffed,
+        sniffed = sniff::sniff(io, ending) => sniffed,
         // Draining: a connection that has not said anything yet is simply closed.
         _ = drain.signaled() => return,
     };

@@ -26,9 +26,24 @@ pub enum Protocol {
     H2c,
 }
 
+/// What a [`Replay`] does when the HTTP connection over it is done and shuts its write side down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Shuts the write side down (TLS: its `close_notify`, then the TCP shutdown).
+    Shutdown,
+    /// Nothing: the connection is dropped, hence closed, right after, and the close sends the
+    /// same FIN. A plain connection per request saves a system call. Not for anything that
+    /// half-closes on purpose (a tunnel after an upgrade; none is proxied).
+    Close,
+}
+
 /// Reads the start of the connection and tells its protocol; `None` when the client closed
-/// before sending a byte. The bytes read come back inside the returned [`Replay`].
-pub async fn sniff<I: Read + Unpin>(mut io: I) -> io::Result<Option<(Protocol, Replay<I>)>> {
+/// before sending a byte. The bytes read come back inside the returned [`Replay`], which ends
+/// the connection as `ending` says.
+pub async fn sniff<I: Read + Unpin>(
+    mut io: I,
+    ending: Ending,
+) -> io::Result<Option<(Protocol, Replay<I>)>> {
     // Not zeroed (the bytes read are copied out, a few hundred of them for most requests), and
     // on the heap, not in the connection's future.
     let mut space = Box::new_uninit_slice(FIRST_READ);
@@ -53,7 +68,7 @@ pub async fn sniff<I: Read + Unpin>(mut io: I) -> io::Result<Option<(Protocol, R
         }
     };
     let prefix = Bytes::copy_from_slice(first.filled());
-    Ok(Some((protocol, Replay { prefix, io })))
+    Ok(Some((protocol, Replay { prefix, io, ending })))
 }
 
 #[cfg(test)]
@@ -67,6 +82,7 @@ async fn read<I: Read + Unpin>(io: &mut I, into: &mut [u8]) -> io::Result<usize>
 pub struct Replay<I> {
     prefix: Bytes,
     io: I,
+    ending: Ending,
 }
 
 impl<I: Read + Unpin> Read for Replay<I> {
@@ -99,7 +115,10 @@ impl<I: Write + Unpin> Write for Replay<I> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        match self.ending {
+            Ending::Shutdown => Pin::new(&mut self.io).poll_shutdown(cx),
+            Ending::Close => Poll::Ready(Ok(())),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -138,7 +157,9 @@ mod tests {
             // Keep the client end open until the server side has read everything.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         });
-        let (protocol, mut replay) = sniff(TokioIo::new(server)).await.unwrap()?;
+        let (protocol, mut replay) = sniff(TokioIo::new(server), Ending::Shutdown)
+            .await
+            .unwrap()?;
         let mut all = Vec::new();
         loop {
             let mut chunk = [0u8; 7];
