@@ -30,7 +30,7 @@ use switchyard_shared::backoff::Backoff;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::{Reporter, decode};
+use super::{IncrementalDecoder, Reporter};
 use crate::{
     config::{ClientTlsConfig, ConsulKvProviderConfig},
     provider::{Provider, ProviderSink, ProviderTask, client_tls},
@@ -387,6 +387,8 @@ struct KvEntry {
 
 async fn run(provider: ConsulKvProvider, sink: ProviderSink, mut shutdown: watch::Receiver<bool>) {
     let mut reporter = Reporter::default();
+    // What the keys decoded to, object by object, for the next change.
+    let mut decoder = IncrementalDecoder::default();
     let mut client = match ConsulClient::new(provider.options.clone()) {
         Ok(c) => c,
         Err(e) => {
@@ -421,7 +423,7 @@ async fn run(provider: ConsulKvProvider, sink: ProviderSink, mut shutdown: watch
                 }
                 index = next_index(index, returned);
                 if changed {
-                    let decoded = decode(
+                    let decoded = decoder.decode(
                         NAME,
                         &provider.root_key,
                         keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),

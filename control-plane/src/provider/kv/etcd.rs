@@ -1,5 +1,5 @@
 //! The etcd provider (`providers.etcd`, provider name `etcd`): Traefik's KV layout stored in etcd
-//! (v3 API over gRPC), decoded by `provider/kv.rs`.
+//! (v3 API over gRPC), decoded by `provider/kv.rs` (object by object: `kv/incremental.rs`).
 //!
 //! Lifecycle: connect (endpoints tried in turn) → authenticate when `username` is set → read every
 //! key under `<rootKey>/` at one revision → watch the prefix from that revision + 1, applying
@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
-use super::{Reporter, decode};
+use super::{IncrementalDecoder, Reporter};
 use crate::{
     config::{ClientTlsConfig, EtcdProviderConfig},
     provider::{Provider, ProviderSink, ProviderTask, client_tls},
@@ -147,6 +147,8 @@ struct Mirror {
     /// `None`: nothing trustworthy, the next session reads everything.
     revision: Option<i64>,
     keys: BTreeMap<String, String>,
+    /// What the keys decoded to, object by object, for the next change.
+    decoder: IncrementalDecoder,
     reporter: Reporter,
 }
 
@@ -155,6 +157,7 @@ async fn run(provider: EtcdProvider, sink: ProviderSink, mut shutdown: watch::Re
     let mut mirror = Mirror {
         revision: None,
         keys: BTreeMap::new(),
+        decoder: IncrementalDecoder::default(),
         reporter: Reporter::default(),
     };
     let mut first_endpoint = 0usize;
@@ -309,7 +312,7 @@ async fn session(
 
 /// Decodes the mirrored tree and tells the aggregator (an error keeps the last good config).
 async fn emit(provider: &EtcdProvider, sink: &ProviderSink, mirror: &mut Mirror) {
-    let decoded = decode(
+    let decoded = mirror.decoder.decode(
         NAME,
         &provider.root_key,
         mirror.keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),

@@ -241,3 +241,48 @@ fn router_tls_as_a_plain_boolean() {
         "{err}"
     );
 }
+
+#[test]
+fn keys_meet_case_insensitively_among_thousands_of_siblings() {
+    // Two thousand routers, each given as two keys spelled differently, in an order that puts
+    // the second spelling after every first one; then one service.
+    let mut pairs: Vec<(String, String)> = (0..2000)
+        .map(|i| {
+            (
+                format!("traefik/http/routers/r{i}/rule"),
+                format!("Host(`h{i}.test`)"),
+            )
+        })
+        .collect();
+    pairs.extend((0..2000).map(|i| (format!("traefik/HTTP/Routers/R{i}/Service"), "svc".into())));
+    pairs.push((
+        "traefik/http/services/svc/loadbalancer/servers/0/url".into(),
+        "http://10.0.0.1".into(),
+    ));
+    let decoded = |pairs: &[(String, String)]| {
+        decode(
+            "etcd",
+            "traefik",
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+    };
+    let (config, warnings) = decoded(&pairs).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let http = config.http.unwrap();
+    assert_eq!(http.routers.len(), 2000);
+    // A name keeps the spelling first seen.
+    let r = &http.routers["r1999"];
+    assert_eq!(
+        (r.rule.as_str(), r.service.as_str()),
+        ("Host(`h1999.test`)", "svc")
+    );
+
+    // The same field of one router in a third spelling: named as set twice.
+    pairs.push((
+        "traefik/Http/routers/r7/RULE".into(),
+        "Host(`x.test`)".into(),
+    ));
+    let err = decoded(&pairs).unwrap_err();
+    assert_eq!(err.key, "traefik/Http/routers/r7/RULE");
+    assert!(err.reason.contains("more than once"), "{err}");
+}
