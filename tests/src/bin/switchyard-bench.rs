@@ -7,9 +7,10 @@
 //! - `subscribe`: N lightweight subscribers on one controller; each applies every snapshot as a
 //!   proxy does (reassemble chunks, verify the content hash, decode into the domain `Snapshot`)
 //!   and ACKs it.
-//! - `propagate`: writes K changes into a file-provider directory and measures write → applied,
-//!   from the controller's ACK timestamps (`ListProxies`) or, for Traefik, by polling HTTP until
-//!   the new router answers.
+//! - `etcd-load`: the same routers as `gen`, written as Traefik's KV keys into a real etcd.
+//! - `propagate`: writes K changes into a file-provider directory (or into etcd) and measures
+//!   write → applied, from the controller's ACK timestamps (`ListProxies`) or, for Traefik, by
+//!   polling HTTP until the new router answers.
 //! - `coldstart`: starts a command and measures the time until a URL answers 200.
 //!
 //! Everything talks to 127.0.0.1 only; every wait has a deadline. Output is one JSON object per
@@ -26,7 +27,13 @@ use std::{
 
 use anyhow::{Context, bail};
 use prost::Message;
-use switchyard_controller::{compile, provider::file::parse_file};
+use switchyard_controller::{
+    compile,
+    provider::{
+        file::parse_file,
+        kv::etcd::client::{EtcdClient, EtcdTarget},
+    },
+};
 use switchyard_shared::{
     chunk::{self, Reassembled, Reassembler},
     delta,
@@ -47,8 +54,9 @@ const USAGE: &str = "usage: switchyard-bench <command> [--flag value]…
   gen        --kind host|host-path|path --routers N --backend URL --out FILE
   compile    --file FILE [--out FILE]
   subscribe  --controller URL --count N [--prefix NAME] [--duration-s S]
-  propagate  --dir DIR --changes K --backend URL (--controller URL --nodes N | --http ADDR)
-             [--gap-ms MS] [--timeout-s S]
+  etcd-load  --etcd IP:PORT --root KEY --kind host|host-path|path --routers N --backend URL
+  propagate  (--dir DIR | --etcd IP:PORT --root KEY) --changes K --backend URL
+             (--controller URL --nodes N | --http ADDR) [--gap-ms MS] [--timeout-s S]
   coldstart  --addr IP:PORT --host HOST --path PATH [--repeat R] -- CMD ARGS…";
 
 fn main() -> ExitCode {
@@ -62,6 +70,7 @@ fn main() -> ExitCode {
         "gen" => Flags::parse(args).and_then(|f| gen_config(&f)),
         "compile" => Flags::parse(args).and_then(|f| compile_config(&f)),
         "subscribe" => Flags::parse(args).and_then(|f| runtime()?.block_on(subscribe(&f))),
+        "etcd-load" => Flags::parse(args).and_then(|f| runtime()?.block_on(etcd_load(&f))),
         "propagate" => Flags::parse(args).and_then(|f| runtime()?.block_on(propagate(&f))),
         "coldstart" => coldstart(args),
         _ => Err(anyhow::anyhow!("unknown command `{command}`\n{USAGE}")),
@@ -180,6 +189,65 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd-load
+// ---------------------------------------------------------------------------------------------
+
+/// Keys written per transaction (etcd allows 128 operations by default).
+const ETCD_BATCH: usize = 120;
+
+async fn etcd_connect(endpoint: &str) -> anyhow::Result<EtcdClient> {
+    let target = EtcdTarget::new(&[endpoint.to_owned()], None, None, "--etcd".into());
+    EtcdClient::connect(&target)
+        .await
+        .with_context(|| format!("cannot connect to etcd at {endpoint}"))
+}
+
+/// The keys of router `name` under `root`, as a Traefik user writes them.
+fn router_keys(root: &str, name: &str, rule: &str, service: &str) -> [(String, Vec<u8>); 3] {
+    let key = |field: &str| format!("{root}/http/routers/{name}/{field}");
+    [
+        (key("entrypoints/0"), b"web".to_vec()),
+        (key("rule"), rule.as_bytes().to_vec()),
+        (key("service"), service.as_bytes().to_vec()),
+    ]
+}
+
+fn service_key(root: &str, name: &str, backend: &str) -> (String, Vec<u8>) {
+    (
+        format!("{root}/http/services/{name}/loadbalancer/servers/0/url"),
+        backend.as_bytes().to_vec(),
+    )
+}
+
+/// `gen`'s configuration as etcd keys under `--root`.
+async fn etcd_load(f: &Flags) -> anyhow::Result<()> {
+    let client = etcd_connect(f.str("etcd")?).await?;
+    let root = f.str("root")?;
+    let kind = f.str("kind")?;
+    let n = f.num("routers", None)?;
+    let mut pairs = vec![service_key(root, "origin", f.str("backend")?)];
+    for i in 0..n {
+        pairs.extend(router_keys(
+            root,
+            &format!("r{i}"),
+            &rule(kind, i)?,
+            "origin",
+        ));
+    }
+    for batch in pairs.chunks(ETCD_BATCH) {
+        client
+            .put_all(batch.to_vec())
+            .await
+            .context("writing the routers")?;
+    }
+    println!(
+        "{{\"kind\":\"{kind}\",\"routers\":{n},\"keys\":{}}}",
+        pairs.len()
+    );
     Ok(())
 }
 
@@ -390,13 +458,44 @@ fn change_file(step: u64, backend: &str) -> String {
     )
 }
 
+/// Where a change is written: a file-provider directory, or etcd.
+enum ChangeTarget {
+    /// The change file's path.
+    File(PathBuf),
+    /// The change file's router and service as keys under `root`, in one transaction.
+    Etcd { client: EtcdClient, root: String },
+}
+
+impl ChangeTarget {
+    async fn of(f: &Flags) -> anyhow::Result<Self> {
+        Ok(match f.opt("etcd") {
+            Some(endpoint) => Self::Etcd {
+                client: etcd_connect(endpoint).await?,
+                root: f.str("root")?.to_owned(),
+            },
+            None => Self::File(PathBuf::from(f.str("dir")?).join("zz-change.yml")),
+        })
+    }
+
+    async fn write(&self, step: u64, backend: &str) -> anyhow::Result<()> {
+        match self {
+            Self::File(path) => write_atomically(path, change_file(step, backend).as_bytes()),
+            Self::Etcd { client, root } => {
+                let rule = format!("Host(`change-{step}.bench.test`)");
+                let mut pairs = router_keys(root, "bench-change", &rule, "change").to_vec();
+                pairs.push(service_key(root, "change", backend));
+                client.put_all(pairs).await.context("writing the change")
+            }
+        }
+    }
+}
+
 async fn propagate(f: &Flags) -> anyhow::Result<()> {
-    let dir = PathBuf::from(f.str("dir")?);
+    let target = ChangeTarget::of(f).await?;
     let changes = f.num("changes", None)?;
     let backend = f.str("backend")?.to_owned();
     let gap = Duration::from_millis(f.num("gap-ms", Some(300))?);
     let timeout = Duration::from_secs(f.num("timeout-s", Some(30))?);
-    let path = dir.join("zz-change.yml");
     let mut latencies_ms: Vec<f64> = Vec::new();
     let mut published_ms: Vec<f64> = Vec::new();
     let mut failed = 0u64;
@@ -408,7 +507,7 @@ async fn propagate(f: &Flags) -> anyhow::Result<()> {
             let step = epoch * 1000 + step;
             let host = format!("change-{step}.bench.test");
             let t0 = Instant::now();
-            write_atomically(&path, change_file(step, &backend).as_bytes())?;
+            target.write(step, &backend).await?;
             let deadline = t0 + timeout;
             let mut ok = false;
             while Instant::now() < deadline {
@@ -456,7 +555,7 @@ async fn propagate(f: &Flags) -> anyhow::Result<()> {
             let before = current_version(&mut client).await?;
             let t0_ms = now_us() as f64 / 1e3;
             let t0 = Instant::now();
-            write_atomically(&path, change_file(epoch * 1000 + step, &backend).as_bytes())?;
+            target.write(epoch * 1000 + step, &backend).await?;
             let deadline = t0 + timeout;
             let mut version = before.clone();
             while version == before && Instant::now() < deadline {

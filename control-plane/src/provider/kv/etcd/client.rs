@@ -1,7 +1,8 @@
-//! A small etcd v3 client for keeping state in etcd (the ACME storage): get, prefix reads, put,
-//! delete, leases with a keep-alive, and the two transactions a lock needs (create a key with a
-//! lease unless it exists; write only while a lock key still carries our lease). It reuses the
-//! provider's connection code (endpoints in turn, TLS through `client_tls`, authentication).
+//! A small etcd v3 client for keeping state in etcd (the ACME storage): get, prefix reads, put
+//! (one key, or several in one transaction: the benchmark's writes), delete, leases with a
+//! keep-alive, and the two transactions a lock needs (create a key with a lease unless it exists;
+//! write only while a lock key still carries our lease). It reuses the provider's connection code
+//! (endpoints in turn, TLS through `client_tls`, authentication).
 //!
 //! The keep-alive lifecycle: [`EtcdClient::keep_alive`] spawns a task that renews the lease every
 //! third of its TTL over a `LeaseKeepAlive` stream (re-opened after errors). The lease counts as
@@ -141,6 +142,22 @@ impl EtcdClient {
         let request = authorized(put(key, value, 0), self.token.as_deref())?;
         timed("put", self.kv().put(request)).await?;
         Ok(())
+    }
+
+    /// Puts every `(key, value)` in one transaction: etcd applies them as one revision, so a
+    /// watcher sees them together (etcd allows `--max-txn-ops`, 128 by default, per transaction).
+    pub async fn put_all(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<(), EtcdError> {
+        let txn = TxnRequest {
+            compare: Vec::new(),
+            success: pairs
+                .into_iter()
+                .map(|(key, value)| RequestOp {
+                    request: Some(Op::RequestPut(put(&key, value, 0))),
+                })
+                .collect(),
+            failure: Vec::new(),
+        };
+        self.txn(txn).await.map(drop)
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {
