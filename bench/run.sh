@@ -496,7 +496,7 @@ fi
 # 3. Propagation: write → ACK (controller's ACK timestamps), N subscribers
 # ---------------------------------------------------------------------------------------------
 PROP=$R/propagation.tsv
-printf 'case\tsystem\tprovider\trouters\tsubscribers\tkind\tchanges\tsamples\tfailed\tp50_ms\tp99_ms\tmax_ms\tpublished_p50_ms\n' >"$PROP"
+printf 'case\tsystem\tprovider\trouters\tsubscribers\tkind\tchanges\tsamples\tfailed\tp50_ms\tp99_ms\tmax_ms\tpublished_p50_ms\twarmup_max_ms\n' >"$PROP"
 prop_case() { # PROVIDER(file|etcd) ROUTERS(host-10|host-10k|host-50k) N KIND(process|light) CHANGES
   local provider=$1 cfg=$2 n=$3 kind=$4 changes=$5 grpc=$((PROP_GRPC++)) names=() i out gkind routers
   local case="sy-$2-$3" source
@@ -550,7 +550,7 @@ import json, sys
 case, cfg, n, kind, provider, o = sys.argv[1:6] + [json.loads(sys.argv[6])]
 routers = {"host-10": 10, "host-10k": 10000, "host-50k": 50000}[cfg]
 print("\t".join(str(x) for x in [case, "switchyard", provider, routers, n, kind, o["changes"], o["samples"],
-      o["failed"], o["p50_ms"], o["p99_ms"], o["max_ms"], o["published_p50_ms"]]))
+      o["failed"], o["p50_ms"], o["p99_ms"], o["max_ms"], o["published_p50_ms"], o["warmup_max_ms"]]))
 PY
   log "propagation $case: $out"
   for i in "${names[@]}"; do stop "$i"; done
@@ -570,7 +570,7 @@ import json, sys
 case, cfg, o = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 routers = {"host-10": 10, "host-10k": 10000, "host-50k": 50000}[cfg]
 print("\t".join(str(x) for x in [case, "traefik", "file", routers, 1, "process (HTTP poll)", o["changes"],
-      o["samples"], o["failed"], o["p50_ms"], o["p99_ms"], o["max_ms"], "nan"]))
+      o["samples"], o["failed"], o["p50_ms"], o["p99_ms"], o["max_ms"], "nan", "nan"]))
 PY
   log "propagation $case: $out"
   stop "$case"
