@@ -3,12 +3,28 @@
 //! persists and serves it (a restart serves it from disk); a proxy that cannot rebuild it (its
 //! state file damaged) asks for the snapshot whole (`Resync`) and is sent it, without a NACK.
 
-use switchyard_tests::harness::{DEADLINE, Fleet};
+use switchyard_tests::harness::{DEADLINE, Fleet, ProxyNode};
 
 fn app_yaml(backend: &str) -> String {
     format!(
         "http:\n  routers:\n    app:\n      rule: Host(`app.test`)\n      service: app\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: {backend}\n"
     )
+}
+
+/// Once the fleet holds one version, served by `p`: that version, and `p`'s counts of snapshots
+/// received, deltas received, resyncs asked for and NACKs sent, with its whole status for
+/// messages.
+async fn converged_counts(fleet: &Fleet, p: &ProxyNode) -> (String, (u64, u64, u64, u64), String) {
+    let version = fleet.converged(&["p"], DEADLINE).await;
+    let status = p.status().await.unwrap();
+    assert_eq!(status.version, version, "{status:?}");
+    let counts = (
+        status.snapshots_received,
+        status.deltas_received,
+        status.resyncs_requested,
+        status.nacks_sent,
+    );
+    (version, counts, format!("{status:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,13 +35,12 @@ async fn changes_travel_as_deltas_and_a_damaged_base_is_sent_whole() {
     fleet.write_dynamic("app.yml", &app_yaml(&a.url()));
     let _controller = fleet.controller();
     let mut p = fleet.proxy("p");
-    let v1 = fleet.converged(&["p"], DEADLINE).await;
+    let (v1, counts, status) = converged_counts(&fleet, &p).await;
     p.serves("app.test", "a").await.unwrap();
-    let status = p.status().await.unwrap();
     assert_eq!(
-        (status.snapshots_received, status.deltas_received),
-        (1, 0),
-        "the first snapshot goes whole: {status:?}"
+        counts,
+        (1, 0, 0, 0),
+        "the first snapshot goes whole: {status}"
     );
 
     // A change: sent as a delta of v1, applied, acknowledged.
@@ -33,20 +48,9 @@ async fn changes_travel_as_deltas_and_a_damaged_base_is_sent_whole() {
     fleet
         .eventually("the proxy serves b", DEADLINE, || p.serves("app.test", "b"))
         .await;
-    let v2 = fleet.converged(&["p"], DEADLINE).await;
+    let (v2, counts, status) = converged_counts(&fleet, &p).await;
     assert_ne!(v1, v2);
-    let status = p.status().await.unwrap();
-    assert_eq!(status.version, v2, "{status:?}");
-    assert_eq!(
-        (
-            status.snapshots_received,
-            status.deltas_received,
-            status.resyncs_requested,
-            status.nacks_sent
-        ),
-        (2, 1, 0, 0),
-        "{status:?}"
-    );
+    assert_eq!(counts, (2, 1, 0, 0), "{status}");
 
     // A second change: its base is the snapshot the first delta rebuilt, whose fields the proxy
     // kept from that rebuild instead of walking it again. Wrong fields would rebuild content
@@ -60,19 +64,8 @@ async fn changes_travel_as_deltas_and_a_damaged_base_is_sent_whole() {
             p.serves("api.test", "b")
         })
         .await;
-    let v2 = fleet.converged(&["p"], DEADLINE).await;
-    let status = p.status().await.unwrap();
-    assert_eq!(status.version, v2, "{status:?}");
-    assert_eq!(
-        (
-            status.snapshots_received,
-            status.deltas_received,
-            status.resyncs_requested,
-            status.nacks_sent
-        ),
-        (3, 2, 0, 0),
-        "{status:?}"
-    );
+    let (v2, counts, status) = converged_counts(&fleet, &p).await;
+    assert_eq!(counts, (3, 2, 0, 0), "{status}");
 
     // What the delta rebuilt was persisted: a restarted proxy serves v2 from its state dir and
     // the controller only confirms it holds the current version.
@@ -110,18 +103,11 @@ async fn changes_travel_as_deltas_and_a_damaged_base_is_sent_whole() {
             p.serves("app.test", "a")
         })
         .await;
-    let v3 = fleet.converged(&["p"], DEADLINE).await;
-    let status = p.status().await.unwrap();
-    assert_eq!(status.version, v3, "{status:?}");
+    let (v3, counts, status) = converged_counts(&fleet, &p).await;
     assert_eq!(
-        (
-            status.snapshots_received,
-            status.deltas_received,
-            status.resyncs_requested,
-            status.nacks_sent
-        ),
+        counts,
         (2, 1, 1, 0),
-        "one delta that could not be rebuilt, then the snapshot whole: {status:?}"
+        "one delta that could not be rebuilt, then the snapshot whole: {status}"
     );
     let entry = fleet.proxy_entry("p").await.unwrap();
     assert_eq!(entry.acked_version, v3, "{entry:?}");
