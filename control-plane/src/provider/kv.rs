@@ -215,11 +215,14 @@ impl Tree {
         for segment in segments {
             // Field names are case-insensitive: fold to one spelling per map so `Rule` and `rule`
             // meet; names keep the spelling first seen.
-            let key = node.child_key(segment).unwrap_or_else(|| {
-                node.folded
-                    .insert(segment.to_ascii_lowercase(), (*segment).to_owned());
+            let key = if node.children.contains_key(*segment) {
                 (*segment).to_owned()
-            });
+            } else {
+                node.folded
+                    .entry(segment.to_ascii_lowercase())
+                    .or_insert_with(|| (*segment).to_owned())
+                    .clone()
+            };
             node = node.children.entry(key).or_default();
         }
         if node.value.is_some() {
