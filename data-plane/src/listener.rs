@@ -7,24 +7,25 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    pin::Pin,
     sync::Arc,
 };
 
-use hyper::server::conn::{http1, http2};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::graceful::GracefulConnection,
-};
+use bytes::BytesMut;
+use http::{Request, Response};
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchyard_shared::drain;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{io::AsyncWriteExt, net::TcpListener, sync::watch};
 
 use crate::{
-    proxy::{Handler, Peer},
+    proxy::{Body, Handler, Peer},
     tls::TlsState,
 };
 
+pub mod h1;
 mod sniff;
+
+pub use h1::RequestBody;
 
 /// Parses an entry-point address (`:80`, `0.0.0.0:80`, `[::1]:8080`, `localhost:80`).
 pub fn parse_listen_address(address: &str) -> Result<SocketAddr, String> {
@@ -190,8 +191,8 @@ async fn accept_loop(
 /// One accepted connection, as its own task: TLS or not, then HTTP/1.1 or h2c.
 ///
 /// The future is as large as its largest state, and tokio moves it whole when spawning it and
-/// again when it ends: the large states (the TLS handshake and stream, with rustls inline, and
-/// hyper's connection) are boxed, so that a plain connection pays for none of them
+/// again when it ends: the states past the accept (the TLS handshake and stream, with rustls
+/// inline, and the HTTP connections) are boxed, so that the spawned task stays small
 /// (`the_connection_task_is_small`).
 async fn connection(
     stream: tokio::net::TcpStream,
@@ -213,19 +214,64 @@ async fn connection(
             .filter(|t| has_tls_routes || t.has_challenges())
     };
     let Some(tls) = tls else {
-        serve(TokioIo::new(stream), handler, peer, false, drain).await;
+        Box::pin(serve_plain(stream, handler, peer, drain)).await;
         return;
     };
     let mut first = [0u8; 1];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
         Ok(Ok(1)) => {
-            serve(TokioIo::new(stream), handler, peer, false, drain).await;
+            Box::pin(serve_plain(stream, handler, peer, drain)).await;
             return;
         }
         _ => return,
     }
     Box::pin(serve_tls(stream, tls, handler, peer, drain)).await;
+}
+
+/// A plain connection: HTTP/1.1 (ours) or h2c (hyper's). It is closed without shutting its
+/// write side down first: the close sends the same FIN, one system call fewer.
+async fn serve_plain(
+    stream: tokio::net::TcpStream,
+    handler: Arc<Handler>,
+    peer: SocketAddr,
+    mut drain: drain::Watch,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut buf = BytesMut::new();
+    let protocol = tokio::select! {
+        sniffed = sniff::sniff(&mut reader, &mut buf) => sniffed,
+        // Draining: a connection that has not said anything yet is simply closed.
+        _ = drain.signaled() => return,
+    };
+    match sniffed(protocol, peer) {
+        Some(sniff::Protocol::Http1) => {
+            let service = Served {
+                handler,
+                peer: Peer::new(peer),
+                tls: false,
+            };
+            let reader = h1::ReadSide::Tcp(reader);
+            h1::serve(
+                reader,
+                &mut writer,
+                buf,
+                &service,
+                &drain,
+                h1::Timeouts::TRAEFIK,
+            )
+            .await;
+            writer.forget();
+        }
+        Some(sniff::Protocol::H2c) => {
+            let Ok(stream) = reader.reunite(writer) else {
+                return;
+            };
+            let io = sniff::Replay::new(buf.freeze(), TokioIo::new(stream), sniff::Ending::Close);
+            serve_h2(io, handler, peer, false, drain).await;
+        }
+        None => {}
+    }
 }
 
 /// [`connection`] once it starts with a TLS ClientHello.
@@ -234,19 +280,84 @@ async fn serve_tls(
     tls: Arc<TlsState>,
     handler: Arc<Handler>,
     peer: SocketAddr,
-    drain: drain::Watch,
+    mut drain: drain::Watch,
 ) {
-    match handshake(stream, &tls, &handler.entry_point).await {
-        Ok(stream) => serve(TokioIo::new(stream), handler, peer, true, drain).await,
-        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+    let stream = match handshake(stream, &tls, &handler.entry_point).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut buf = BytesMut::new();
+    let protocol = tokio::select! {
+        sniffed = sniff::sniff(&mut reader, &mut buf) => sniffed,
+        _ = drain.signaled() => return,
+    };
+    match sniffed(protocol, peer) {
+        Some(sniff::Protocol::Http1) => {
+            let service = Served {
+                handler,
+                peer: Peer::new(peer),
+                tls: true,
+            };
+            let reader = h1::ReadSide::Tls(reader);
+            h1::serve(
+                reader,
+                &mut writer,
+                buf,
+                &service,
+                &drain,
+                h1::Timeouts::TRAEFIK,
+            )
+            .await;
+            // TLS ends with its close_notify.
+            let _ = writer.shutdown().await;
+        }
+        Some(sniff::Protocol::H2c) => {
+            let stream = reader.unsplit(writer);
+            let io =
+                sniff::Replay::new(buf.freeze(), TokioIo::new(stream), sniff::Ending::Shutdown);
+            serve_h2(io, handler, peer, true, drain).await;
+        }
+        None => {}
     }
 }
 
-/// First byte of a TLS handshake record.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// The protocol sniffed, or `None` when the connection ended before its first request.
+fn sniffed(
+    sniffed: std::io::Result<Option<sniff::Protocol>>,
+    peer: SocketAddr,
+) -> Option<sniff::Protocol> {
+    sniffed
+        .inspect_err(
+            |e| tracing::debug!(%peer, error = %e, "connection ended before its first request"),
+        )
+        .ok()
+        .flatten()
+}
+
+/// The handler of one HTTP/1.1 connection's requests.
+struct Served {
+    handler: Arc<Handler>,
+    peer: Peer,
+    tls: bool,
+}
+
+impl h1::Service for Served {
+    type Body = Body;
+
+    fn call(&self, req: Request<RequestBody>) -> impl Future<Output = Response<Body>> + Send {
+        self.handler.serve(req, &self.peer, self.tls)
+    }
+}
 
 /// Bound on sniffing and the TLS handshake, so idle sockets cannot pile up.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 async fn handshake(
     stream: tokio::net::TcpStream,
@@ -281,7 +392,9 @@ async fn handshake(
         .map_err(|e| e.to_string())
 }
 
-async fn serve<I>(
+/// An HTTP/2 connection with prior knowledge (also over TLS, as hyper-util's auto builder did),
+/// served by hyper. A drain lets the requests in flight finish, then sends GOAWAY.
+async fn serve_h2<I>(
     io: I,
     handler: Arc<Handler>,
     peer: SocketAddr,
@@ -293,55 +406,16 @@ async fn serve<I>(
     // The handler and the client address, shared by the connection's requests (an `Arc` clone
     // per request).
     let connection = Arc::new((handler, Peer::new(peer)));
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let connection = Arc::clone(&connection);
         async move {
             let (handler, peer) = &*connection;
+            let req = req.map(RequestBody::from);
             Ok::<_, Infallible>(handler.serve(req, peer, tls).await)
         }
     });
-    // HTTP/1.1, or h2c with prior knowledge (also over TLS, as hyper-util's auto builder did).
-    // A plain connection is closed without shutting its write side down first.
-    let ending = if tls {
-        sniff::Ending::Shutdown
-    } else {
-        sniff::Ending::Close
-    };
-    let sniffed = tokio::select! {
-        sniffed = sniff::sniff(io, ending) => sniffed,
-        // Draining: a connection that has not said anything yet is simply closed.
-        _ = drain.signaled() => return,
-    };
-    let (protocol, io) = match sniffed {
-        Ok(Some(sniffed)) => sniffed,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "connection ended before its first request");
-            return;
-        }
-    };
-    // The connection on the heap, not in this future (see the accept loop).
-    match protocol {
-        sniff::Protocol::Http1 => {
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(io, service);
-            drive(Box::pin(conn), drain, peer).await;
-        }
-        sniff::Protocol::H2c => {
-            let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
-            drive(Box::pin(conn), drain, peer).await;
-        }
-    }
-}
-
-/// Runs a connection to its end; a drain lets the request in flight finish, then closes
-/// (HTTP/2: GOAWAY).
-async fn drive<C>(mut conn: Pin<Box<C>>, mut drain: drain::Watch, peer: SocketAddr)
-where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
-{
+    let mut conn =
+        Box::pin(http2::Builder::new(TokioExecutor::new()).serve_connection(io, service));
     let result = tokio::select! {
         result = conn.as_mut() => result,
         _ = drain.signaled() => {

@@ -13,20 +13,20 @@ use http::{
     uri::{PathAndQuery, Scheme},
 };
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
 
 use crate::{
+    listener::RequestBody,
     middleware::{Action, Middleware, split_host_port},
     router::{RequestView, forwarded_path, routing_path},
     state::{Redirect, Route, Table},
     upstream::{CONNECT_TIMEOUT, Http1Pool, UpstreamBody},
 };
 
-mod headers;
+pub(crate) mod headers;
 
 pub use headers::Peer;
 use headers::{set_forwarded_headers, strip_hop_by_hop};
@@ -114,7 +114,7 @@ pub fn error_response(error: &ProxyError) -> Response<Body> {
 #[derive(Clone, Debug)]
 pub struct Upstreams {
     http1: Http1Pool,
-    h2c: Client<HttpConnector, Incoming>,
+    h2c: Client<HttpConnector, RequestBody>,
 }
 
 impl Upstreams {
@@ -154,7 +154,7 @@ pub struct Handler {
 impl Handler {
     /// Serves one request; never fails (errors become responses). `tls`: the connection was
     /// TLS-terminated here (TLS routers apply, `X-Forwarded-Proto: https`).
-    pub async fn serve(&self, req: Request<Incoming>, peer: &Peer, tls: bool) -> Response<Body> {
+    pub async fn serve(&self, req: Request<RequestBody>, peer: &Peer, tls: bool) -> Response<Body> {
         match self.forward(req, peer, tls).await {
             Ok(resp) => resp,
             Err(e) => error_response(&e),
@@ -163,7 +163,7 @@ impl Handler {
 
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: &Peer,
         tls: bool,
     ) -> Result<Response<Body>, ProxyError> {
@@ -274,7 +274,7 @@ impl Handler {
         route: &'r Route,
         host: Option<HeaderValue>,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: RequestBody,
     ) -> Result<UpstreamRequest<'r>, ProxyError> {
         let (lb, server) = route.service.pick().ok_or(ProxyError::NoServer)?;
 
@@ -319,11 +319,11 @@ enum UpstreamRequest<'r> {
     Http1 {
         url: &'r str,
         authority: &'r http::uri::Authority,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     },
     H2c {
         url: &'r str,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     },
 }
 

@@ -35,6 +35,11 @@ impl Signal {
 }
 
 impl Watch {
+    /// Whether a drain has started.
+    pub fn is_signaled(&self) -> bool {
+        *self.rx.borrow()
+    }
+
     /// Resolves once a drain has started.
     pub async fn signaled(&mut self) {
         let _ = self.rx.wait_for(|draining| *draining).await;

@@ -1,9 +1,10 @@
-//! Which protocol a plain connection speaks: HTTP/1.1, or HTTP/2 with prior knowledge (h2c)
-//! when it opens with the HTTP/2 connection preface. The first read takes whatever the client
-//! has sent (usually its whole first request) and [`Replay`] hands those bytes to the chosen
-//! protocol's connection before anything else, so a connection costs one read to sniff and none
-//! to re-read. (hyper-util's auto builder read the first 24 bytes alone: one more system call per
-//! connection, which a connection per request pays per request.)
+//! Which protocol a connection speaks: HTTP/1.1, or HTTP/2 with prior knowledge (h2c) when it
+//! opens with the HTTP/2 connection preface. The first read takes whatever the client has sent
+//! (usually its whole first request) into the buffer the HTTP/1.1 server goes on with, and
+//! [`Replay`] hands those bytes to hyper's HTTP/2 connection before anything else, so a
+//! connection costs one read to sniff and none to re-read. (hyper-util's auto builder read the
+//! first 24 bytes alone: one more system call per connection, which a connection per request
+//! pays per request.)
 
 use std::{
     io,
@@ -11,8 +12,11 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Buf, Bytes};
-use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
+use bytes::{Buf, Bytes, BytesMut};
+#[cfg(test)]
+use hyper::rt::ReadBuf;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -37,38 +41,31 @@ pub enum Ending {
     Close,
 }
 
-/// Reads the start of the connection and tells its protocol; `None` when the client closed
-/// before sending a byte. The bytes read come back inside the returned [`Replay`], which ends
-/// the connection as `ending` says.
-pub async fn sniff<I: Read + Unpin>(
-    mut io: I,
-    ending: Ending,
-) -> io::Result<Option<(Protocol, Replay<I>)>> {
-    // Not zeroed (the bytes read are copied out, a few hundred of them for most requests), and
-    // on the heap, not in the connection's future.
-    let mut space = Box::new_uninit_slice(FIRST_READ);
-    let mut first = ReadBuf::uninit(&mut space);
-    let protocol = loop {
-        let before = first.filled().len();
-        std::future::poll_fn(|cx| Pin::new(&mut io).poll_read(cx, first.unfilled())).await?;
-        let filled = first.filled();
-        if filled.len() == before {
+/// Reads the start of the connection into `buf` and tells its protocol; `None` when the client
+/// closed before sending a byte. The bytes read stay in `buf`: the HTTP/1.1 server parses them
+/// where they are, and h2c gets them back through a [`Replay`].
+pub async fn sniff<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> io::Result<Option<Protocol>> {
+    buf.reserve(FIRST_READ);
+    loop {
+        let before = buf.len();
+        if reader.read_buf(buf).await? == 0 {
             if before == 0 {
                 return Ok(None);
             }
             // Ended inside what could have been a preface: HTTP/1.1 will say it is malformed.
-            break Protocol::Http1;
+            return Ok(Some(Protocol::Http1));
         }
-        let seen = filled.len().min(H2_PREFACE.len());
-        if filled[..seen] != H2_PREFACE[..seen] {
-            break Protocol::Http1;
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] {
+            return Ok(Some(Protocol::Http1));
         }
         if seen == H2_PREFACE.len() {
-            break Protocol::H2c;
+            return Ok(Some(Protocol::H2c));
         }
-    };
-    let prefix = Bytes::copy_from_slice(first.filled());
-    Ok(Some((protocol, Replay { prefix, io, ending })))
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +80,12 @@ pub struct Replay<I> {
     prefix: Bytes,
     io: I,
     ending: Ending,
+}
+
+impl<I> Replay<I> {
+    pub fn new(prefix: Bytes, io: I, ending: Ending) -> Self {
+        Self { prefix, io, ending }
+    }
 }
 
 impl<I: Read + Unpin> Read for Replay<I> {
@@ -157,9 +160,10 @@ mod tests {
             // Keep the client end open until the server side has read everything.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         });
-        let (protocol, mut replay) = sniff(TokioIo::new(server), Ending::Shutdown)
-            .await
-            .unwrap()?;
+        let mut server = server;
+        let mut buf = BytesMut::new();
+        let protocol = sniff(&mut server, &mut buf).await.unwrap()?;
+        let mut replay = Replay::new(buf.freeze(), TokioIo::new(server), Ending::Shutdown);
         let mut all = Vec::new();
         loop {
             let mut chunk = [0u8; 7];

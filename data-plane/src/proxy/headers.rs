@@ -151,6 +151,19 @@ fn remove_marked(headers: &mut HeaderMap, names: &[Option<&HeaderName>], mut mar
     }
 }
 
+/// Removes the headers named in `Connection`, which are hop-by-hop too (Go removes them all,
+/// even one literally named `Close`). Most name only `close` or `keep-alive` and no such header
+/// is present: nothing is allocated for those.
+pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
+        .filter(|t| headers.contains_key(*t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+}
+
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let names = HOP_BY_HOP.each_ref().map(Some);
     let found = present(headers, &names);
@@ -161,16 +174,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let te_trailers = found & TE_FOUND != 0
         && list_elements(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     if found & CONNECTION_FOUND != 0 {
-        // Headers named in `Connection` are hop-by-hop too (Go removes them all, even one
-        // literally named `Close`). Most name only `close` or `keep-alive` and no such header is
-        // present: nothing is allocated for those.
-        let named: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
-            .filter(|t| headers.contains_key(*t))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+        remove_connection_named(headers);
     }
     remove_marked(headers, &names, found);
     if te_trailers {

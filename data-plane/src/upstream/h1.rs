@@ -408,7 +408,7 @@ const COPY_UP_TO: usize = 4096;
 /// Takes `n` bytes off the front of `buf`. A small piece is copied out, so that the buffer stays
 /// unshared and the next read reuses it; a large one shares the buffer's bytes (no copy, and the
 /// next read allocates anew, which a large read costs anyway).
-fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+pub(crate) fn take(buf: &mut BytesMut, n: usize) -> Bytes {
     if n <= COPY_UP_TO {
         let piece = Bytes::copy_from_slice(&buf[..n]);
         buf.advance(n);
@@ -593,7 +593,7 @@ pub fn poll_decode<R: AsyncRead + Unpin>(
             }
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "connection closed before the response body ended",
+                "connection closed before the body ended",
             )));
         }
     }

@@ -461,9 +461,7 @@ async fn a_body_cut_short_by_the_origin_is_an_error() {
     let response = pool.send(&origin.authority, get()).await.unwrap();
     let error = response.into_body().collect().await.unwrap_err();
     assert!(
-        error
-            .to_string()
-            .contains("closed before the response body ended"),
+        error.to_string().contains("closed before the body ended"),
         "{error}"
     );
     assert_eq!(pool.idle_count(&origin.authority), 0);

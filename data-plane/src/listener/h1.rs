@@ -1,0 +1,890 @@
+//! The HTTP/1.1 server side of the wire (RFC 9112), written for the proxy's one job, as the
+//! client side is ([`crate::upstream::h1`]): read a request head, hand the request to the
+//! handler in this connection's own task, write the response head and body, and read the next
+//! request. No task, channel or timer is made per request; the request body, when there is one,
+//! is read from the socket by whoever polls it (the upstream writer), and its read side comes
+//! back to the connection when it ends or is dropped.
+//!
+//! Behaviour follows Go's server, which Traefik runs: a head it cannot parse gets Go's plain-text
+//! error and the connection closes; `Content-Length` is added when the whole body is known, else
+//! an HTTP/1.1 client gets a chunked body and an HTTP/1.0 one a body ended by the close; an
+//! HTTP/1.0 client keeps its connection only with `Connection: keep-alive`. A connection idle
+//! between requests closes after [`Timeouts::idle`] (Traefik's `idleTimeout`), and a head must
+//! arrive within [`Timeouts::head`] of its first byte.
+//!
+//! What it does not do: upgrades (`Upgrade` is a hop-by-hop header the handler drops; nothing is
+//! tunnelled), response trailers (dropped, as hyper's server did unless asked for), or a late
+//! `100 Continue` (it is sent as soon as a request that expects it has been read, before the
+//! handler runs).
+
+use std::{
+    cell::RefCell,
+    future::{Future, poll_fn},
+    io::{self, IoSlice},
+    mem::MaybeUninit,
+    pin::{Pin, pin},
+    sync::{Arc, Mutex},
+    task::{Context, Poll, ready},
+    time::{Duration, SystemTime},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use switchyard_shared::drain;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpStream, tcp::OwnedReadHalf},
+    time::{Instant, Sleep},
+};
+
+use crate::upstream::h1::{
+    Decoded, Decoder, MAX_HEAD_BYTES, list_elements, poll_decode, poll_fill,
+};
+
+/// Most header fields in a request head (hyper's default, which the proxy had before).
+const MAX_HEADERS: usize = 100;
+/// Room left in a request's header map for the forwarding headers the proxy adds, so that
+/// adding them does not grow the map.
+const ADDED_HEADERS: usize = 8;
+/// Largest body piece copied next to the head or the chunk framing into one write; a larger one
+/// is written from where it is, in the same system call (vectored).
+const COPY_UP_TO: usize = 8 * 1024;
+
+/// How long a connection may wait.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Idle between requests (Traefik's `respondingTimeouts.idleTimeout`).
+    pub idle: Duration,
+    /// From the first byte of a request head to its end (within Traefik's `readTimeout`, which
+    /// also bounds the body; a body is not bounded here).
+    pub head: Duration,
+}
+
+impl Timeouts {
+    /// Traefik's defaults.
+    pub const TRAEFIK: Timeouts = Timeouts {
+        idle: Duration::from_secs(180),
+        head: Duration::from_secs(60),
+    };
+}
+
+/// What answers a connection's requests.
+pub trait Service {
+    type Body: HttpBody<Data = Bytes, Error: std::fmt::Display> + Unpin;
+
+    fn call(&self, req: Request<RequestBody>) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+/// The read side of a client connection, lent to a request body while the request has one.
+pub enum ReadSide {
+    Tcp(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadSide::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            ReadSide::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+/// A request body: none, read off an HTTP/1.1 connection, or an HTTP/2 stream's (hyper's).
+pub enum RequestBody {
+    Empty,
+    H1(H1Body),
+    H2(Incoming),
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        RequestBody::H2(body)
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestBody::Empty => f.write_str("RequestBody::Empty"),
+            RequestBody::H1(b) => f
+                .debug_struct("RequestBody::H1")
+                .field("decoder", &b.lent.as_ref().map(|l| l.decoder))
+                .finish(),
+            RequestBody::H2(_) => f.write_str("RequestBody::H2"),
+        }
+    }
+}
+
+/// The body of a request read from an HTTP/1.1 connection. It holds the connection's read side
+/// while it is being read, and gives it back (into `slot`) when it ends or is dropped.
+pub struct H1Body {
+    lent: Option<Lent>,
+    slot: Arc<Mutex<Option<Lent>>>,
+}
+
+/// What a request body borrows from its connection.
+struct Lent {
+    reader: ReadSide,
+    buf: BytesMut,
+    decoder: Decoder,
+    /// The body could not be read to its end (the connection is not reused).
+    broken: bool,
+}
+
+impl H1Body {
+    fn give_back(&mut self) {
+        if let Some(lent) = self.lent.take()
+            && let Ok(mut slot) = self.slot.lock()
+        {
+            *slot = Some(lent);
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(lent) = &mut self.lent else {
+            return Poll::Ready(None);
+        };
+        let decoded = ready!(poll_decode(
+            &mut lent.reader,
+            &mut lent.buf,
+            &mut lent.decoder,
+            cx
+        ));
+        let frame = match decoded {
+            Ok(Decoded::Data(data)) => {
+                if lent.decoder != Decoder::Done {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Ok(Frame::data(data)))
+            }
+            Ok(Decoded::Trailers(trailers)) => Some(Ok(Frame::trailers(trailers))),
+            Ok(Decoded::End | Decoded::NeedMore) => None,
+            Err(e) => {
+                lent.broken = true;
+                Some(Err(e.into()))
+            }
+        };
+        self.give_back();
+        Poll::Ready(frame)
+    }
+}
+
+impl Drop for H1Body {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::H1(body) => body.poll_frame(cx),
+            RequestBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::H1(body) => body
+                .lent
+                .as_ref()
+                .is_none_or(|l| l.decoder == Decoder::Done),
+            RequestBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::H1(body) => match body.lent.as_ref().map(|l| l.decoder) {
+                None | Some(Decoder::Done) => SizeHint::with_exact(0),
+                Some(Decoder::Length(n)) => SizeHint::with_exact(n),
+                Some(_) => SizeHint::default(),
+            },
+            RequestBody::H2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 requests on a connection until it ends: the client closes, asks to close,
+/// idles too long, sends something unparseable, or a drain starts. `buf` holds what was read
+/// already (the sniffed start). The caller closes the connection afterwards.
+pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
+    reader: ReadSide,
+    writer: &mut W,
+    buf: BytesMut,
+    service: &S,
+    drain: &drain::Watch,
+    timeouts: Timeouts,
+) {
+    let mut conn = Conn {
+        reader: Some(reader),
+        buf,
+        wbuf: Vec::new(),
+        deadline: Deadline {
+            at: Instant::now(),
+            sleep: None,
+        },
+    };
+    let mut waiter = drain.clone();
+    let mut draining = Draining {
+        signal: pin!(waiter.signaled()),
+        seen: false,
+    };
+    loop {
+        let Some(reader) = conn.reader.as_mut() else {
+            return;
+        };
+        conn.deadline.at = Instant::now() + timeouts.idle;
+        let head = poll_fn(|cx| {
+            poll_head(
+                reader,
+                &mut conn.buf,
+                &mut conn.deadline,
+                &mut draining,
+                timeouts,
+                cx,
+            )
+        });
+        let parsed = match head.await {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return,
+            Err(rejection) => {
+                let _ = writer.write_all(rejection.response().as_bytes()).await;
+                return;
+            }
+        };
+        match conn.exchange(parsed, writer, service, drain).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection ended while writing a response");
+                return;
+            }
+        }
+    }
+}
+
+struct Conn {
+    /// `None` while a request body holds it, or once it is lost.
+    reader: Option<ReadSide>,
+    /// Read but not used yet.
+    buf: BytesMut,
+    /// The response head (and small body pieces) being written.
+    wbuf: Vec<u8>,
+    deadline: Deadline,
+}
+
+impl Conn {
+    /// One request and its response; `Ok(true)`: the connection can take another request.
+    async fn exchange<S: Service, W: AsyncWrite + Unpin>(
+        &mut self,
+        parsed: Parsed,
+        writer: &mut W,
+        service: &S,
+        drain: &drain::Watch,
+    ) -> io::Result<bool> {
+        let Parsed {
+            parts,
+            decoder,
+            keep_alive,
+            expects_continue,
+        } = parsed;
+        let (body, slot) = if decoder == Decoder::Done {
+            (RequestBody::Empty, None)
+        } else {
+            let slot = Arc::new(Mutex::new(None));
+            let lent = self.reader.take().map(|reader| Lent {
+                reader,
+                buf: std::mem::take(&mut self.buf),
+                decoder,
+                broken: false,
+            });
+            let body = H1Body {
+                lent,
+                slot: Arc::clone(&slot),
+            };
+            (RequestBody::H1(body), Some(slot))
+        };
+        if expects_continue && slot.is_some() {
+            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        let asked = Asked {
+            method_head: parts.method == Method::HEAD,
+            http10: parts.version == Version::HTTP_10,
+            keep_alive,
+        };
+        let response = service.call(Request::from_parts(parts, body)).await;
+        let asked = Asked {
+            keep_alive: asked.keep_alive && !drain.is_signaled(),
+            ..asked
+        };
+        let mut reusable = write_response(writer, &mut self.wbuf, response, asked).await?;
+        if let Some(slot) = slot {
+            // The body is dropped by now, unless something still holds it (then the connection
+            // is not reused).
+            let lent = slot.lock().ok().and_then(|mut s| s.take());
+            match lent {
+                Some(mut lent) if !lent.broken => {
+                    // A body nobody read: what of it has arrived already is skipped.
+                    while lent.decoder != Decoder::Done {
+                        match lent.decoder.decode(&mut lent.buf) {
+                            Ok(Decoded::Data(_) | Decoded::Trailers(_)) => {}
+                            Ok(Decoded::End) => break,
+                            Ok(Decoded::NeedMore) | Err(_) => {
+                                reusable = false;
+                                break;
+                            }
+                        }
+                    }
+                    self.reader = Some(lent.reader);
+                    self.buf = lent.buf;
+                }
+                _ => reusable = false,
+            }
+        }
+        Ok(reusable)
+    }
+}
+
+/// The drain, watched while a connection waits for a request.
+struct Draining<'a, F> {
+    signal: Pin<&'a mut F>,
+    seen: bool,
+}
+
+impl<F: Future> Draining<'_, F> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.seen && self.signal.as_mut().poll(cx).is_ready() {
+            self.seen = true;
+        }
+        self.seen
+    }
+}
+
+/// A connection's timer. It is set once and moved only when it fires before the deadline
+/// (which each request pushes back without touching the timer), so that a busy connection pays
+/// a clock read per request, not a timer.
+struct Deadline {
+    at: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    /// Brings the deadline forward to `at` if that is sooner.
+    fn tighten(&mut self, at: Instant) {
+        if at >= self.at {
+            return;
+        }
+        self.at = at;
+        if let Some(sleep) = &mut self.sleep
+            && sleep.deadline() > at
+        {
+            sleep.as_mut().reset(at);
+        }
+    }
+
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let at = self.at;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= self.at {
+                return true;
+            }
+            sleep.as_mut().reset(self.at);
+        }
+    }
+}
+
+/// Waits for the next request head: `Ok(None)` when the client closed, idled too long, or a
+/// drain started between requests.
+fn poll_head<F: Future>(
+    reader: &mut ReadSide,
+    buf: &mut BytesMut,
+    deadline: &mut Deadline,
+    draining: &mut Draining<'_, F>,
+    timeouts: Timeouts,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<Parsed>, Rejection>> {
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf) {
+                Ok(Some(parsed)) => return Poll::Ready(Ok(Some(parsed))),
+                Ok(None) if buf.len() >= MAX_HEAD_BYTES => {
+                    return Poll::Ready(Err(Rejection::TooLarge));
+                }
+                Ok(None) => deadline.tighten(Instant::now() + timeouts.head),
+                Err(rejection) => return Poll::Ready(Err(rejection)),
+            }
+        }
+        match poll_fill(reader, buf, cx) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(None)),
+            Poll::Ready(Ok(_)) => continue,
+            Poll::Pending => {}
+        }
+        // Draining: a connection between requests closes; a request under way is served.
+        if draining.poll(cx) && buf.is_empty() {
+            return Poll::Ready(Ok(None));
+        }
+        if deadline.poll_expired(cx) {
+            return Poll::Ready(Ok(None));
+        }
+        return Poll::Pending;
+    }
+}
+
+/// A request head, parsed.
+struct Parsed {
+    parts: http::request::Parts,
+    decoder: Decoder,
+    /// The client lets the connection live on after this exchange.
+    keep_alive: bool,
+    expects_continue: bool,
+}
+
+/// A head refused before it reaches the handler, answered as Go's server answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejection {
+    BadRequest,
+    TooLarge,
+    UnsupportedTransferEncoding,
+}
+
+impl Rejection {
+    /// Go's bytes: status line, a plain-text type, `Connection: close`, and the status as body.
+    fn response(self) -> &'static str {
+        match self {
+            Rejection::BadRequest => {
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                 Connection: close\r\n\r\n400 Bad Request"
+            }
+            Rejection::TooLarge => {
+                "HTTP/1.1 431 Request Header Fields Too Large\r\n\
+                 Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n\
+                 431 Request Header Fields Too Large"
+            }
+            Rejection::UnsupportedTransferEncoding => {
+                "HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                 Connection: close\r\n\r\nUnsupported transfer encoding"
+            }
+        }
+    }
+}
+
+/// Parses a complete request head off the front of `buf` (`None`: not complete yet).
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Rejection> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        buf,
+        &mut slots,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Rejection::TooLarge),
+        Err(_) => return Err(Rejection::BadRequest),
+    };
+    let at = |s: &[u8]| s.as_ptr() as usize - base;
+    let method = request.method.unwrap_or_default();
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| Rejection::BadRequest)?;
+    let version = match request.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let target = request.path.unwrap_or_default();
+    let target = (at(target.as_bytes()), target.len());
+    // Where each field is; names and values are made from a copy of the head (values share it).
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = request.headers.len();
+    for (span, h) in spans.iter_mut().zip(request.headers.iter()) {
+        let name = at(h.name.as_bytes()) as u32;
+        let value = at(h.value) as u32;
+        *span = (
+            name,
+            name + h.name.len() as u32,
+            value,
+            value + h.value.len() as u32,
+        );
+    }
+    let head = crate::upstream::h1::take(buf, len);
+    let uri =
+        request_uri(head.slice(target.0..target.0 + target.1)).ok_or(Rejection::BadRequest)?;
+    let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| Rejection::BadRequest)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| Rejection::BadRequest)?;
+        headers.append(name, value);
+    }
+    let (decoder, framing_closes) = request_framing(&mut headers, version)?;
+    let has = |token: &str| {
+        list_elements(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))
+    };
+    let close = has("close");
+    let keep_alive =
+        !framing_closes && !close && (version == Version::HTTP_11 || has("keep-alive"));
+    if close && version == Version::HTTP_11 {
+        // Go's server takes the header away before the handler sees it (routing included), and
+        // Traefik the headers it names.
+        crate::proxy::headers::remove_connection_named(&mut headers);
+        headers.remove(header::CONNECTION);
+    }
+    let expects_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Parsed {
+        parts,
+        decoder,
+        keep_alive,
+        expects_continue,
+    }))
+}
+
+/// The request target as a URI. Go takes as they come some bytes `http::Uri` refuses (`` ` ``,
+/// `<` and `>` in the path; `"`, `<` and `>` in the query) or reads as the start of a fragment
+/// (`#`, which RFC 9112 does not allow in a target and Go keeps in the path or query): those
+/// are percent-encoded here. Go escapes such a path when it forwards it (`/a%60b`), so the
+/// backend gets the same path; a query Go forwards as it came, which `Uri` cannot hold, so the
+/// backend gets those bytes escaped (the same value for any URL decoder).
+fn request_uri(target: Bytes) -> Option<Uri> {
+    let escape = |b: u8, in_query: bool| match b {
+        b'#' | b'<' | b'>' => true,
+        b'`' => !in_query,
+        b'"' => in_query,
+        _ => false,
+    };
+    let mut in_query = false;
+    let clean = target.iter().all(|&b| {
+        in_query |= b == b'?';
+        !escape(b, in_query)
+    });
+    if clean {
+        return Uri::from_maybe_shared(target).ok();
+    }
+    let mut escaped = Vec::with_capacity(target.len() + 16);
+    let mut in_query = false;
+    for &b in &target {
+        in_query |= b == b'?';
+        if escape(b, in_query) {
+            escaped.extend_from_slice(format!("%{b:02X}").as_bytes());
+        } else {
+            escaped.push(b);
+        }
+    }
+    Uri::from_maybe_shared(Bytes::from(escaped)).ok()
+}
+
+/// RFC 9112 §6.3 for a request: its body's framing, and whether that framing forces the
+/// connection to close after it. No `Transfer-Encoding` and no `Content-Length`: no body.
+fn request_framing(
+    headers: &mut HeaderMap,
+    version: Version,
+) -> Result<(Decoder, bool), Rejection> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // An HTTP/1.0 message cannot be chunked (hyper refused those before).
+        if version == Version::HTTP_10 {
+            return Err(Rejection::BadRequest);
+        }
+        let mut codings = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty());
+        let chunked_alone = codings
+            .next()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if !chunked_alone {
+            return Err(Rejection::UnsupportedTransferEncoding);
+        }
+        // With a Content-Length as well the message may be an attack: the length is dropped
+        // (Go does the same), and the connection closes after it.
+        let both = headers.remove(header::CONTENT_LENGTH).is_some();
+        return Ok((Decoder::ChunkSize, both));
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+                return Err(Rejection::BadRequest);
+            }
+            let n = std::str::from_utf8(part)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(Rejection::BadRequest)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Rejection::BadRequest);
+            }
+            length = Some(n);
+        }
+    }
+    Ok((
+        match length {
+            None | Some(0) => Decoder::Done,
+            Some(n) => Decoder::Length(n),
+        },
+        false,
+    ))
+}
+
+/// What the response depends on in its request.
+#[derive(Clone, Copy)]
+struct Asked {
+    method_head: bool,
+    http10: bool,
+    keep_alive: bool,
+}
+
+/// How a response body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// None (HEAD, 1xx, 204, 304).
+    Nothing,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, length unknown).
+    UntilClose,
+}
+
+/// Writes `response`; `Ok(true)`: it ended cleanly and the connection may take another request.
+async fn write_response<W: AsyncWrite + Unpin, B>(
+    writer: &mut W,
+    wbuf: &mut Vec<u8>,
+    response: Response<B>,
+    request: Asked,
+) -> io::Result<bool>
+where
+    B: HttpBody<Data = Bytes, Error: std::fmt::Display> + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let headers = &parts.headers;
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let exact = body.size_hint().exact();
+    let mut keep_alive = request.keep_alive
+        && !list_elements(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("close"));
+    // Go adds the length of a body it has whole, except an empty one to a HEAD request.
+    let added_length = match (declared, exact) {
+        (None, Some(n)) if !bodiless && (!request.method_head || n > 0) => Some(n),
+        _ => None,
+    };
+    let out = if request.method_head || bodiless {
+        Out::Nothing
+    } else if let Some(n) = declared.or(added_length) {
+        Out::Length(n)
+    } else if !request.http10 {
+        Out::Chunked
+    } else {
+        keep_alive = false;
+        Out::UntilClose
+    };
+
+    wbuf.clear();
+    wbuf.extend_from_slice(if request.http10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    wbuf.extend_from_slice(status.as_str().as_bytes());
+    wbuf.push(b' ');
+    wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    wbuf.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        field(wbuf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !headers.contains_key(header::DATE) {
+        DATE.with_borrow_mut(|date| field(wbuf, b"date", date.now()));
+    }
+    if let Some(n) = added_length {
+        field(wbuf, b"content-length", n.to_string().as_bytes());
+    }
+    if out == Out::Chunked {
+        field(wbuf, b"transfer-encoding", b"chunked");
+    }
+    if !headers.contains_key(header::CONNECTION) {
+        if !keep_alive && !request.http10 {
+            field(wbuf, b"connection", b"close");
+        } else if keep_alive && request.http10 {
+            field(wbuf, b"connection", b"keep-alive");
+        }
+    }
+    wbuf.extend_from_slice(b"\r\n");
+    if out == Out::Nothing {
+        drop(body);
+        writer.write_all(wbuf).await?;
+        return Ok(keep_alive);
+    }
+
+    let mut sent = 0u64;
+    loop {
+        // What the body has ready joins what is waiting to be written; the writing waits only
+        // for the body when there is nothing else to write.
+        let frame = if wbuf.is_empty() {
+            poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        } else {
+            match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    writer.write_all(wbuf).await?;
+                    wbuf.clear();
+                    continue;
+                }
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                // The message cannot be completed: what was written goes, then the connection
+                // closes (a chunked body without its last chunk, or a short length).
+                tracing::debug!(error = %e, "response body failed");
+                writer.write_all(wbuf).await?;
+                return Ok(false);
+            }
+            // Trailers are not forwarded.
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        let data = match out {
+            Out::Length(n) => {
+                let room = n - sent;
+                if data.len() as u64 > room {
+                    // More than the length said: the excess is not sent, nor is the connection
+                    // reused.
+                    keep_alive = false;
+                    data.slice(..room as usize)
+                } else {
+                    data
+                }
+            }
+            _ => data,
+        };
+        sent += data.len() as u64;
+        if out == Out::Chunked {
+            wbuf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() <= COPY_UP_TO {
+            wbuf.extend_from_slice(&data);
+        } else {
+            write_both(writer, wbuf, &data).await?;
+            wbuf.clear();
+        }
+        if out == Out::Chunked {
+            wbuf.extend_from_slice(b"\r\n");
+        }
+        if matches!(out, Out::Length(n) if sent >= n) || body.is_end_stream() {
+            break;
+        }
+    }
+    let complete = match out {
+        Out::Chunked => {
+            wbuf.extend_from_slice(b"0\r\n\r\n");
+            true
+        }
+        Out::Length(n) => sent == n,
+        _ => true,
+    };
+    writer.write_all(wbuf).await?;
+    wbuf.clear();
+    Ok(keep_alive && complete && out != Out::UntilClose)
+}
+
+fn field(wbuf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    wbuf.extend_from_slice(name);
+    wbuf.extend_from_slice(b": ");
+    wbuf.extend_from_slice(value);
+    wbuf.extend_from_slice(b"\r\n");
+}
+
+/// Writes `a` then `b`, in as few system calls as the socket takes.
+async fn write_both<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let slices = [IoSlice::new(a), IoSlice::new(b)];
+        let n = poll_fn(|cx| Pin::new(&mut *writer).poll_write_vectored(cx, &slices)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
+}
+
+/// The `Date` of responses, formatted once per second per thread.
+struct DateCache {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl DateCache {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now).into_bytes();
+        }
+        &self.text
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<DateCache> = const {
+        RefCell::new(DateCache {
+            second: 0,
+            text: Vec::new(),
+        })
+    };
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,431 @@
+//! The server side over real loopback sockets, with a test service that echoes what it got.
+
+use std::{collections::VecDeque, convert::Infallible, net::SocketAddr, time::Duration};
+
+use http_body_util::{BodyExt, Either, Full};
+use tokio::{io::AsyncReadExt, net::TcpListener};
+
+use super::*;
+
+/// Answers `METHOD TARGET body=<what it read>` (and the `Connection` header, if it got one);
+/// some paths do something else:
+/// `/ignore` does not read the body, `/stream` answers two pieces of unknown total length,
+/// `/empty` answers 204, `/slow` waits 200 ms first.
+struct Echo;
+
+/// A body of unknown length.
+struct Pieces(VecDeque<Bytes>);
+
+impl HttpBody for Pieces {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+impl Service for Echo {
+    type Body = Either<Full<Bytes>, Pieces>;
+
+    async fn call(&self, req: Request<RequestBody>) -> Response<Self::Body> {
+        {
+            let (parts, body) = req.into_parts();
+            let path = parts.uri.path().to_owned();
+            let body = match path.as_str() {
+                "/stream" => {
+                    let pieces = [&b"one,"[..], b"two"].map(Bytes::from_static);
+                    return Response::new(Either::Right(Pieces(pieces.into())));
+                }
+                "/empty" => {
+                    let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                    return resp;
+                }
+                "/ignore" => String::new(),
+                "/slow" => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    String::new()
+                }
+                _ => match body.collect().await {
+                    Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+                    Err(e) => format!("error: {e}"),
+                },
+            };
+            let mut text = format!("{} {} body={body}", parts.method, parts.uri);
+            if let Some(connection) = parts.headers.get(header::CONNECTION) {
+                text.push_str(&format!(" connection={connection:?}"));
+            }
+            Response::new(Either::Left(Full::new(Bytes::from(text))))
+        }
+    }
+}
+
+/// Serves [`Echo`] on a loopback port; the drain signal stops it.
+async fn start(timeouts: Timeouts) -> (SocketAddr, drain::Signal) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (signal, watch) = drain::channel();
+    tokio::spawn(async move {
+        let mut stop = watch.clone();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.signaled() => return,
+            };
+            let Ok((stream, _)) = accepted else {
+                return;
+            };
+            let watch = watch.clone();
+            tokio::spawn(async move {
+                let (reader, mut writer) = stream.into_split();
+                let reader = ReadSide::Tcp(reader);
+                serve(
+                    reader,
+                    &mut writer,
+                    BytesMut::new(),
+                    &Echo,
+                    &watch,
+                    timeouts,
+                )
+                .await;
+            });
+        }
+    });
+    (addr, signal)
+}
+
+const QUICK: Timeouts = Timeouts {
+    idle: Duration::from_secs(30),
+    head: Duration::from_secs(30),
+};
+
+/// Writes `request` (all of it, at once) and reads until the server closes.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    read_to_close(&mut stream).await
+}
+
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut all))
+        .await
+        .expect("the server closes the connection")
+        .expect("read");
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// The responses in `all`, each as (status line, lowercased header lines, body), for bodies
+/// framed by `Content-Length` or chunked.
+fn responses(mut all: &str) -> Vec<(String, Vec<String>, String)> {
+    let mut out = Vec::new();
+    while !all.is_empty() {
+        let (head, rest) = all.split_once("\r\n\r\n").expect("a complete head");
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap_or_default().to_owned();
+        let headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
+        let length = headers
+            .iter()
+            .find_map(|h| h.strip_prefix("content-length: "))
+            .map(|n| n.parse::<usize>().expect("a length"));
+        let (body, rest) = if let Some(n) = length {
+            (rest[..n].to_owned(), &rest[n..])
+        } else if headers.iter().any(|h| h == "transfer-encoding: chunked") {
+            let mut body = String::new();
+            let mut rest = rest;
+            loop {
+                let (size, after) = rest.split_once("\r\n").expect("a chunk-size line");
+                let size = usize::from_str_radix(size, 16).expect("hex");
+                rest = &after[size + 2..];
+                if size == 0 {
+                    break;
+                }
+                body.push_str(&after[..size]);
+            }
+            (body, rest)
+        } else if status.contains(" 204 ") || status.contains(" 100 ") {
+            (String::new(), rest)
+        } else {
+            (rest.to_owned(), "")
+        };
+        out.push((status, headers, body));
+        all = rest;
+    }
+    out
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let (addr, _signal) = start(QUICK).await;
+    let all = exchange(
+        addr,
+        b"GET /a?x=1 HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello\
+          GET /c HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\n\r\n",
+    )
+    .await;
+    let got = responses(&all);
+    // The `Connection` header that closes is not the handler's (Go's server drops it).
+    let bodies: Vec<&str> = got.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(
+        bodies,
+        ["GET /a?x=1 body=", "POST /b body=hello", "GET /c body="]
+    );
+    assert!(got.iter().all(|r| r.0 == "HTTP/1.1 200 OK"), "{all}");
+    assert!(got[0].1.iter().any(|h| h.starts_with("date: ")), "{all}");
+    assert!(
+        !got[0].1.iter().any(|h| h.starts_with("connection")),
+        "{all}"
+    );
+    assert!(got[2].1.contains(&"connection: close".to_owned()), "{all}");
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_is_decoded_and_the_connection_goes_on() {
+    let (addr, _signal) = start(QUICK).await;
+    let all = exchange(
+        addr,
+        b"PUT /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n\
+          GET /next HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let bodies: Vec<String> = responses(&all).into_iter().map(|r| r.2).collect();
+    assert_eq!(bodies, ["PUT /up body=abcde", "GET /next body="], "{all}");
+}
+
+#[tokio::test]
+async fn a_body_nobody_read_is_skipped_when_it_has_arrived_and_closes_the_connection_otherwise() {
+    let (addr, _signal) = start(QUICK).await;
+    let all = exchange(
+        addr,
+        b"POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc\
+          GET /after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let bodies: Vec<String> = responses(&all).into_iter().map(|r| r.2).collect();
+    assert_eq!(bodies, ["POST /ignore body=", "GET /after body="], "{all}");
+
+    // Most of the body is still to come: the connection is not reused.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nab")
+        .await
+        .expect("write");
+    let all = read_to_close(&mut stream).await;
+    let got = responses(&all);
+    assert_eq!(got.len(), 1, "{all}");
+    assert_eq!(got[0].2, "POST /ignore body=");
+}
+
+#[tokio::test]
+async fn http10_clients_keep_the_connection_only_when_they_ask() {
+    let (addr, _signal) = start(QUICK).await;
+    let all = exchange(
+        addr,
+        b"GET /old HTTP/1.0\r\n\r\nGET /never HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    let got = responses(&all);
+    assert_eq!(got.len(), 1, "{all}");
+    assert_eq!(got[0].0, "HTTP/1.0 200 OK");
+
+    let all = exchange(
+        addr,
+        b"GET /kept HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /stream HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    let got = responses(&all);
+    assert_eq!(got.len(), 2, "{all}");
+    assert!(
+        got[0].1.contains(&"connection: keep-alive".to_owned()),
+        "{all}"
+    );
+    // Unknown length to an HTTP/1.0 client: no framing, the close ends it.
+    assert!(
+        !got[1].1.iter().any(|h| h.starts_with("transfer-encoding")),
+        "{all}"
+    );
+    assert_eq!(got[1].2, "one,two");
+}
+
+#[tokio::test]
+async fn bodies_are_framed_by_length_chunks_or_not_at_all() {
+    let (addr, _signal) = start(QUICK).await;
+    let all = exchange(
+        addr,
+        b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /empty HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let got = responses(&all);
+    assert_eq!(got.len(), 2, "{all}");
+    assert!(
+        got[0].1.contains(&"transfer-encoding: chunked".to_owned()),
+        "{all}"
+    );
+    assert_eq!(got[0].2, "one,two");
+    assert_eq!(got[1].0, "HTTP/1.1 204 No Content");
+    assert!(
+        !got[1].1.iter().any(|h| h.starts_with("content-length")),
+        "{all}"
+    );
+
+    // HEAD: the length of the body a GET would get, and no body.
+    let all = exchange(
+        addr,
+        b"HEAD /head HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        all.to_ascii_lowercase()
+            .contains("\r\ncontent-length: 16\r\n"),
+        "{all}"
+    );
+    assert!(all.ends_with("\r\n\r\n"), "{all}");
+}
+
+#[tokio::test]
+async fn heads_go_cannot_parse_get_gos_answers_and_the_connection_closes() {
+    let (addr, _signal) = start(QUICK).await;
+    let bad_request = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                       Connection: close\r\n\r\n400 Bad Request";
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: t\r\nbad header\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
+        b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"\x01\x02 nonsense\r\n\r\n",
+    ] {
+        let all = exchange(addr, request).await;
+        assert_eq!(all, bad_request, "{}", String::from_utf8_lossy(request));
+    }
+    let all = exchange(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked, br\r\n\r\n",
+    )
+    .await;
+    assert!(all.starts_with("HTTP/1.1 501 Not Implemented\r\n"), "{all}");
+    let many: String = (0..MAX_HEADERS + 1)
+        .map(|i| format!("x-{i}: v\r\n"))
+        .collect();
+    let all = exchange(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(all.starts_with("HTTP/1.1 431 "), "{all}");
+}
+
+#[tokio::test]
+async fn chunked_with_a_length_is_read_as_chunked_then_the_connection_closes() {
+    let (addr, _signal) = start(QUICK).await;
+    let all = exchange(
+        addr,
+        b"POST /smuggle HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\
+          Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n\
+          GET /hidden HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    let got = responses(&all);
+    assert_eq!(got.len(), 1, "{all}");
+    assert_eq!(got[0].2, "POST /smuggle body=ab");
+    assert!(got[0].1.contains(&"connection: close".to_owned()), "{all}");
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_read() {
+    let (addr, _signal) = start(QUICK).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write head");
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut interim))
+        .await
+        .expect("an interim response")
+        .expect("read");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"ok").await.expect("write body");
+    let all = read_to_close(&mut stream).await;
+    assert_eq!(responses(&all)[0].2, "PUT /x body=ok", "{all}");
+}
+
+#[tokio::test]
+async fn an_idle_connection_closes_after_the_idle_timeout_and_a_slow_head_after_its_own() {
+    let (addr, _signal) = start(Timeouts {
+        idle: Duration::from_millis(300),
+        head: Duration::from_millis(100),
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    // Answered, then closed once idle.
+    let all = read_to_close(&mut stream).await;
+    assert_eq!(responses(&all).len(), 1, "{all}");
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /half HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let all = read_to_close(&mut stream).await;
+    assert_eq!(all, "", "a head that never ends gets no answer");
+}
+
+#[tokio::test]
+async fn a_drain_closes_idle_connections_and_lets_a_request_under_way_finish() {
+    let (addr, signal) = start(QUICK).await;
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.expect("first response");
+    let mut busy = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let drained = tokio::spawn(signal.drain());
+    let rest = read_to_close(&mut idle).await;
+    assert_eq!(
+        responses(&format!("HTTP/1.1 200 {rest}")).len(),
+        1,
+        "{rest}"
+    );
+    let all = read_to_close(&mut busy).await;
+    let got = responses(&all);
+    assert_eq!(got[0].2, "GET /slow body=", "{all}");
+    assert!(got[0].1.contains(&"connection: close".to_owned()), "{all}");
+    tokio::time::timeout(Duration::from_secs(10), drained)
+        .await
+        .expect("the drain completes")
+        .expect("drain task");
+}
+
+#[tokio::test]
+async fn bytes_go_accepts_in_a_target_are_escaped_not_refused() {
+    let (addr, _signal) = start(QUICK).await;
+    let all = exchange(
+        addr,
+        b"GET /a`b<c>?q=\"x\"&r=<`> HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let got = responses(&all);
+    assert_eq!(
+        got[0].2, "GET /a%60b%3Cc%3E?q=%22x%22&r=%3C`%3E body=",
+        "{all}"
+    );
+    // A byte no URI may hold still is.
+    let all = exchange(addr, b"GET /a\x7fb HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(all.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{all}");
+}
