@@ -238,7 +238,7 @@ pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
     let mut conn = Conn {
         reader: Some(reader),
         buf,
-        wbuf: Vec::new(),
+        out: WriteQueue::default(),
         deadline: Deadline {
             at: Instant::now(),
             sleep: None,
@@ -288,8 +288,8 @@ struct Conn {
     reader: Option<ReadSide>,
     /// Read but not used yet.
     buf: BytesMut,
-    /// The response head (and small body pieces) being written.
-    wbuf: Vec<u8>,
+    /// What is to be written (kept for its allocations).
+    out: WriteQueue,
     deadline: Deadline,
 }
 
@@ -337,7 +337,7 @@ impl Conn {
             keep_alive: asked.keep_alive && !drain.is_signaled(),
             ..asked
         };
-        let mut reusable = write_response(writer, &mut self.wbuf, response, asked).await?;
+        let mut reusable = write_response(writer, &mut self.out, response, asked).await?;
         if let Some(slot) = slot {
             // The body is dropped by now, unless something still holds it (then the connection
             // is not reused).
@@ -672,7 +672,7 @@ struct Asked {
 
 /// How a response body goes on the wire.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Out {
+enum Framing {
     /// None (HEAD, 1xx, 204, 304).
     Nothing,
     Length(u64),
@@ -684,7 +684,7 @@ enum Out {
 /// Writes `response`; `Ok(true)`: it ended cleanly and the connection may take another request.
 async fn write_response<W: AsyncWrite + Unpin, B>(
     writer: &mut W,
-    wbuf: &mut Vec<u8>,
+    out: &mut WriteQueue,
     response: Response<B>,
     request: Asked,
 ) -> io::Result<bool>
@@ -709,18 +709,19 @@ where
         (None, Some(n)) if !bodiless && (!request.method_head || n > 0) => Some(n),
         _ => None,
     };
-    let out = if request.method_head || bodiless {
-        Out::Nothing
+    let framing = if request.method_head || bodiless {
+        Framing::Nothing
     } else if let Some(n) = declared.or(added_length) {
-        Out::Length(n)
+        Framing::Length(n)
     } else if !request.http10 {
-        Out::Chunked
+        Framing::Chunked
     } else {
         keep_alive = false;
-        Out::UntilClose
+        Framing::UntilClose
     };
 
-    wbuf.clear();
+    out.clear();
+    let wbuf = &mut out.buf;
     wbuf.extend_from_slice(if request.http10 {
         b"HTTP/1.0 "
     } else {
@@ -739,7 +740,7 @@ where
     if let Some(n) = added_length {
         field(wbuf, b"content-length", n.to_string().as_bytes());
     }
-    if out == Out::Chunked {
+    if framing == Framing::Chunked {
         field(wbuf, b"transfer-encoding", b"chunked");
     }
     if !headers.contains_key(header::CONNECTION) {
@@ -750,24 +751,26 @@ where
         }
     }
     wbuf.extend_from_slice(b"\r\n");
-    if out == Out::Nothing {
+    if framing == Framing::Nothing {
         drop(body);
-        writer.write_all(wbuf).await?;
+        out.flush(writer).await?;
         return Ok(keep_alive);
     }
 
     let mut sent = 0u64;
     loop {
-        // What the body has ready joins what is waiting to be written; the writing waits only
-        // for the body when there is nothing else to write.
-        let frame = if wbuf.is_empty() {
+        // What the body has ready joins what is waiting to be written, in one write; the
+        // writing waits for the body only when there is nothing else to write.
+        let frame = if out.is_empty() {
             poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        } else if out.is_full() {
+            out.flush(writer).await?;
+            continue;
         } else {
             match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    writer.write_all(wbuf).await?;
-                    wbuf.clear();
+                    out.flush(writer).await?;
                     continue;
                 }
             }
@@ -778,7 +781,7 @@ where
                 // The message cannot be completed: what was written goes, then the connection
                 // closes (a chunked body without its last chunk, or a short length).
                 tracing::debug!(error = %e, "response body failed");
-                writer.write_all(wbuf).await?;
+                out.flush(writer).await?;
                 return Ok(false);
             }
             // Trailers are not forwarded.
@@ -787,8 +790,8 @@ where
                 _ => continue,
             },
         };
-        let data = match out {
-            Out::Length(n) => {
+        let data = match framing {
+            Framing::Length(n) => {
                 let room = n - sent;
                 if data.len() as u64 > room {
                     // More than the length said: the excess is not sent, nor is the connection
@@ -802,33 +805,107 @@ where
             _ => data,
         };
         sent += data.len() as u64;
-        if out == Out::Chunked {
-            wbuf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        }
-        if data.len() <= COPY_UP_TO {
-            wbuf.extend_from_slice(&data);
+        if framing == Framing::Chunked {
+            out.buf
+                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            out.push(data);
+            out.buf.extend_from_slice(b"\r\n");
         } else {
-            write_both(writer, wbuf, &data).await?;
-            wbuf.clear();
+            out.push(data);
         }
-        if out == Out::Chunked {
-            wbuf.extend_from_slice(b"\r\n");
-        }
-        if matches!(out, Out::Length(n) if sent >= n) || body.is_end_stream() {
+        if matches!(framing, Framing::Length(n) if sent >= n) || body.is_end_stream() {
             break;
         }
     }
-    let complete = match out {
-        Out::Chunked => {
-            wbuf.extend_from_slice(b"0\r\n\r\n");
+    let complete = match framing {
+        Framing::Chunked => {
+            out.buf.extend_from_slice(b"0\r\n\r\n");
             true
         }
-        Out::Length(n) => sent == n,
+        Framing::Length(n) => sent == n,
         _ => true,
     };
-    writer.write_all(wbuf).await?;
-    wbuf.clear();
-    Ok(keep_alive && complete && out != Out::UntilClose)
+    out.flush(writer).await?;
+    Ok(keep_alive && complete && framing != Framing::UntilClose)
+}
+
+/// Bytes to write: a buffer for heads, framing and small body pieces, and the large pieces
+/// (kept where they are, not copied) each with the place in that buffer it goes before. A flush
+/// writes it all with as few vectored writes as the socket takes.
+#[derive(Default)]
+struct WriteQueue {
+    buf: Vec<u8>,
+    large: Vec<(usize, Bytes)>,
+}
+
+/// Most large pieces queued before a flush.
+const MAX_LARGE: usize = 8;
+
+impl WriteQueue {
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.large.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.large.is_empty()
+    }
+
+    /// Enough is queued that it should go before anything else joins it.
+    fn is_full(&self) -> bool {
+        self.large.len() >= MAX_LARGE || self.buf.len() >= 64 * 1024
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if data.len() <= COPY_UP_TO {
+            self.buf.extend_from_slice(&data);
+        } else {
+            self.large.push((self.buf.len(), data));
+        }
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> io::Result<()> {
+        if self.large.is_empty() {
+            writer.write_all(&self.buf).await?;
+            self.clear();
+            return Ok(());
+        }
+        // The pieces in order: buffer up to the first large piece, that piece, and so on.
+        let mut pieces: [&[u8]; 2 * MAX_LARGE + 1] = [&[]; 2 * MAX_LARGE + 1];
+        let mut count = 0;
+        let mut from = 0;
+        for (at, data) in &self.large {
+            pieces[count] = &self.buf[from..*at];
+            pieces[count + 1] = data;
+            count += 2;
+            from = *at;
+        }
+        pieces[count] = &self.buf[from..];
+        count += 1;
+        let mut pieces = &mut pieces[..count];
+        while !pieces.is_empty() {
+            let slices: [IoSlice<'_>; 2 * MAX_LARGE + 1] =
+                std::array::from_fn(|i| IoSlice::new(pieces.get(i).copied().unwrap_or(&[])));
+            let n = poll_fn(|cx| {
+                Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..pieces.len()])
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let mut n = n;
+            while let Some(first) = pieces.first_mut() {
+                if n < first.len() {
+                    *first = &first[n..];
+                    break;
+                }
+                n -= first.len();
+                pieces = &mut pieces[1..];
+            }
+        }
+        self.clear();
+        Ok(())
+    }
 }
 
 fn field(wbuf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -836,25 +913,6 @@ fn field(wbuf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     wbuf.extend_from_slice(b": ");
     wbuf.extend_from_slice(value);
     wbuf.extend_from_slice(b"\r\n");
-}
-
-/// Writes `a` then `b`, in as few system calls as the socket takes.
-async fn write_both<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    mut a: &[u8],
-    mut b: &[u8],
-) -> io::Result<()> {
-    while !a.is_empty() || !b.is_empty() {
-        let slices = [IoSlice::new(a), IoSlice::new(b)];
-        let n = poll_fn(|cx| Pin::new(&mut *writer).poll_write_vectored(cx, &slices)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let from_a = n.min(a.len());
-        a = &a[from_a..];
-        b = &b[n - from_a..];
-    }
-    Ok(())
 }
 
 /// The `Date` of responses, formatted once per second per thread.

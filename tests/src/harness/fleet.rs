@@ -24,17 +24,30 @@ use super::{
     process::{Process, binary, log_tail},
 };
 
-/// A loopback address nobody listens on right now (bound to port 0, read, released), and never
-/// handed out before by this process: the kernel may give a released port again at once, and a
-/// fleet once got the same port for the controller's gRPC and a proxy's admin listener.
+/// A loopback address nobody listens on right now, never handed out before by this process, and
+/// outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`). Tests run as parallel
+/// processes: a port taken with `bind(:0)` and released came from that range, where any other
+/// process's outgoing connection may be given it before the test listens on it again (seen as
+/// `AddrInUse` in a test next to the conformance suite's 1 900 connections). A random port below
+/// the range is only ever taken by a listener that asked for it.
 pub fn free_port() -> SocketAddr {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (
+        ephemeral_low.saturating_sub(12_000).max(1024),
+        ephemeral_low,
+    );
     loop {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind a loopback port");
+        let port = fastrand::u16(low..high);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_err() {
+            continue;
+        }
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-        if handed_out.insert(addr.port()) {
+        if handed_out.insert(port) {
             return addr;
         }
     }

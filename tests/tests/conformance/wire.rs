@@ -67,10 +67,9 @@ pub(crate) async fn start_echo(name: &'static str) -> SocketAddr {
     addr
 }
 
-/// A loopback port nobody listens on (bound, then released).
+/// A loopback port nobody listens on (the harness's, outside the ephemeral range).
 pub(crate) async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("address").port()
+    switchyard_tests::harness::free_port().port()
 }
 
 // ---------------------------------------------------------------------------------------------

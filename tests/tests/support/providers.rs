@@ -222,10 +222,9 @@ impl Proxy {
     }
 }
 
-/// A loopback address nobody listens on right now.
+/// A loopback address nobody listens on right now (the harness's, outside the ephemeral range).
 pub async fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("address")
+    switchyard_tests::harness::free_port()
 }
 
 /// A backend answering every request with `name`. Runs until the test's runtime ends.

@@ -9,7 +9,8 @@ use super::*;
 
 /// Answers `METHOD TARGET body=<what it read>` (and the `Connection` header, if it got one);
 /// some paths do something else:
-/// `/ignore` does not read the body, `/stream` answers two pieces of unknown total length,
+/// `/ignore` does not read the body, `/stream` answers two pieces of unknown total length (and
+/// `/big` three, two of them large),
 /// `/empty` answers 204, `/slow` waits 200 ms first.
 struct Echo;
 
@@ -39,6 +40,14 @@ impl Service for Echo {
                 "/stream" => {
                     let pieces = [&b"one,"[..], b"two"].map(Bytes::from_static);
                     return Response::new(Either::Right(Pieces(pieces.into())));
+                }
+                "/big" => {
+                    let pieces = [
+                        vec![b'x'; 3 * COPY_UP_TO],
+                        vec![b'y'; 10],
+                        vec![b'z'; COPY_UP_TO + 1],
+                    ];
+                    return Response::new(Either::Right(Pieces(pieces.map(Bytes::from).into())));
                 }
                 "/empty" => {
                     let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
@@ -259,11 +268,15 @@ async fn bodies_are_framed_by_length_chunks_or_not_at_all() {
     let all = exchange(
         addr,
         b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /big HTTP/1.1\r\nHost: t\r\n\r\n\
           GET /empty HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .await;
-    let got = responses(&all);
-    assert_eq!(got.len(), 2, "{all}");
+    let mut got = responses(&all);
+    assert_eq!(got.len(), 3, "{all}");
+    let big = got.remove(1).2;
+    let expected = "x".repeat(3 * COPY_UP_TO) + &"y".repeat(10) + &"z".repeat(COPY_UP_TO + 1);
+    assert!(big == expected, "the large chunked body differs");
     assert!(
         got[0].1.contains(&"transfer-encoding: chunked".to_owned()),
         "{all}"
@@ -428,4 +441,70 @@ async fn bytes_go_accepts_in_a_target_are_escaped_not_refused() {
     // A byte no URI may hold still is.
     let all = exchange(addr, b"GET /a\x7fb HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert!(all.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{all}");
+}
+
+/// A writer that takes at most 7 bytes per write, across the slices it is given.
+struct Trickle(Vec<u8>);
+
+impl AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = buf.len().min(7);
+        self.0.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(7 - n);
+            self.0.extend_from_slice(&b[..take]);
+            n += take;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn queued_pieces_go_out_in_order_through_short_writes() {
+    let large = |c: u8, n: usize| Bytes::from(vec![c; n]);
+    let mut queue = WriteQueue::default();
+    let mut expected = Vec::new();
+    queue.buf.extend_from_slice(b"head;");
+    expected.extend_from_slice(b"head;");
+    for piece in [
+        large(b'a', COPY_UP_TO + 1),
+        Bytes::from_static(b"small;"),
+        large(b'b', 3 * COPY_UP_TO),
+        large(b'c', COPY_UP_TO + 5),
+    ] {
+        expected.extend_from_slice(&piece);
+        queue.push(piece);
+    }
+    queue.buf.extend_from_slice(b";tail");
+    expected.extend_from_slice(b";tail");
+    assert_eq!(queue.large.len(), 3);
+    let mut writer = Trickle(Vec::new());
+    queue.flush(&mut writer).await.expect("flush");
+    assert!(writer.0 == expected, "the bytes differ");
+    assert!(queue.is_empty());
 }
