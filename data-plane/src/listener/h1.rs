@@ -159,12 +159,11 @@ impl H1Body {
             cx
         ));
         let frame = match decoded {
-            Ok(Decoded::Data(data)) => {
-                if lent.decoder != Decoder::Done {
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Ok(Frame::data(data)))
+            // More to come: the read side stays lent.
+            Ok(Decoded::Data(data)) if lent.decoder != Decoder::Done => {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
+            Ok(Decoded::Data(data)) => Some(Ok(Frame::data(data))),
             Ok(Decoded::Trailers(trailers)) => Some(Ok(Frame::trailers(trailers))),
             Ok(Decoded::End | Decoded::NeedMore) => None,
             Err(e) => {
