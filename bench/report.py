@@ -101,11 +101,22 @@ if any(r["section"] == "scale" for r in runs):
     p(f"wrk -t1 -c{conns} -d{sdur}s per run, median of {srounds} interleaved rounds; one proxy per "
       "configuration, all alive for the whole section, only the measured one loaded. `match`: a "
       "request routed to the origin (200); `no match`: a request no router matches (404). "
-      "× 10: req/s relative to the 10-router proxy in the same run.\n")
+      "× 10: the median over rounds of req/s ÷ the 10-router proxy's req/s in the same round (each "
+      "round starts one proxy later than the one before).\n")
     p("| target | routers | match req/s | × 10 | p99 ms | CPU µs/req | no match req/s | × 10 | p99 ms | CPU µs/req | idle RSS MiB | peak RSS MiB |")
     p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     b_m = agg("scale", "sy-host-10", "match")
     b_n = agg("scale", "sy-host-10", "nomatch")
+
+    def paired(t, scen):
+        """The median over rounds of t's req/s ÷ the 10-router proxy's in the same round."""
+        by_round = lambda target: {
+            r["round"]: int(r["requests"]) / float(r["seconds"])
+            for r in runs if r["section"] == "scale" and r["target"] == target and r["scenario"] == scen
+        }
+        base, mine = by_round("sy-host-10"), by_round(t)
+        return med([mine[k] / base[k] for k in mine if k in base and base[k] > 0])
+
     order = ["sy-host-10", "sy-host-1k", "sy-host-10k", "sy-host-50k", "sy-hostpath-50k", "sy-path-10k", "traefik-host-10k"]
     for t in order:
         m, n = agg("scale", t, "match"), agg("scale", t, "nomatch")
@@ -116,8 +127,8 @@ if any(r["section"] == "scale" for r in runs):
         mm = mem.get(("scale", t), {})
         label = {"host": "Host", "hostpath": "Host && PathPrefix", "path": "PathPrefix, one host"}[cfg.split("-")[0]]
         sys_name = "switchyard" if t.startswith("sy-") else "traefik"
-        p(f"| {sys_name}: {label} | {int(routers):,} | {m['rps']:,.0f} | {m['rps'] / b_m['rps']:.2f} | {m['p99']:.2f} | {m['cpu']:.1f} | "
-          f"{n['rps']:,.0f} | {n['rps'] / b_n['rps']:.2f} | {n['p99']:.2f} | {n['cpu']:.1f} | "
+        p(f"| {sys_name}: {label} | {int(routers):,} | {m['rps']:,.0f} | {paired(t, 'match'):.2f} | {m['p99']:.2f} | {m['cpu']:.1f} | "
+          f"{n['rps']:,.0f} | {paired(t, 'nomatch'):.2f} | {n['p99']:.2f} | {n['cpu']:.1f} | "
           f"{int(mm.get('idle_rss_kb', 0)) / 1024:.1f} | {int(mm.get('peak_kb', 0)) / 1024:.1f} |")
     p("")
 if comp:

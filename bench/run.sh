@@ -482,7 +482,10 @@ if has scale; then
     load scale "$t" match 0 1 wrk "http://$LO:${SPORT[$t]}$mp" "$mh"
   done
   for ((r = 1; r <= SCALE_ROUNDS; r++)); do
-    for t in "${SNAMES[@]}"; do
+    # Each round starts one proxy later, so that no proxy is always measured first (the report
+    # takes each proxy's ratio to the 10-router proxy within a round).
+    local_order=("${SNAMES[@]:$(((r - 1) % ${#SNAMES[@]}))}" "${SNAMES[@]:0:$(((r - 1) % ${#SNAMES[@]}))}")
+    for t in "${local_order[@]}"; do
       read -r _ _ mh mp nh np <<<"${SPEC[$t]}"
       load scale "$t" match "$r" "$SCALE_DURATION" wrk "http://$LO:${SPORT[$t]}$mp" "$mh"
       load scale "$t" nomatch "$r" "$SCALE_DURATION" wrk "http://$LO:${SPORT[$t]}$np" "$nh"
