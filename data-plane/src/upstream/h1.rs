@@ -402,20 +402,12 @@ fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
     version == Version::HTTP_11 || has("keep-alive")
 }
 
-/// Largest piece of the read buffer handed out as a copy rather than shared.
-const COPY_UP_TO: usize = 4096;
-
-/// Takes `n` bytes off the front of `buf`. A small piece is copied out, so that the buffer stays
-/// unshared and the next read reuses it; a large one shares the buffer's bytes (no copy, and the
-/// next read allocates anew, which a large read costs anyway).
+/// Takes `n` bytes off the front of `buf`, sharing its bytes (no copy). Once everything taken
+/// is dropped (a head's header map, a body piece once written), the next read reuses the buffer
+/// in place: a connection allocates its read buffer once, not a piece per message. A piece
+/// still alive at the next read makes that read allocate anew.
 pub(crate) fn take(buf: &mut BytesMut, n: usize) -> Bytes {
-    if n <= COPY_UP_TO {
-        let piece = Bytes::copy_from_slice(&buf[..n]);
-        buf.advance(n);
-        piece
-    } else {
-        buf.split_to(n).freeze()
-    }
+    buf.split_to(n).freeze()
 }
 
 /// Where a response body's decoder stands.
