@@ -239,28 +239,10 @@ async fn serve_plain(
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let mut buf = BytesMut::new();
-    let protocol = tokio::select! {
-        sniffed = sniff::sniff(&mut reader, &mut buf) => sniffed,
-        // Draining: a connection that has not said anything yet is simply closed.
-        _ = drain.signaled() => return,
-    };
-    match sniffed(protocol, peer) {
+    match sniff_start(&mut reader, &mut buf, peer, &mut drain).await {
         Some(sniff::Protocol::Http1) => {
-            let service = Served {
-                handler,
-                peer: Peer::new(peer),
-                tls: false,
-            };
             let reader = h1::ReadSide::Tcp(reader);
-            h1::serve(
-                reader,
-                &mut writer,
-                buf,
-                &service,
-                &drain,
-                h1::Timeouts::TRAEFIK,
-            )
-            .await;
+            serve_h1(reader, &mut writer, buf, handler, peer, false, &drain).await;
             writer.forget();
         }
         Some(sniff::Protocol::H2c) => {
@@ -291,27 +273,10 @@ async fn serve_tls(
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = BytesMut::new();
-    let protocol = tokio::select! {
-        sniffed = sniff::sniff(&mut reader, &mut buf) => sniffed,
-        _ = drain.signaled() => return,
-    };
-    match sniffed(protocol, peer) {
+    match sniff_start(&mut reader, &mut buf, peer, &mut drain).await {
         Some(sniff::Protocol::Http1) => {
-            let service = Served {
-                handler,
-                peer: Peer::new(peer),
-                tls: true,
-            };
             let reader = h1::ReadSide::Tls(reader);
-            h1::serve(
-                reader,
-                &mut writer,
-                buf,
-                &service,
-                &drain,
-                h1::Timeouts::TRAEFIK,
-            )
-            .await;
+            serve_h1(reader, &mut writer, buf, handler, peer, true, &drain).await;
             // TLS ends with its close_notify.
             let _ = writer.shutdown().await;
         }
@@ -325,17 +290,43 @@ async fn serve_tls(
     }
 }
 
-/// The protocol sniffed, or `None` when the connection ended before its first request.
-fn sniffed(
-    sniffed: std::io::Result<Option<sniff::Protocol>>,
+/// Reads the start of a connection into `buf` and tells its protocol; `None` when the
+/// connection ended before its first request, or a drain started first (a connection that has
+/// not said anything yet is simply closed).
+async fn sniff_start<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
     peer: SocketAddr,
+    drain: &mut drain::Watch,
 ) -> Option<sniff::Protocol> {
+    let sniffed = tokio::select! {
+        sniffed = sniff::sniff(reader, buf) => sniffed,
+        _ = drain.signaled() => return None,
+    };
     sniffed
         .inspect_err(
             |e| tracing::debug!(%peer, error = %e, "connection ended before its first request"),
         )
         .ok()
         .flatten()
+}
+
+/// HTTP/1.1 (our server) on a connection whose start is in `buf`.
+async fn serve_h1<W: tokio::io::AsyncWrite + Unpin>(
+    reader: h1::ReadSide,
+    writer: &mut W,
+    buf: BytesMut,
+    handler: Arc<Handler>,
+    peer: SocketAddr,
+    tls: bool,
+    drain: &drain::Watch,
+) {
+    let service = Served {
+        handler,
+        peer: Peer::new(peer),
+        tls,
+    };
+    h1::serve(reader, writer, buf, &service, drain, h1::Timeouts::TRAEFIK).await;
 }
 
 /// The handler of one HTTP/1.1 connection's requests.

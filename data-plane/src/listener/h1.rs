@@ -29,9 +29,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
-};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use switchyard_shared::drain;
 use tokio::{
@@ -41,11 +39,10 @@ use tokio::{
 };
 
 use crate::upstream::h1::{
-    Decoded, Decoder, MAX_HEAD_BYTES, list_elements, poll_decode, poll_fill,
+    Decoded, Decoder, FieldSpans, MAX_HEAD_BYTES, MAX_HEADERS, list_elements, poll_decode,
+    poll_fill, take,
 };
 
-/// Most header fields in a request head (hyper's default, which the proxy had before).
-const MAX_HEADERS: usize = 100;
 /// Room left in a request's header map for the forwarding headers the proxy adds, so that
 /// adding them does not grow the map.
 const ADDED_HEADERS: usize = 8;
@@ -518,30 +515,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Rejection> {
     };
     let target = request.path.unwrap_or_default();
     let target = (at(target.as_bytes()), target.len());
-    // Where each field is; names and values are made from a copy of the head (values share it).
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let count = request.headers.len();
-    for (span, h) in spans.iter_mut().zip(request.headers.iter()) {
-        let name = at(h.name.as_bytes()) as u32;
-        let value = at(h.value) as u32;
-        *span = (
-            name,
-            name + h.name.len() as u32,
-            value,
-            value + h.value.len() as u32,
-        );
-    }
-    let head = crate::upstream::h1::take(buf, len);
+    let spans = FieldSpans::of(base, request.headers);
+    let head = take(buf, len);
     let uri =
         request_uri(head.slice(target.0..target.0 + target.1)).ok_or(Rejection::BadRequest)?;
-    let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| Rejection::BadRequest)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| Rejection::BadRequest)?;
-        headers.append(name, value);
-    }
+    let mut headers = spans
+        .header_map(&head, ADDED_HEADERS)
+        .map_err(|_| Rejection::BadRequest)?;
     let (decoder, framing_closes) = request_framing(&mut headers, version)?;
     let has = |token: &str| {
         list_elements(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))

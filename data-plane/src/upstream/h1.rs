@@ -25,7 +25,7 @@ use tokio::{
 };
 
 /// Most header fields in a response head (hyper's default, which the proxy had before).
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// Largest response head, and largest trailer section (hyper's default read-buffer limit).
 pub const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// How much room a read into a connection's buffer asks for.
@@ -270,35 +270,14 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadE
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    // Where each field is; names and values are made from a copy of the head, values sharing
-    // its bytes.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let count = response.headers.len();
-    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
-        let name = at(h.name.as_bytes());
-        let value = at(h.value);
-        *span = (
-            name,
-            name + h.name.len() as u32,
-            value,
-            value + h.value.len() as u32,
-        );
-    }
+    let spans = FieldSpans::of(base, response.headers);
     let head = take(buf, len);
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name_bytes = &head[ns as usize..ne as usize];
-        let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
-            ReadError::Malformed(format!(
-                "header name {:?}",
-                String::from_utf8_lossy(name_bytes)
-            ))
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| ReadError::Malformed(format!("value of header {name}")))?;
-        headers.append(name, value);
-    }
+    let mut headers = spans.header_map(&head, 0).map_err(|bad| {
+        ReadError::Malformed(match bad {
+            BadField::Name(name) => format!("header name {name:?}"),
+            BadField::Value(name) => format!("value of header {name}"),
+        })
+    })?;
     let (framing, framing_closes) = framing(&headers, version, status, method)?;
     if framing == Framing::Chunked {
         // The length is not the body's (Go drops it too): the client side frames it anew.
@@ -314,6 +293,60 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadE
         framing,
         keep_alive,
     }))
+}
+
+/// Where each field of a parsed head lies in the buffer it was parsed from, as offsets (name
+/// start and end, value start and end), so that the map can be made once the head is taken off
+/// that buffer: names copied into the map, values sharing the head's bytes.
+pub(crate) struct FieldSpans {
+    spans: [(u32, u32, u32, u32); MAX_HEADERS],
+    count: usize,
+}
+
+/// A field the map cannot hold.
+pub(crate) enum BadField {
+    /// Not a header name (as text, lossy).
+    Name(String),
+    /// Not a header value: the field's name.
+    Value(HeaderName),
+}
+
+impl FieldSpans {
+    /// The spans of `fields`, parsed from a buffer starting at address `base`.
+    pub(crate) fn of(base: usize, fields: &[httparse::Header<'_>]) -> Self {
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        for (span, h) in spans.iter_mut().zip(fields) {
+            let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+            let name = at(h.name.as_bytes());
+            let value = at(h.value);
+            *span = (
+                name,
+                name + h.name.len() as u32,
+                value,
+                value + h.value.len() as u32,
+            );
+        }
+        Self {
+            spans,
+            count: fields.len().min(MAX_HEADERS),
+        }
+    }
+
+    /// The fields of `head` (the bytes the spans were taken from) as a map with room for
+    /// `extra` more.
+    pub(crate) fn header_map(&self, head: &Bytes, extra: usize) -> Result<HeaderMap, BadField> {
+        let mut headers = HeaderMap::with_capacity(self.count + extra);
+        for &(ns, ne, vs, ve) in &self.spans[..self.count] {
+            let name_bytes = &head[ns as usize..ne as usize];
+            let name = HeaderName::from_bytes(name_bytes)
+                .map_err(|_| BadField::Name(String::from_utf8_lossy(name_bytes).into_owned()))?;
+            match HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) {
+                Ok(value) => headers.append(name, value),
+                Err(_) => return Err(BadField::Value(name)),
+            };
+        }
+        Ok(headers)
+    }
 }
 
 /// RFC 9112 §6.3: the body's length, and whether the framing forces the connection to close.
