@@ -714,7 +714,11 @@ where
     wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     wbuf.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        field(wbuf, name.as_str().as_bytes(), value.as_bytes());
+        // The framing is this connection's (a `Transfer-Encoding` a middleware set would
+        // contradict it).
+        if name != header::TRANSFER_ENCODING {
+            field(wbuf, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     if !headers.contains_key(header::DATE) {
         DATE.with_borrow_mut(|date| field(wbuf, b"date", date.now()));

@@ -49,6 +49,16 @@ impl Service for Echo {
                     ];
                     return Response::new(Either::Right(Pieces(pieces.map(Bytes::from).into())));
                 }
+                "/framed" => {
+                    // A handler's own `Transfer-Encoding` (a middleware could set one).
+                    let mut resp =
+                        Response::new(Either::Left(Full::new(Bytes::from_static(b"abc"))));
+                    resp.headers_mut().insert(
+                        header::TRANSFER_ENCODING,
+                        http::HeaderValue::from_static("chunked"),
+                    );
+                    return resp;
+                }
                 "/empty" => {
                     let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
                     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -285,6 +295,22 @@ async fn bodies_are_framed_by_length_chunks_or_not_at_all() {
     assert_eq!(got[1].0, "HTTP/1.1 204 No Content");
     assert!(
         !got[1].1.iter().any(|h| h.starts_with("content-length")),
+        "{all}"
+    );
+
+    // A `Transfer-Encoding` in the response's headers does not reach the wire: the body's
+    // length frames it.
+    let all = exchange(
+        addr,
+        b"GET /framed HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !all.to_ascii_lowercase().contains("transfer-encoding"),
+        "{all}"
+    );
+    assert!(
+        all.ends_with("\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc"),
         "{all}"
     );
 
