@@ -70,7 +70,17 @@ pub fn poll_fill<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    buf.reserve(READ_SIZE);
+    poll_fill_up_to(reader, buf, READ_SIZE, cx)
+}
+
+/// [`poll_fill`] with room for at least `room` bytes.
+pub fn poll_fill_up_to<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    room: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(room);
     pin!(reader.read_buf(buf)).poll(cx)
 }
 
