@@ -3,7 +3,10 @@
 //! handler in this connection's own task, write the response head and body, and read the next
 //! request. No task, channel or timer is made per request; the request body, when there is one,
 //! is read from the socket by whoever polls it (the upstream writer), and its read side comes
-//! back to the connection when it ends or is dropped.
+//! back to the connection when it ends or is dropped. A body nobody read is skipped if it has
+//! all arrived; otherwise the response says `Connection: close`, and after it the write side is
+//! shut and what still arrives is taken in and dropped for a while ([`LINGER`]), so that the
+//! close does not reset the connection under a client still sending.
 //!
 //! Behaviour follows Go's server, which Traefik runs: a head it cannot parse gets Go's plain-text
 //! error and the connection closes; `Content-Length` is added when the whole body is known, else
@@ -33,7 +36,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, heade
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use switchyard_shared::drain;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpStream, tcp::OwnedReadHalf},
     time::{Instant, Sleep},
 };
@@ -241,6 +244,7 @@ pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
         reader: Some(reader),
         buf,
         out: WriteQueue::default(),
+        unread_body: false,
         deadline: Deadline {
             at: Instant::now(),
             sleep: None,
@@ -276,6 +280,12 @@ pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
         };
         match conn.exchange(parsed, writer, service, drain).await {
             Ok(true) => {}
+            Ok(false) if conn.unread_body => {
+                if let Some(reader) = &mut conn.reader {
+                    linger(writer, reader).await;
+                }
+                return;
+            }
             Ok(false) => return,
             Err(e) => {
                 tracing::debug!(error = %e, "connection ended while writing a response");
@@ -292,6 +302,8 @@ struct Conn {
     buf: BytesMut,
     /// What is to be written (kept for its allocations).
     out: WriteQueue,
+    /// The last request's body was not read to its end (the client may still be sending it).
+    unread_body: bool,
     deadline: Deadline,
 }
 
@@ -335,36 +347,76 @@ impl Conn {
             keep_alive,
         };
         let response = service.call(Request::from_parts(parts, body)).await;
+        // A body the handler is done with is taken back now, so that the response can say
+        // whether the connection goes on; one still held (an upload going on next to the
+        // response) is taken back after it.
+        let mut taken_back = slot.as_ref().and_then(|slot| self.take_back(slot));
         let asked = Asked {
-            keep_alive: asked.keep_alive && !drain.is_signaled(),
+            keep_alive: asked.keep_alive && !drain.is_signaled() && taken_back != Some(false),
             ..asked
         };
-        let mut reusable = write_response(writer, &mut self.out, response, asked).await?;
-        if let Some(slot) = slot {
-            // The body is dropped by now, unless something still holds it (then the connection
-            // is not reused).
-            let lent = slot.lock().ok().and_then(|mut s| s.take());
-            match lent {
-                Some(mut lent) if !lent.broken => {
-                    // A body nobody read: what of it has arrived already is skipped.
-                    while lent.decoder != Decoder::Done {
-                        match lent.decoder.decode(&mut lent.buf) {
-                            Ok(Decoded::Data(_) | Decoded::Trailers(_)) => {}
-                            Ok(Decoded::End) => break,
-                            Ok(Decoded::NeedMore) | Err(_) => {
-                                reusable = false;
-                                break;
-                            }
-                        }
-                    }
-                    self.reader = Some(lent.reader);
-                    self.buf = lent.buf;
+        let reusable = write_response(writer, &mut self.out, response, asked).await?;
+        if let Some(slot) = &slot
+            && taken_back.is_none()
+        {
+            // Dropped by now, unless something still holds it (then the connection is not
+            // reused).
+            taken_back = Some(self.take_back(slot).unwrap_or(false));
+        }
+        Ok(reusable && taken_back != Some(false))
+    }
+
+    /// Takes the read side back from a request body that ended or was dropped; `None` while the
+    /// body is still held. `Some(true)`: the body was read to its end, or the rest of it had
+    /// arrived and is skipped; `Some(false)`: the connection cannot take another request.
+    fn take_back(&mut self, slot: &Mutex<Option<Lent>>) -> Option<bool> {
+        let mut lent = slot.lock().ok()?.take()?;
+        if lent.broken {
+            return Some(false);
+        }
+        while lent.decoder != Decoder::Done {
+            match lent.decoder.decode(&mut lent.buf) {
+                Ok(Decoded::Data(_) | Decoded::Trailers(_)) => {}
+                Ok(Decoded::End) => break,
+                Ok(Decoded::NeedMore) => {
+                    // The client may still be sending it.
+                    self.unread_body = true;
+                    break;
                 }
-                _ => reusable = false,
+                Err(_) => break,
             }
         }
-        Ok(reusable)
+        let done = lent.decoder == Decoder::Done;
+        self.reader = Some(lent.reader);
+        self.buf = lent.buf;
+        Some(done)
     }
+}
+
+/// How long, and how much of, a request body nobody read is discarded once the response is
+/// written and the write side shut down, before the connection closes. Closing a socket with
+/// bytes unread makes the kernel reset the connection, and a client still sending its body could
+/// lose the response to that reset (a 404 or a 413 to an upload); Go's server likewise shuts its
+/// write side and waits 500 ms.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+
+async fn linger<W: AsyncWrite + Unpin>(writer: &mut W, reader: &mut ReadSide) {
+    if writer.shutdown().await.is_err() {
+        return;
+    }
+    let mut scratch = BytesMut::with_capacity(16 * 1024);
+    let mut left = LINGER_BYTES;
+    let discard = async {
+        while left > 0 {
+            scratch.clear();
+            match reader.read_buf(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }
 
 /// The drain, watched while a connection waits for a request.

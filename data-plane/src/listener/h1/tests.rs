@@ -534,3 +534,30 @@ async fn queued_pieces_go_out_in_order_through_short_writes() {
     assert!(writer.0 == expected, "the bytes differ");
     assert!(queue.is_empty());
 }
+
+#[tokio::test]
+async fn an_unread_body_still_arriving_is_taken_in_not_reset() {
+    let (addr, _signal) = start(QUICK).await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .expect("write head");
+    // More of the body arrives while the server answers without reading it, and after: the
+    // server takes it in (and drops it) for a while instead of closing on it, which would reset
+    // the connection, and on a real network could take the answer with it.
+    let piece = vec![b'x'; 64 * 1024];
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stream
+            .write_all(&piece)
+            .await
+            .unwrap_or_else(|e| panic!("piece {i} of the body refused: {e}"));
+    }
+    // The answer, then the end of the stream.
+    let all = read_to_close(&mut stream).await;
+    let got = responses(&all);
+    assert_eq!(got.len(), 1, "{all}");
+    assert_eq!(got[0].2, "POST /ignore body=");
+    assert!(got[0].1.contains(&"connection: close".to_owned()), "{all}");
+}
