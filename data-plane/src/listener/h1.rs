@@ -1,11 +1,11 @@
 //! The HTTP/1.1 server side of the wire (RFC 9112), written for the proxy's one job, as the
-//! client side is ([`crate::upstream::h1`]): read a request head, hand the request to the
+//! client side is (`crate::upstream::h1`): read a request head, hand the request to the
 //! handler in this connection's own task, write the response head and body, and read the next
 //! request. No task, channel or timer is made per request; the request body, when there is one,
 //! is read from the socket by whoever polls it (the upstream writer), and its read side comes
 //! back to the connection when it ends or is dropped. A body nobody read is skipped if it has
 //! all arrived; otherwise the response says `Connection: close`, and after it the write side is
-//! shut and what still arrives is taken in and dropped for a while ([`LINGER`]), so that the
+//! shut and what still arrives is taken in and dropped for a while (`LINGER`), so that the
 //! close does not reset the connection under a client still sending.
 //!
 //! Behaviour follows Go's server, which Traefik runs: a head it cannot parse gets Go's plain-text
