@@ -23,7 +23,7 @@
 use std::{
     cell::RefCell,
     future::{Future, poll_fn},
-    io::{self, IoSlice},
+    io::{self, IoSlice, Write as _},
     mem::MaybeUninit,
     pin::{Pin, pin},
     sync::{Arc, Mutex},
@@ -42,8 +42,8 @@ use tokio::{
 };
 
 use crate::upstream::h1::{
-    Decoded, Decoder, FieldSpans, MAX_HEAD_BYTES, MAX_HEADERS, list_elements, poll_decode,
-    poll_fill_up_to, take,
+    Decoded, Decoder, FieldSpans, MAX_HEAD_BYTES, MAX_HEADERS, chunk_size_line, list_elements,
+    poll_decode, poll_fill_up_to, take,
 };
 
 /// Room a read for a request head asks for. A connection waiting for its next request holds
@@ -782,7 +782,9 @@ where
         DATE.with_borrow_mut(|date| field(wbuf, b"date", date.now()));
     }
     if let Some(n) = added_length {
-        field(wbuf, b"content-length", n.to_string().as_bytes());
+        // Formatted in place, not through a `String`.
+        wbuf.extend_from_slice(b"content-length: ");
+        let _ = write!(wbuf, "{n}\r\n");
     }
     if framing == Framing::Chunked {
         field(wbuf, b"transfer-encoding", b"chunked");
@@ -853,8 +855,7 @@ where
         };
         sent += data.len() as u64;
         if framing == Framing::Chunked {
-            out.buf
-                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            chunk_size_line(&mut out.buf, data.len());
             out.push(data);
             out.buf.extend_from_slice(b"\r\n");
         } else {

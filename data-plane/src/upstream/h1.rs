@@ -9,7 +9,7 @@
 
 use std::{
     future::Future as _,
-    io,
+    io::{self, Write as _},
     mem::MaybeUninit,
     pin::pin,
     task::{Context, Poll, ready},
@@ -168,10 +168,16 @@ fn field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// A chunk of a chunked request body, framed.
 pub fn chunk(data: &[u8]) -> Vec<u8> {
     let mut framed = Vec::with_capacity(data.len() + 20);
-    framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    chunk_size_line(&mut framed, data.len());
     framed.extend_from_slice(data);
     framed.extend_from_slice(b"\r\n");
     framed
+}
+
+/// Appends the size line of a chunk of `len` bytes (hex, CRLF), formatted in place.
+pub(crate) fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{len:x}\r\n");
 }
 
 /// The end of a chunked request body (no trailers).
