@@ -62,7 +62,9 @@ LABEL = {
 if any(r["section"] == "tp" for r in runs):
     p(f"### 1. Throughput and latency\n")
     p(f"wrk -t1 -c{conns} -d{dur}s (h2load -t1 -c16 -m10 -D {dur} for h2c; its p50 column is the mean "
-      f"latency, it reports no percentiles). Median of {rounds} interleaved rounds. Proxy on one core, "
+      f"latency, it reports no percentiles). Median of {rounds} interleaved rounds; in each round "
+      f"`direct` and Traefik go first and nginx, HAProxy and Switchyard take turns right after them "
+      f"(a run after a light one reads faster on this machine). Proxy on one core, "
       f"wrk + origin on the other. × nginx: ratio of medians in this run. CPU µs/req: the proxy's "
       f"utime+stime (all threads, /proc/PID/stat) ÷ requests; kernel: its stime part (the "
       f"socket work every proxy does: on loopback a write also runs the peer's receive path).\n")
@@ -102,7 +104,8 @@ if any(r["section"] == "scale" for r in runs):
       "configuration, all alive for the whole section, only the measured one loaded. `match`: a "
       "request routed to the origin (200); `no match`: a request no router matches (404). "
       "× 10: the median over rounds of req/s ÷ the 10-router proxy's req/s in the same round (each "
-      "round starts one proxy later than the one before).\n")
+      "round starts one proxy later than the one before). Traefik's rounds come after Switchyard's "
+      "(a run right after a light one reads faster on this machine).\n")
     p("| target | routers | match req/s | × 10 | p99 ms | CPU µs/req | no match req/s | × 10 | p99 ms | CPU µs/req | idle RSS MiB | peak RSS MiB |")
     p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     b_m = agg("scale", "sy-host-10", "match")

@@ -411,11 +411,22 @@ EOF
     load tp "$t" small 0 "$WARMUP" wrk "http://$LO:${PORT[$t]}/" bench.test
     load tp "$t" 16k 0 "$WARMUP" wrk "http://$LO:${PORT[$t]}/16k" bench.test
   done
+  # The order within a round matters on this machine: a run that follows a light one (`direct`
+  # leaves the proxy core idle, Traefik's rate leaves the load core nearly idle) comes out up to
+  # ~15 % faster than one that follows a full load (docs/benchmarks.md, "Order within a round").
+  # So `direct` and Traefik go first, and the proxies compared with nginx take turns right
+  # after them: round r starts the rotation r - 1 places on.
+  LIGHT=(); COMPARED=()
+  for t in "${TARGETS[@]:1}"; do
+    if [[ $t == traefik ]]; then LIGHT+=("$t"); else COMPARED+=("$t"); fi
+  done
   for ((r = 1; r <= ROUNDS; r++)); do
-    ! scen small || for t in "${TARGETS[@]}"; do load tp "$t" small "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test; done
-    ! scen 16k || for t in "${TARGETS[@]}"; do load tp "$t" 16k "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/16k" bench.test; done
-    ! scen close || for t in "${TARGETS[@]}"; do load tp "$t" close "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test -H 'Connection: close'; done
-    ! scen h2c || for t in "${TARGETS[@]:1}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" ""; done
+    k=$(((r - 1) % ${#COMPARED[@]}))
+    ORDER=("${LIGHT[@]}" "${COMPARED[@]:$k}" "${COMPARED[@]:0:$k}")
+    ! scen small || for t in direct "${ORDER[@]}"; do load tp "$t" small "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test; done
+    ! scen 16k || for t in direct "${ORDER[@]}"; do load tp "$t" 16k "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/16k" bench.test; done
+    ! scen close || for t in direct "${ORDER[@]}"; do load tp "$t" close "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test -H 'Connection: close'; done
+    ! scen h2c || for t in "${ORDER[@]}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" ""; done
   done
   for t in "${TARGETS[@]:1}"; do printf 'tp\t%s\t%s\t%s\n' "$t" "${IDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
   for t in "${TARGETS[@]:1}" switchyard-ctl; do stop "$t"; done
@@ -481,16 +492,27 @@ if has scale; then
     read -r _ _ mh mp nh np <<<"${SPEC[$t]}"
     load scale "$t" match 0 1 wrk "http://$LO:${SPORT[$t]}$mp" "$mh"
   done
-  for ((r = 1; r <= SCALE_ROUNDS; r++)); do
-    # Each round starts one proxy later, so that no proxy is always measured first (the report
-    # takes each proxy's ratio to the 10-router proxy within a round).
-    local_order=("${SNAMES[@]:$(((r - 1) % ${#SNAMES[@]}))}" "${SNAMES[@]:0:$(((r - 1) % ${#SNAMES[@]}))}")
-    for t in "${local_order[@]}"; do
+  # Switchyard's tables are compared with each other, so they are measured in rounds of their
+  # own: a run right after Traefik's (whose low rate leaves the load core nearly idle) comes out
+  # faster, and with Traefik in the rounds that run was always the 10-router proxy's. Each round
+  # starts one proxy later, so that no proxy is always measured first (the report takes each
+  # proxy's ratio to the 10-router proxy within a round). Traefik's rounds come after.
+  SY_NAMES=(); for t in "${SNAMES[@]}"; do [[ $t == sy-* ]] && SY_NAMES+=("$t"); done
+  scale_round() { # ROUND TARGET…
+    local r=$1 t mh mp nh np; shift
+    for t in "$@"; do
       read -r _ _ mh mp nh np <<<"${SPEC[$t]}"
       load scale "$t" match "$r" "$SCALE_DURATION" wrk "http://$LO:${SPORT[$t]}$mp" "$mh"
       load scale "$t" nomatch "$r" "$SCALE_DURATION" wrk "http://$LO:${SPORT[$t]}$np" "$nh"
     done
+  }
+  for ((r = 1; r <= SCALE_ROUNDS; r++)); do
+    k=$(((r - 1) % ${#SY_NAMES[@]}))
+    scale_round "$r" "${SY_NAMES[@]:$k}" "${SY_NAMES[@]:0:$k}"
   done
+  if [[ $TRAEFIK_SCALE == 1 ]]; then
+    for ((r = 1; r <= SCALE_ROUNDS; r++)); do scale_round "$r" traefik-host-10k; done
+  fi
   for t in "${SNAMES[@]}"; do printf 'scale\t%s\t%s\t%s\n' "$t" "${SIDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
   for t in "${SNAMES[@]}"; do stop "$t"; stop "$t-ctl"; done
 fi
