@@ -195,7 +195,10 @@ impl Reassembler {
         if self.next < self.count {
             return Ok(None);
         }
-        let done = std::mem::take(self);
+        let mut done = std::mem::take(self);
+        // The reservation counted every chunk as full; what the last one left unused would stay
+        // allocated as long as the snapshot is kept (a proxy keeps it as its delta base).
+        done.buf.shrink_to_fit();
         Ok(Some(Reassembled {
             version: done.version,
             bytes: done.buf,

@@ -809,14 +809,37 @@ fn router_from_pb(r: pb::Router) -> Result<Router, SnapshotError> {
     Ok(Router {
         name: r.name,
         provider: r.provider,
-        entry_points: r.entry_points,
+        entry_points: exact(r.entry_points),
         rule,
         priority: r.priority,
-        middlewares: r.middlewares,
+        middlewares: exact(r.middlewares),
         service: r.service,
         rule_text: r.rule_text,
         tls: r.tls.map(|t| RouterTls { options: t.options }),
     })
+}
+
+/// `list` in an allocation of its own length. prost grows a repeated field as it decodes it
+/// (room for 4 strings for a router's one entry point, 72 bytes unused); a decode keeps every
+/// router's lists, so at 50 000 routers that slack was ~5 MB at the peak of an apply. The larger
+/// block goes back to the allocator at once and is what the next router's decode reuses.
+fn exact<T>(list: Vec<T>) -> Vec<T> {
+    if list.capacity() == list.len() {
+        return list;
+    }
+    let mut owned = Vec::with_capacity(list.len());
+    owned.extend(list);
+    owned
+}
+
+/// The decoded rule trees of `items`, in a list of exactly their number (`collect` through a
+/// `Result` starts at room for 4 and doubles).
+fn exprs_from_pb(items: &[pb::Expr], depth: usize) -> Result<Vec<Expr>, String> {
+    let mut exprs = Vec::with_capacity(items.len());
+    for item in items {
+        exprs.push(expr_from_pb(item, depth)?);
+    }
+    Ok(exprs)
 }
 
 /// Decodes a rule tree, rejecting empty nodes, unknown matchers, wrong arity and excessive depth.
@@ -830,18 +853,8 @@ pub fn expr_from_pb(e: &pb::Expr, depth: usize) -> Result<Expr, String> {
         Some(Kind::All(list)) | Some(Kind::Any(list)) if list.items.is_empty() => {
             Err("rule has an empty operator node".into())
         }
-        Some(Kind::All(list)) => Ok(Expr::All(
-            list.items
-                .iter()
-                .map(|i| expr_from_pb(i, depth + 1))
-                .collect::<Result<_, _>>()?,
-        )),
-        Some(Kind::Any(list)) => Ok(Expr::Any(
-            list.items
-                .iter()
-                .map(|i| expr_from_pb(i, depth + 1))
-                .collect::<Result<_, _>>()?,
-        )),
+        Some(Kind::All(list)) => Ok(Expr::All(exprs_from_pb(&list.items, depth + 1)?)),
+        Some(Kind::Any(list)) => Ok(Expr::Any(exprs_from_pb(&list.items, depth + 1)?)),
         Some(Kind::Not(inner)) => Ok(Expr::Not(Box::new(expr_from_pb(inner, depth + 1)?))),
         Some(Kind::Matcher(m)) => matcher_from_pb(m).map(Expr::Matcher),
     }

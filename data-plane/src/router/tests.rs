@@ -1042,6 +1042,31 @@ fn table_is_shareable_across_threads() {
 }
 
 #[test]
+fn routes_with_one_name_and_priority_keep_their_input_order() {
+    // Names in order (the snapshot's case) and out of order take different sorts; in both the
+    // earlier of two same-named, same-priority routes wins, and priority still comes first.
+    for names in [["a", "a", "b", "c"], ["c", "a", "a", "b"]] {
+        let rule = prefix("/");
+        let t = RouteTable::build(names.iter().enumerate().map(|(i, name)| RouteInput {
+            name,
+            rule: &rule,
+            priority: if *name == "b" { 5 } else { 10 },
+            payload: i,
+        }))
+        .unwrap();
+        let first_a = names.iter().position(|n| *n == "a").unwrap();
+        assert_eq!(Req::new().route(&t), Some(&first_a), "{names:?}");
+        let order: Vec<usize> = t.routes.iter().map(|r| r.payload).collect();
+        let pos = |n: &str| names.iter().position(|m| *m == n).unwrap();
+        assert_eq!(
+            order,
+            [first_a, first_a + 1, pos("c"), pos("b")],
+            "{names:?}: a, a (input order), c, then b (lower priority)"
+        );
+    }
+}
+
+#[test]
 fn empty_table_matches_nothing() {
     let t: RouteTable<()> = RouteTable::build([]).unwrap();
     assert!(t.is_empty());
