@@ -268,11 +268,18 @@ impl CacheBlocks {
         take_cache_sized(&mut self.scrub);
     }
 
-    fn free(&mut self, snapshot: Snapshot) {
+    fn free(&mut self, mut snapshot: Snapshot) {
         self.ballast.clear();
+        // The list of routers is one block, mmapped when large (11.6 MB at 50 000 routers), and
+        // freeing a mmapped block raises glibc's trim threshold to twice its size: freed before
+        // the merge, it kept the arena's top (16 MB of free space there) from being given back.
+        // So the routers are freed with the rest, and their list's block after the merge.
+        let mut routers = std::mem::take(&mut snapshot.routers);
+        routers.clear();
         drop(snapshot);
         self.scrub.clear();
         merge_freed_blocks();
+        drop(routers);
         take_cache_sized(&mut self.ballast);
     }
 }
