@@ -197,7 +197,7 @@ impl Reassembler {
         }
         let mut done = std::mem::take(self);
         // The reservation counted every chunk as full; what the last one left unused would stay
-        // allocated as long as the snapshot is kept (a proxy keeps it as its delta base).
+        // allocated as long as the bytes are (a proxy's whole apply: persisting and decoding).
         done.buf.shrink_to_fit();
         Ok(Some(Reassembled {
             version: done.version,
