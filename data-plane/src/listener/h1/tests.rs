@@ -122,10 +122,16 @@ const QUICK: Timeouts = Timeouts {
     head: Duration::from_secs(30),
 };
 
+/// A connection to `addr` that has sent `bytes`.
+async fn connect_sending(addr: SocketAddr, bytes: &[u8]) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream
+}
+
 /// Writes `request` (all of it, at once) and reads until the server closes.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
+    let mut stream = connect_sending(addr, request).await;
     read_to_close(&mut stream).await
 }
 
@@ -230,11 +236,11 @@ async fn a_body_nobody_read_is_skipped_when_it_has_arrived_and_closes_the_connec
     assert_eq!(bodies, ["POST /ignore body=", "GET /after body="], "{all}");
 
     // Most of the body is still to come: the connection is not reused.
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nab")
-        .await
-        .expect("write");
+    let mut stream = connect_sending(
+        addr,
+        b"POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nab",
+    )
+    .await;
     let all = read_to_close(&mut stream).await;
     let got = responses(&all);
     assert_eq!(got.len(), 1, "{all}");
@@ -379,11 +385,7 @@ async fn chunked_with_a_length_is_read_as_chunked_then_the_connection_closes() {
 #[tokio::test]
 async fn expect_100_continue_is_answered_before_the_body_is_read() {
     let (addr, _signal) = start(QUICK).await;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write head");
+    let mut stream = connect_sending(addr, b"PUT /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\n").await;
     let mut interim = [0u8; 25];
     tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut interim))
         .await
@@ -402,20 +404,12 @@ async fn an_idle_connection_closes_after_the_idle_timeout_and_a_slow_head_after_
         head: Duration::from_millis(100),
     })
     .await;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = connect_sending(addr, b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n").await;
     // Answered, then closed once idle.
     let all = read_to_close(&mut stream).await;
     assert_eq!(responses(&all).len(), 1, "{all}");
 
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /half HTTP/1.1\r\n")
-        .await
-        .expect("write");
+    let mut stream = connect_sending(addr, b"GET /half HTTP/1.1\r\n").await;
     let all = read_to_close(&mut stream).await;
     assert_eq!(all, "", "a head that never ends gets no answer");
 }
@@ -423,16 +417,10 @@ async fn an_idle_connection_closes_after_the_idle_timeout_and_a_slow_head_after_
 #[tokio::test]
 async fn a_drain_closes_idle_connections_and_lets_a_request_under_way_finish() {
     let (addr, signal) = start(QUICK).await;
-    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    idle.write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .expect("write");
+    let mut idle = connect_sending(addr, b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n").await;
     let mut first = [0u8; 12];
     idle.read_exact(&mut first).await.expect("first response");
-    let mut busy = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .expect("write");
+    let mut busy = connect_sending(addr, b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let drained = tokio::spawn(signal.drain());
     let rest = read_to_close(&mut idle).await;
@@ -538,11 +526,11 @@ async fn queued_pieces_go_out_in_order_through_short_writes() {
 #[tokio::test]
 async fn an_unread_body_still_arriving_is_taken_in_not_reset() {
     let (addr, _signal) = start(QUICK).await;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n")
-        .await
-        .expect("write head");
+    let mut stream = connect_sending(
+        addr,
+        b"POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .await;
     // More of the body arrives while the server answers without reading it, and after: the
     // server takes it in (and drops it) for a while instead of closing on it, which would reset
     // the connection, and on a real network could take the answer with it.
