@@ -74,7 +74,32 @@ impl UpstreamError {
     }
 }
 
-type Map = HashMap<Authority, Vec<Idle>, foldhash::fast::RandomState>;
+type Map = HashMap<PoolKey, Vec<Idle>, foldhash::fast::RandomState>;
+
+/// A server's authority as the pool's key, hashed and compared as text. `Authority` hashes
+/// byte by byte (it compares without case), which cost more than the rest of a checkout; an
+/// authority written in two cases only makes two pools.
+struct PoolKey(Authority);
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state);
+    }
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl std::borrow::Borrow<str> for PoolKey {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
 
 /// The HTTP/1.1 connection pool, shared by every listener of a proxy (clones share it).
 #[derive(Clone, Default)]
@@ -207,7 +232,7 @@ impl Http1Pool {
     /// map (the sweep removes it), so that a busy server's list is not dropped and made again
     /// on every request.
     fn pop(&self, authority: &Authority) -> Option<Idle> {
-        self.idle.lock().ok()?.get_mut(authority)?.pop()
+        self.idle.lock().ok()?.get_mut(authority.as_str())?.pop()
     }
 
     /// Pools `conn` unless its server already has [`MAX_IDLE_PER_HOST`] idle connections. Dead
@@ -217,7 +242,7 @@ impl Http1Pool {
             let Ok(mut map) = self.idle.lock() else {
                 return;
             };
-            let list = map.entry(authority).or_default();
+            let list = map.entry(PoolKey(authority)).or_default();
             if list.len() < MAX_IDLE_PER_HOST {
                 list.push(Idle {
                     conn,
@@ -265,7 +290,7 @@ impl Http1Pool {
     pub fn idle_count(&self, authority: &Authority) -> usize {
         self.idle
             .lock()
-            .map(|map| map.get(authority).map_or(0, Vec::len))
+            .map(|map| map.get(authority.as_str()).map_or(0, Vec::len))
             .unwrap_or(0)
     }
 }

@@ -573,7 +573,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Rejection> {
     };
     let target = request.path.unwrap_or_default();
     let target = (at(target.as_bytes()), target.len());
-    let spans = FieldSpans::of(base, request.headers);
+    let mut spans = FieldSpans::EMPTY;
+    spans.record(base, request.headers);
     let head = take(buf, len);
     let uri =
         request_uri(head.slice(target.0..target.0 + target.1)).ok_or(Rejection::BadRequest)?;

@@ -48,6 +48,15 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+static HOP_BY_HOP_SIEVE: LazyLock<Sieve> = LazyLock::new(|| Sieve::of(&HOP_BY_HOP));
+/// What [`set_forwarded_headers`] may remove.
+static FORWARDED_SIEVE: LazyLock<Sieve> = LazyLock::new(|| {
+    Sieve::of(UNTRUSTED_FORWARDED.iter().chain([
+        &X_FORWARDED_HOST,
+        &X_FORWARDED_SERVER,
+        &X_FORWARDED_FOR,
+    ]))
+});
 /// Bits of [`present`]'s answer for `HOP_BY_HOP`'s `Connection` (0) and `TE` (5).
 const CONNECTION_FOUND: u32 = 1 << 0;
 const TE_FOUND: u32 = 1 << 5;
@@ -89,7 +98,8 @@ pub(super) fn set_forwarded_headers(
     dropped[5] = host_value.is_none().then_some(&X_FORWARDED_HOST);
     dropped[6] = HOSTNAME.is_none().then_some(&X_FORWARDED_SERVER);
     dropped[7] = peer.forwarded_for.is_none().then_some(&X_FORWARDED_FOR);
-    remove_present(headers, &dropped);
+    let found = present(headers, &dropped, &FORWARDED_SIEVE);
+    remove_marked(headers, &dropped, found);
     // Room for the (up to) six set below at once: a map parsed from a request with few headers
     // would otherwise grow, and rehash, two or three times.
     headers.reserve(6);
@@ -114,16 +124,11 @@ pub(super) fn set_forwarded_headers(
     }
 }
 
-/// Removes the named headers `headers` holds.
-fn remove_present(headers: &mut HeaderMap, names: &[Option<&HeaderName>]) {
-    let present = present(headers, names);
-    remove_marked(headers, names, present);
-}
-
 /// Which of `names` (at most 32) `headers` holds, as bits by position. A request or response
-/// carries a handful of headers and rarely any of these: one pass comparing names finds them
-/// without hashing a name per lookup.
-fn present(headers: &HeaderMap, names: &[Option<&HeaderName>]) -> u32 {
+/// carries a handful of headers and rarely any of these: one pass over its names finds them
+/// without hashing a name per lookup, and `sieve` (made from at least `names`) passes over most
+/// names with one test.
+fn present(headers: &HeaderMap, names: &[Option<&HeaderName>], sieve: &Sieve) -> u32 {
     debug_assert!(names.len() <= 32);
     let mut present = 0u32;
     if headers.keys_len() * names.len() > 512 {
@@ -135,11 +140,56 @@ fn present(headers: &HeaderMap, names: &[Option<&HeaderName>]) -> u32 {
         return present;
     }
     for key in headers.keys() {
-        if let Some(i) = names.iter().position(|n| *n == Some(key)) {
+        let key = key.as_str();
+        if !sieve.may_hold(key) {
+            continue;
+        }
+        if let Some(i) = names
+            .iter()
+            .position(|n| n.is_some_and(|n| n.as_str() == key))
+        {
             present |= 1 << i;
         }
     }
     present
+}
+
+/// The lengths and first bytes of a set of header names, as bits: a name with a length or a
+/// first byte none of them has is not among them. (Our own `X-Forwarded-*`, set before the
+/// request's hop-by-hop headers are looked for, share lengths with those but not a first byte.)
+struct Sieve {
+    lengths: u64,
+    firsts: u128,
+}
+
+impl Sieve {
+    fn of<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> Self {
+        names.into_iter().fold(
+            Self {
+                lengths: 0,
+                firsts: 0,
+            },
+            |sieve, name| {
+                let (length, first) = Self::bits(name.as_str());
+                Self {
+                    lengths: sieve.lengths | length,
+                    firsts: sieve.firsts | first,
+                }
+            },
+        )
+    }
+
+    fn may_hold(&self, name: &str) -> bool {
+        let (length, first) = Self::bits(name);
+        self.lengths & length != 0 && self.firsts & first != 0
+    }
+
+    /// A bit for the length (63 for every length from 63 on) and one for the first byte (127 for
+    /// every byte from 127 on; names are not empty, the empty string gets bit 0).
+    fn bits(name: &str) -> (u64, u128) {
+        let first = name.as_bytes().first().copied().unwrap_or(0);
+        (1 << name.len().min(63), 1 << first.min(127))
+    }
 }
 
 fn remove_marked(headers: &mut HeaderMap, names: &[Option<&HeaderName>], mut marked: u32) {
@@ -153,10 +203,21 @@ fn remove_marked(headers: &mut HeaderMap, names: &[Option<&HeaderName>], mut mar
 
 /// Removes the headers named in `Connection`, which are hop-by-hop too (Go removes them all,
 /// even one literally named `Close`). Most name only `close` or `keep-alive` and no such header
-/// is present: nothing is allocated for those.
+/// is present: nothing is allocated for those, and in a map of a few names a token is compared
+/// with them as text rather than hashed.
 pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
+    let few = headers.keys_len() <= 16;
+    let holds = |token: &str| {
+        if few {
+            headers
+                .keys()
+                .any(|k| k.as_str().eq_ignore_ascii_case(token))
+        } else {
+            headers.contains_key(token)
+        }
+    };
     let named: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
-        .filter(|t| headers.contains_key(*t))
+        .filter(|t| holds(t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for n in named {
@@ -166,7 +227,7 @@ pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
 
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let names = HOP_BY_HOP.each_ref().map(Some);
-    let found = present(headers, &names);
+    let found = present(headers, &names, &HOP_BY_HOP_SIEVE);
     if found == 0 {
         return;
     }
@@ -270,6 +331,62 @@ mod tests {
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    /// The scan (with its sieve) finds exactly what a lookup per name finds, among names that
+    /// share a length or a first byte with the ones looked for.
+    #[test]
+    fn present_finds_what_lookups_find() {
+        let pool = [
+            "connection",
+            "keep-alive",
+            "user-agent",
+            "upgrade",
+            "trailer",
+            "tracers",
+            "te",
+            "tk",
+            "x-forwarded-for",
+            "x-forwarded-uri",
+            "x-forwarded-proto",
+            "proxy-authorization",
+            "proxy-authorisation",
+        ];
+        let hop_by_hop = HOP_BY_HOP.each_ref().map(Some);
+        let mut forwarded: Vec<Option<&HeaderName>> =
+            UNTRUSTED_FORWARDED.iter().map(Some).collect();
+        forwarded.extend([Some(&X_FORWARDED_FOR), None, Some(&X_FORWARDED_HOST)]);
+        for subset in 0u32..1 << pool.len() {
+            let mut h = HeaderMap::new();
+            for (i, name) in pool.iter().enumerate() {
+                if subset & 1 << i != 0 {
+                    h.insert(*name, HeaderValue::from_static("1"));
+                }
+            }
+            for (names, sieve) in [
+                (&hop_by_hop[..], &*HOP_BY_HOP_SIEVE),
+                (&forwarded[..], &*FORWARDED_SIEVE),
+            ] {
+                let looked_up = names.iter().enumerate().fold(0, |bits, (i, n)| {
+                    bits | u32::from(n.is_some_and(|n| h.contains_key(n))) << i
+                });
+                assert_eq!(present(&h, names, sieve), looked_up, "{subset:#b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_token_names_a_header_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Keep-Alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_connection_named(&mut h);
+        assert!(!h.contains_key("x-secret"));
         assert!(h.contains_key("x-keep"));
     }
 

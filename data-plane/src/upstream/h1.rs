@@ -286,7 +286,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadE
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let spans = FieldSpans::of(base, response.headers);
+    let mut spans = FieldSpans::EMPTY;
+    spans.record(base, response.headers);
     let head = take(buf, len);
     let mut headers = spans.header_map(&head, 0).map_err(|bad| {
         ReadError::Malformed(match bad {
@@ -328,10 +329,17 @@ pub(crate) enum BadField {
 }
 
 impl FieldSpans {
-    /// The spans of `fields`, parsed from a buffer starting at address `base`.
-    pub(crate) fn of(base: usize, fields: &[httparse::Header<'_>]) -> Self {
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        for (span, h) in spans.iter_mut().zip(fields) {
+    /// No spans yet.
+    pub(crate) const EMPTY: Self = Self {
+        spans: [(0, 0, 0, 0); MAX_HEADERS],
+        count: 0,
+    };
+
+    /// Records the spans of `fields`, parsed from a buffer starting at address `base`. Filled in
+    /// place: a 1.6 KB value returned from a constructor was copied out on every head.
+    pub(crate) fn record(&mut self, base: usize, fields: &[httparse::Header<'_>]) {
+        self.count = fields.len().min(MAX_HEADERS);
+        for (span, h) in self.spans.iter_mut().zip(fields) {
             let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
             let name = at(h.name.as_bytes());
             let value = at(h.value);
@@ -341,10 +349,6 @@ impl FieldSpans {
                 value,
                 value + h.value.len() as u32,
             );
-        }
-        Self {
-            spans,
-            count: fields.len().min(MAX_HEADERS),
         }
     }
 
