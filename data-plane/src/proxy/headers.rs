@@ -3,7 +3,10 @@
 //! proxy's own, hop-by-hop headers (RFC 9110 §7.6.1) dropped in both directions. Pure functions
 //! over a `HeaderMap`; nothing here routes or forwards.
 
-use std::{net::SocketAddr, sync::LazyLock};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::LazyLock,
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -71,11 +74,34 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Self {
-        let ip = addr.ip().to_canonical().to_string();
         Self {
             addr,
-            forwarded_for: HeaderValue::from_maybe_shared(Bytes::from(ip)).ok(),
+            forwarded_for: HeaderValue::from_maybe_shared(Bytes::from(ip_text(addr.ip()))).ok(),
         }
+    }
+}
+
+/// `ip` as `Display` writes it (an IPv4-mapped IPv6 address as IPv4); IPv4 without the
+/// formatting machinery, which cost ~1 300 instructions per connection (callgrind).
+fn ip_text(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                if octet >= 100 {
+                    text.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    text.push(char::from(b'0' + octet / 10 % 10));
+                }
+                text.push(char::from(b'0' + octet % 10));
+            }
+            text
+        }
+        v6 => v6.to_string(),
     }
 }
 
@@ -388,6 +414,24 @@ mod tests {
         remove_connection_named(&mut h);
         assert!(!h.contains_key("x-secret"));
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "192.168.100.254",
+            "255.255.255.255",
+            "::1",
+            "::ffff:10.20.30.40",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_canonical().to_string(), "{ip}");
+        }
     }
 
     #[test]

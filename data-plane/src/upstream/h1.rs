@@ -440,7 +440,7 @@ pub fn list_elements<'a>(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .map(str::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
