@@ -203,8 +203,9 @@ if ir:
     p("Each proxy alone under valgrind's callgrind on the proxy core, counters zeroed after 2 000 "
       f"requests and read after the next {int(ir[0]['requests']):,} (`h2load --h1 -c{conns}`, the "
       "origin's small response): the instructions the proxy executes in user space per request, "
-      "libc included, the kernel not. Deterministic (two runs of one build differ by ~0.2 %), so a "
-      "change to the request path shows here when CPU time cannot resolve it.\n")
+      "libc included, the kernel not. Nearly deterministic (one build reads within ~1 % from run to "
+      "run: how many requests one wakeup serves still varies), so a change to the request path "
+      "shows here when CPU time, which moves 10–20 %, cannot resolve it.\n")
     per = {(r["target"], r["mode"]): int(r["instructions"]) / int(r["requests"]) for r in ir}
     p("| proxy | keep-alive | × nginx | `Connection: close` | × nginx |")
     p("|---|---:|---:|---:|---:|")
