@@ -51,6 +51,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+/// What [`strip_hop_by_hop`] looks for.
 static HOP_BY_HOP_SIEVE: LazyLock<Sieve> = LazyLock::new(|| Sieve::of(&HOP_BY_HOP));
 /// What [`set_forwarded_headers`] may remove.
 static FORWARDED_SIEVE: LazyLock<Sieve> = LazyLock::new(|| {
