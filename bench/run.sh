@@ -264,6 +264,18 @@ http {
     keepalive_timeout 75s;
 EOF
 }
+# nginx as the reference proxy: 1 worker, upstream keep-alive to the origin.
+nginx_proxy() { # DIR LISTEN_DIRECTIVE…
+  local dir=$1 listen
+  shift
+  nginx_head "$dir"
+  echo "    upstream origin { server $LO:$ORIGIN_PORT; keepalive 64; keepalive_requests 1000000; keepalive_timeout 60s; }"
+  echo "    server {"
+  for listen in "$@"; do echo "        $listen"; done
+  echo '        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+  echo "    }"
+  echo "}"
+}
 mkdir -p "$W/origin"
 head -c $((BODY_16K * 3 / 4)) /dev/urandom | base64 -w 0 >"$W/origin/16k.txt"
 chmod 644 "$W/origin/16k.txt"
@@ -354,16 +366,8 @@ EOF
 if has throughput; then
   log "== throughput"
   mkdir -p "$W/nginx" "$W/haproxy"
-  { nginx_head "$W/nginx"; cat <<EOF
-    upstream origin { server $LO:$ORIGIN_PORT; keepalive 64; keepalive_requests 1000000; keepalive_timeout 60s; }
-    server {
-        listen $LO:19101 backlog=4096;
-        listen $LO:19111 http2 backlog=4096;
-        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-}
-EOF
-  } >"$W/nginx/nginx.conf"
+  nginx_proxy "$W/nginx" "listen $LO:19101 backlog=4096;" "listen $LO:19111 http2 backlog=4096;" \
+    >"$W/nginx/nginx.conf"
   cat >"$W/haproxy/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -690,15 +694,7 @@ if has instructions; then
   log "== instructions per request (callgrind)"
   mkdir -p "$W/ir"
   catch_all "$W/ir-dynamic"
-  { nginx_head "$W/ir"; cat <<EOF2
-    upstream origin { server $LO:$ORIGIN_PORT; keepalive 64; keepalive_requests 1000000; keepalive_timeout 60s; }
-    server {
-        listen $LO:19121 backlog=4096;
-        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-}
-EOF2
-  } >"$W/ir/nginx.conf"
+  nginx_proxy "$W/ir" "listen $LO:19121 backlog=4096;" >"$W/ir/nginx.conf"
   callgrind=(valgrind --tool=callgrind)
   start ir-nginx "$PROXY_CPU" "${callgrind[@]}" --callgrind-out-file="$W/ir/ir-nginx.%p.out" \
     "$NGINX" -e "$W/ir/error.log" -c "$W/ir/nginx.conf" -g 'daemon off; master_process off;'

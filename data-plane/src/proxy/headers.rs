@@ -191,19 +191,16 @@ struct Sieve {
 
 impl Sieve {
     fn of<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> Self {
-        names.into_iter().fold(
-            Self {
-                lengths: 0,
-                firsts: 0,
-            },
-            |sieve, name| {
-                let (length, first) = Self::bits(name.as_str());
-                Self {
-                    lengths: sieve.lengths | length,
-                    firsts: sieve.firsts | first,
-                }
-            },
-        )
+        let mut sieve = Self {
+            lengths: 0,
+            firsts: 0,
+        };
+        for name in names {
+            let (length, first) = Self::bits(name.as_str());
+            sieve.lengths |= length;
+            sieve.firsts |= first;
+        }
+        sieve
     }
 
     fn may_hold(&self, name: &str) -> bool {
