@@ -7,7 +7,9 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
 };
 
 use bytes::BytesMut;
@@ -20,6 +22,7 @@ use tokio::{io::AsyncWriteExt, net::TcpListener, sync::watch};
 use crate::{
     proxy::{Body, Handler, Peer},
     tls::TlsState,
+    upstream::FieldsAs,
 };
 
 pub mod h1;
@@ -180,7 +183,6 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         // One `Arc` per connection, not a copy of the handler (its upstream clients are large).
         let handler = Arc::clone(&handler);
         let drain = drain.clone();
@@ -237,18 +239,21 @@ async fn serve_plain(
     peer: SocketAddr,
     mut drain: drain::Watch,
 ) {
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, writer) = stream.into_split();
     let mut buf = BytesMut::new();
     match sniff_start(&mut reader, &mut buf, peer, &mut drain).await {
         Some(sniff::Protocol::Http1) => {
             let reader = h1::ReadSide::Tcp(reader);
+            let mut writer = NodelayOnceWritten::new(writer);
             serve_h1(reader, &mut writer, buf, handler, peer, false, &drain).await;
-            writer.forget();
+            writer.half.forget();
         }
         Some(sniff::Protocol::H2c) => {
             let Ok(stream) = reader.reunite(writer) else {
                 return;
             };
+            // HTTP/2 writes frames of many streams as they come.
+            let _ = stream.set_nodelay(true);
             let io = sniff::Replay::new(buf.freeze(), TokioIo::new(stream), sniff::Ending::Close);
             serve_h2(io, handler, peer, false, drain).await;
         }
@@ -264,6 +269,8 @@ async fn serve_tls(
     peer: SocketAddr,
     mut drain: drain::Watch,
 ) {
+    // The handshake alone writes more than once.
+    let _ = stream.set_nodelay(true);
     let stream = match handshake(stream, &tls, &handler.entry_point).await {
         Ok(stream) => stream,
         Err(e) => {
@@ -287,6 +294,79 @@ async fn serve_tls(
             serve_h2(io, handler, peer, true, drain).await;
         }
         None => {}
+    }
+}
+
+/// The write side of a plain HTTP/1.1 connection, which turns Nagle's algorithm off before any
+/// write that follows a successful one: Nagle only holds data back while earlier data is
+/// unacknowledged, so the first write goes out at once either way, and a connection answered
+/// once and closed makes no `setsockopt` (nginx sets `TCP_NODELAY` on kept-alive connections
+/// only, and where it streams).
+struct NodelayOnceWritten {
+    half: tokio::net::tcp::OwnedWriteHalf,
+    /// Something was written.
+    wrote: bool,
+    /// `TCP_NODELAY` was asked for.
+    set: bool,
+}
+
+impl NodelayOnceWritten {
+    fn new(half: tokio::net::tcp::OwnedWriteHalf) -> Self {
+        Self {
+            half,
+            wrote: false,
+            set: false,
+        }
+    }
+
+    /// Before each write: off with Nagle once something went out.
+    fn before_write(&mut self) {
+        if self.wrote && !self.set {
+            self.set = true;
+            let _ = self.half.as_ref().set_nodelay(true);
+        }
+    }
+
+    fn after_write(&mut self, polled: &Poll<std::io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.wrote = true;
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for NodelayOnceWritten {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.before_write();
+        let polled = Pin::new(&mut self.half).poll_write(cx, buf);
+        self.after_write(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.before_write();
+        let polled = Pin::new(&mut self.half).poll_write_vectored(cx, bufs);
+        self.after_write(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.half.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.half).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.half).poll_shutdown(cx)
     }
 }
 
@@ -340,7 +420,8 @@ impl h1::Service for Served {
     type Body = Body;
 
     fn call(&self, req: Request<RequestBody>) -> impl Future<Output = Response<Body>> + Send {
-        self.handler.serve(req, &self.peer, self.tls)
+        self.handler
+            .serve(req, &self.peer, self.tls, FieldsAs::Received)
     }
 }
 
@@ -402,7 +483,7 @@ async fn serve_h2<I>(
         async move {
             let (handler, peer) = &*connection;
             let req = req.map(RequestBody::from);
-            Ok::<_, Infallible>(handler.serve(req, peer, tls).await)
+            Ok::<_, Infallible>(handler.serve(req, peer, tls, FieldsAs::Map).await)
         }
     });
     let mut conn =
@@ -422,6 +503,33 @@ async fn serve_h2<I>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Nagle only holds data back while earlier data is unacknowledged: the first write needs
+    /// no `TCP_NODELAY`, every later one does (plain and vectored alike).
+    #[tokio::test]
+    async fn nagle_goes_off_before_the_second_write() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (_reader, half) = stream.into_split();
+        let mut writer = NodelayOnceWritten::new(half);
+        let nodelay = |w: &NodelayOnceWritten| w.half.as_ref().nodelay().expect("TCP_NODELAY");
+        assert!(!nodelay(&writer), "an accepted socket starts with Nagle on");
+        writer.write_all(b"").await.expect("empty write");
+        writer.write_all(b"first ").await.expect("first write");
+        assert!(
+            !nodelay(&writer),
+            "set before the first write that went out"
+        );
+        let second = [std::io::IoSlice::new(b"sec"), std::io::IoSlice::new(b"ond")];
+        let n = writer.write_vectored(&second).await.expect("second write");
+        assert!(nodelay(&writer), "not set before the second write");
+        let mut got = vec![0u8; 6 + n];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got[..6], b"first ");
+    }
 
     #[tokio::test]
     async fn the_connection_task_is_small() {

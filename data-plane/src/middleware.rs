@@ -137,6 +137,11 @@ impl Middleware {
         }
     }
 
+    /// Whether [`Self::on_response`] changes anything.
+    pub fn changes_responses(&self) -> bool {
+        matches!(self, Middleware::Headers { response, .. } if !response.is_empty())
+    }
+
     /// Response phase.
     pub fn on_response(&self, parts: &mut response::Parts) {
         if let Middleware::Headers { response, .. } = self {

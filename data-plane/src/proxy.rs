@@ -19,11 +19,11 @@ use hyper_util::{
 };
 
 use crate::{
-    listener::RequestBody,
+    listener::{RequestBody, h1::ResponseBody},
     middleware::{Action, Middleware, split_host_port},
     router::{RequestView, forwarded_path, routing_path},
     state::{Redirect, Route, Table},
-    upstream::{CONNECT_TIMEOUT, Http1Pool, UpstreamBody},
+    upstream::{CONNECT_TIMEOUT, FieldsAs, Http1Pool, UpstreamBody, h1::RawFields},
 };
 
 pub(crate) mod headers;
@@ -33,6 +33,15 @@ use headers::{set_forwarded_headers, strip_hop_by_hop};
 
 /// The body of every response the proxy sends.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
+
+impl ResponseBody for Body {
+    fn take_fields(&mut self) -> Option<Box<RawFields>> {
+        match self {
+            Either::Left(body) => body.take_fields(),
+            Either::Right(_) => None,
+        }
+    }
+}
 
 /// What went wrong, mapped to a status by [`error_response`].
 #[derive(Debug)]
@@ -154,8 +163,16 @@ pub struct Handler {
 impl Handler {
     /// Serves one request; never fails (errors become responses). `tls`: the connection was
     /// TLS-terminated here (TLS routers apply, `X-Forwarded-Proto: https`).
-    pub async fn serve(&self, req: Request<RequestBody>, peer: &Peer, tls: bool) -> Response<Body> {
-        match self.forward(req, peer, tls).await {
+    /// Answers `req` from `peer`. `fields`: how the HTTP/1.1 origin's response fields may be
+    /// handed over ([`FieldsAs::Received`] for an HTTP/1.1 client, whose server writes them).
+    pub async fn serve(
+        &self,
+        req: Request<RequestBody>,
+        peer: &Peer,
+        tls: bool,
+        fields: FieldsAs,
+    ) -> Response<Body> {
+        match self.forward(req, peer, tls, fields).await {
             Ok(resp) => resp,
             Err(e) => error_response(&e),
         }
@@ -166,6 +183,7 @@ impl Handler {
         req: Request<RequestBody>,
         peer: &Peer,
         tls: bool,
+        fields: FieldsAs,
     ) -> Result<Response<Body>, ProxyError> {
         let table = self.table.load();
         // ACME HTTP-01 before routing and before entry-point redirection.
@@ -225,6 +243,12 @@ impl Handler {
                 }
             }
         }
+        // The origin's fields go on as received unless a middleware changes them.
+        let fields = if route.middlewares.iter().any(|m| m.changes_responses()) {
+            FieldsAs::Map
+        } else {
+            fields
+        };
         // Prepared here and awaited in this function: the request future, which hyper moves
         // once per request, is then no larger than one of the two clients' futures.
         let sent = match self.upstream_request(&route, host_value, parts, body) {
@@ -235,7 +259,7 @@ impl Handler {
             }) => self
                 .upstreams
                 .http1
-                .send(authority, req)
+                .send_as(authority, req, fields)
                 .await
                 .map_err(|e| upstream_error(url, e.is_connect(), &e)),
             Ok(UpstreamRequest::H2c { url, req }) => self

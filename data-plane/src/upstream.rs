@@ -170,6 +170,21 @@ impl Http1Pool {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
+        self.send_as(authority, req, FieldsAs::Map).await
+    }
+
+    /// [`Self::send`], with the response's fields handed over as `fields` asks.
+    pub async fn send_as<B>(
+        &self,
+        authority: &Authority,
+        req: Request<B>,
+        fields: FieldsAs,
+    ) -> Result<Response<UpstreamBody>, UpstreamError>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
+        let raw = fields == FieldsAs::Received;
         let (parts, body) = req.into_parts();
         let (head, framing) = h1::encode_head(&parts, body.is_end_stream(), authority.as_str())
             .ok_or(UpstreamError::InvalidRequest("invalid Content-Length"))?;
@@ -181,7 +196,7 @@ impl Http1Pool {
                 // Boxed: rare, and the request future is moved once per request.
                 None => (Box::pin(connect(authority)).await?, None),
             };
-            match exchange(conn, &head, framing, &mut body, &parts.method).await {
+            match exchange(conn, &head, framing, &mut body, &parts.method, raw).await {
                 Ok(Exchanged {
                     head,
                     reader,
@@ -192,7 +207,8 @@ impl Http1Pool {
                         authority: authority.clone(),
                     });
                     let decoder = Decoder::from(head.framing);
-                    let body = UpstreamBody::h1(reader, decoder, give_back, upload);
+                    let mut body = UpstreamBody::h1(reader, decoder, give_back, upload);
+                    body.fields = head.fields;
                     return Ok(Response::from_parts(head.parts, body));
                 }
                 Err(failed) => {
@@ -324,6 +340,7 @@ async fn exchange<B>(
     framing: RequestFraming,
     body: &mut Option<B>,
     method: &Method,
+    raw: bool,
 ) -> Result<Exchanged, Failed>
 where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
@@ -346,12 +363,12 @@ where
     {
         // Boxed: the request future of every proxied request is moved at least once, and
         // most requests have no body.
-        match Box::pin(upload(conn, body, framing, method)).await? {
+        match Box::pin(upload(conn, body, framing, method, raw)).await? {
             Uploaded::Answered(exchanged) => return Ok(exchanged),
             Uploaded::Sent(whole) => conn = whole,
         }
     }
-    match h1::read_head(&mut conn.stream, &mut conn.buf, method).await {
+    match h1::read_head(&mut conn.stream, &mut conn.buf, method, raw).await {
         Ok(head) => Ok(Exchanged {
             head,
             reader: Reader::Whole(conn),
@@ -378,6 +395,7 @@ async fn upload<B>(
     body: B,
     framing: RequestFraming,
     method: &Method,
+    raw: bool,
 ) -> Result<Uploaded, Failed>
 where
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
@@ -393,7 +411,7 @@ where
     let mut upload: Upload = Box::pin(send_body(writer, body, framing));
     tokio::select! {
         biased;
-        early = h1::read_head(&mut reader, &mut buf, method) => {
+        early = h1::read_head(&mut reader, &mut buf, method, raw) => {
             let head = early.map_err(|e| failed(e.into()))?;
             let reader = Reader::Half(reader, buf);
             Ok(Uploaded::Answered(Exchanged { head, reader, upload: Some(upload) }))
@@ -407,7 +425,7 @@ where
             }
             // The origin may have answered, then closed: an answer is read below.
             Err(UpstreamError::Write(e)) => {
-                let mut head = h1::read_head(&mut reader, &mut buf, method)
+                let mut head = h1::read_head(&mut reader, &mut buf, method, raw)
                     .await
                     .map_err(|_| failed(UpstreamError::Write(e)))?;
                 head.keep_alive = false;
@@ -539,6 +557,19 @@ struct GiveBack {
 /// still be on the wire).
 pub struct UpstreamBody {
     inner: Inner,
+    /// The response's fields as received, when they were asked for that way
+    /// ([`FieldsAs::Received`]); the response's header map is then empty.
+    fields: Option<Box<h1::RawFields>>,
+}
+
+/// How [`Http1Pool::send_as`] hands a response's header fields over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldsAs {
+    /// In the response's header map.
+    Map,
+    /// As received, on the body ([`UpstreamBody::take_fields`]), where the head allows it
+    /// (else in the map): for a response that goes on to an HTTP/1.1 client untouched.
+    Received,
 }
 
 enum Inner {
@@ -619,7 +650,13 @@ impl UpstreamBody {
         }
         Self {
             inner: Inner::H1(body),
+            fields: None,
         }
+    }
+
+    /// The response's fields as received, if they were kept that way.
+    pub fn take_fields(&mut self) -> Option<Box<h1::RawFields>> {
+        self.fields.take()
     }
 }
 
@@ -628,6 +665,7 @@ impl From<Incoming> for UpstreamBody {
     fn from(body: Incoming) -> Self {
         Self {
             inner: Inner::H2(body),
+            fields: None,
         }
     }
 }

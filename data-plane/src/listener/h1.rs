@@ -32,7 +32,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use switchyard_shared::drain;
 use tokio::{
@@ -42,8 +42,8 @@ use tokio::{
 };
 
 use crate::upstream::h1::{
-    Decoded, Decoder, FieldSpans, MAX_HEAD_BYTES, MAX_HEADERS, chunk_size_line, list_elements,
-    poll_decode, poll_fill_up_to, take,
+    Decoded, Decoder, FieldSpans, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, chunk_size_line,
+    list_elements, poll_decode, poll_fill_up_to, take, visible_ascii,
 };
 
 /// Room a read for a request head asks for. A connection waiting for its next request holds
@@ -79,9 +79,18 @@ impl Timeouts {
 
 /// What answers a connection's requests.
 pub trait Service {
-    type Body: HttpBody<Data = Bytes, Error: std::fmt::Display> + Unpin;
+    type Body: ResponseBody;
 
     fn call(&self, req: Request<RequestBody>) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+/// A response body, which may carry its response's fields as the origin sent them: they are
+/// written before the response's header map (then empty, unless something was added).
+pub trait ResponseBody: HttpBody<Data = Bytes, Error: std::fmt::Display> + Unpin {
+    /// Those fields, taken off the body.
+    fn take_fields(&mut self) -> Option<Box<RawFields>> {
+        None
+    }
 }
 
 /// The read side of a client connection, lent to a request body while the request has one.
@@ -727,18 +736,23 @@ async fn write_response<W: AsyncWrite + Unpin, B>(
     request: Asked,
 ) -> io::Result<bool>
 where
-    B: HttpBody<Data = Bytes, Error: std::fmt::Display> + Unpin,
+    B: ResponseBody,
 {
     let (parts, mut body) = response.into_parts();
+    let fields = body.take_fields();
     let status = parts.status;
     let headers = &parts.headers;
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = match &fields {
+        Some(fields) => fields.forwarded_value(&header::CONTENT_LENGTH),
+        None => headers
+            .get(header::CONTENT_LENGTH)
+            .map(HeaderValue::as_bytes),
+    }
+    .and_then(visible_ascii)
+    .and_then(|v| v.trim().parse::<u64>().ok());
     let exact = body.size_hint().exact();
     let mut keep_alive = request.keep_alive
         && !list_elements(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("close"));
@@ -772,6 +786,9 @@ where
     wbuf.push(b' ');
     wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     wbuf.extend_from_slice(b"\r\n");
+    for (name, value) in fields.iter().flat_map(|f| f.forwarded()) {
+        field(wbuf, name, value);
+    }
     for (name, value) in headers {
         // The framing is this connection's (a `Transfer-Encoding` a middleware set would
         // contradict it).
@@ -779,7 +796,10 @@ where
             field(wbuf, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    if !headers.contains_key(header::DATE) {
+    let dated = fields
+        .as_ref()
+        .is_some_and(|f| f.forwarded_value(&header::DATE).is_some());
+    if !dated && !headers.contains_key(header::DATE) {
         DATE.with_borrow_mut(|date| field(wbuf, b"date", date.now()));
     }
     if let Some(n) = added_length {
@@ -801,6 +821,7 @@ where
     // The head's bytes are the upstream connection's read buffer: let it go before that
     // connection can be reused, so that its next read reuses the buffer.
     drop(parts);
+    drop(fields);
     if framing == Framing::Nothing {
         drop(body);
         out.flush(writer).await?;

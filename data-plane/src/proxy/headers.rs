@@ -11,7 +11,10 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::{middleware::split_host_port, upstream::h1::list_elements};
+use crate::{
+    middleware::split_host_port,
+    upstream::h1::{HOP_BY_HOP, list_elements},
+};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -38,19 +41,6 @@ static HOSTNAME: LazyLock<Option<HeaderValue>> = LazyLock::new(|| {
         .filter(|name| !name.is_empty())
 });
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded; `Upgrade` among them, as WebSocket
-/// pass-through is not supported yet.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 /// What [`strip_hop_by_hop`] looks for.
 static HOP_BY_HOP_SIEVE: LazyLock<Sieve> = LazyLock::new(|| Sieve::of(&HOP_BY_HOP));
 /// What [`set_forwarded_headers`] may remove.
@@ -249,7 +239,7 @@ pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
     }
 }
 
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let names = HOP_BY_HOP.each_ref().map(Some);
     let found = present(headers, &names, &HOP_BY_HOP_SIEVE);
     if found == 0 {

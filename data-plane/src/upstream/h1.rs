@@ -197,7 +197,11 @@ pub enum ReadError {
 
 /// A response head and what follows it.
 pub struct Head {
+    /// Its headers are empty when `fields` holds them.
     pub parts: response::Parts,
+    /// The fields as received, when they were asked for that way and can go on as they are
+    /// (boxed: a response is moved several times on its way).
+    pub fields: Option<Box<RawFields>>,
     pub framing: Framing,
     /// The connection can take another request once this response's body has been read.
     pub keep_alive: bool,
@@ -213,17 +217,19 @@ pub enum Framing {
 }
 
 /// Reads the response head for a request sent with `method` from `reader` (what was read
-/// before is in `buf`), skipping interim (1xx) responses. Cancel-safe: what was read stays in
-/// `buf`.
+/// before is in `buf`), skipping interim (1xx) responses. `raw`: keep the fields as received
+/// ([`RawFields`]) where they allow it, instead of making a header map. Cancel-safe: what was
+/// read stays in `buf`.
 pub async fn read_head<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     method: &Method,
+    raw: bool,
 ) -> Result<Head, ReadError> {
     let mut got_any = !buf.is_empty();
     loop {
         if !buf.is_empty() {
-            match parse_head(buf, method)? {
+            match parse_head(buf, method, raw)? {
                 Some(head) if head.parts.status.is_informational() => continue,
                 Some(head) => return Ok(head),
                 None if buf.len() >= MAX_HEAD_BYTES => {
@@ -260,7 +266,7 @@ fn is_reset(e: &io::Error) -> bool {
 
 /// Parses a complete head off the front of `buf` (`None`: not complete yet). An interim
 /// response is taken off too, and returned for the caller to skip.
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadError> {
+fn parse_head(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Option<Head>, ReadError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let base = buf.as_ptr() as usize;
@@ -289,6 +295,20 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadE
     let mut spans = FieldSpans::EMPTY;
     spans.record(base, response.headers);
     let head = take(buf, len);
+    if let Some(mut fields) = raw.then(|| RawFields::of(&head, &spans)).flatten() {
+        let (framing, framing_closes) = framing(&*fields, version, status, method)?;
+        fields.leave_out_framing(framing);
+        let keep_alive = !framing_closes && fields.keeps_alive(version);
+        let mut parts = response::Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        return Ok(Some(Head {
+            parts,
+            fields: Some(fields),
+            framing,
+            keep_alive,
+        }));
+    }
     let mut headers = spans.header_map(&head, 0).map_err(|bad| {
         ReadError::Malformed(match bad {
             BadField::Name(name) => format!("header name {name:?}"),
@@ -307,6 +327,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, ReadE
     parts.headers = headers;
     Ok(Some(Head {
         parts,
+        fields: None,
         framing,
         keep_alive,
     }))
@@ -371,7 +392,7 @@ impl FieldSpans {
 
 /// RFC 9112 §6.3: the body's length, and whether the framing forces the connection to close.
 fn framing(
-    headers: &HeaderMap,
+    headers: &impl Fields,
     version: Version,
     status: StatusCode,
     method: &Method,
@@ -386,11 +407,10 @@ fn framing(
     // Transfer-Encoding is an HTTP/1.1 thing (an HTTP/1.0 message's is ignored, as Go does).
     // Only `chunked` alone is forwarded: the proxy drops the header (hop-by-hop), so any other
     // coding would reach the client undeclared; Go's Transport refuses it too.
-    if version == Version::HTTP_11 && headers.contains_key(header::TRANSFER_ENCODING) {
+    if version == Version::HTTP_11 && headers.has(&header::TRANSFER_ENCODING) {
         let mut codings = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .values(&header::TRANSFER_ENCODING)
+            .flat_map(|v| v.split(|b| *b == b','))
             .map(<[u8]>::trim_ascii)
             .filter(|c| !c.is_empty());
         let chunked_alone = codings
@@ -401,14 +421,11 @@ fn framing(
             return Err(ReadError::Malformed("unsupported transfer encoding".into()));
         }
         // With a Content-Length as well, the message may be an attack: read it, then close.
-        return Ok((
-            Framing::Chunked,
-            headers.contains_key(header::CONTENT_LENGTH),
-        ));
+        return Ok((Framing::Chunked, headers.has(&header::CONTENT_LENGTH)));
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
+    for value in headers.values(&header::CONTENT_LENGTH) {
+        for part in value.split(|b| *b == b',') {
             let n = std::str::from_utf8(part)
                 .ok()
                 .map(str::trim)
@@ -432,20 +449,209 @@ fn framing(
 /// The elements of a comma-separated list header (`Connection`, `TE`…) over all its fields,
 /// trimmed, empty ones left out (RFC 9110 §5.6.1). A field that is not visible ASCII has none.
 pub fn list_elements<'a>(
-    headers: &'a HeaderMap,
+    headers: &'a impl Fields,
     name: &HeaderName,
 ) -> impl Iterator<Item = &'a str> + 'a {
     headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .values(name)
+        .filter_map(visible_ascii)
         .flat_map(|v| v.split(','))
         .map(str::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
+/// `value` as text if it is visible ASCII, spaces and tabs (what `HeaderValue::to_str` takes).
+pub(crate) fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
+/// A head's fields, looked up by name: a header map, or [`RawFields`].
+pub trait Fields {
+    /// The values of the fields named `name`, in order.
+    fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a;
+
+    fn has(&self, name: &HeaderName) -> bool {
+        self.values(name).next().is_some()
+    }
+}
+
+impl Fields for HeaderMap {
+    fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).into_iter().map(HeaderValue::as_bytes)
+    }
+}
+
+/// Most fields a response head may have to be kept as [`RawFields`] (one bit each in a `u32`).
+const RAW_MAX: usize = 32;
+
+/// A response head's fields as the origin sent them, for a response that goes on to an
+/// HTTP/1.1 client untouched: written out from the head's own bytes, with no header map made
+/// (building, hashing and dropping that map was a sixth of the proxy's user-space work per
+/// request). The hop-by-hop fields are left out, as the map would have lost them. A head that
+/// needs more than dropping a few known fields (other hop-by-hop fields, `Connection` naming
+/// others, more than [`RAW_MAX`] fields, a head over 64 KiB) gets a map instead.
+pub struct RawFields {
+    head: Bytes,
+    /// Name start, name end, value start, value end, in `head`.
+    spans: [(u16, u16, u16, u16); RAW_MAX],
+    count: usize,
+    /// Bit `i`: field `i` goes on.
+    forward: u32,
+    /// The fields the proxy reads, found as the head is sorted (one pass, not one per lookup).
+    connection: u32,
+    transfer_encoding: u32,
+    content_length: u32,
+    date: u32,
+    /// What `Connection` says: `close`, `keep-alive`.
+    says_close: bool,
+    says_keep_alive: bool,
+}
+
+impl RawFields {
+    /// The fields of `head` as recorded in `spans`, `None` if a map is needed.
+    fn of(head: &Bytes, spans: &FieldSpans) -> Option<Box<Self>> {
+        if spans.count > RAW_MAX || head.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        let mut fields = Box::new(Self {
+            head: head.clone(),
+            spans: [(0, 0, 0, 0); RAW_MAX],
+            count: spans.count,
+            forward: 0,
+            connection: 0,
+            transfer_encoding: 0,
+            content_length: 0,
+            date: 0,
+            says_close: false,
+            says_keep_alive: false,
+        });
+        // Dropped on the way, as from a map: `Connection`, `Keep-Alive`, the framing (written
+        // anew), and a field a `Connection` token names (Go removes even one named `close`).
+        // Any other hop-by-hop field, or a token naming another field: the map's path.
+        let (mut keep_alive, mut close) = (0, 0);
+        let pairs = fields.spans.iter_mut().zip(&spans.spans[..spans.count]);
+        for (i, (raw, &(ns, ne, vs, ve))) in pairs.enumerate() {
+            // Within the head, which is shorter than 64 KiB.
+            *raw = (ns as u16, ne as u16, vs as u16, ve as u16);
+            let name = &head[ns as usize..ne as usize];
+            let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+            let bit = 1 << i;
+            match name.len() {
+                4 if is("date") => fields.date |= bit,
+                5 if is("close") => close |= bit,
+                10 if is("connection") => fields.connection |= bit,
+                10 if is("keep-alive") => keep_alive |= bit,
+                14 if is("content-length") => fields.content_length |= bit,
+                17 if is("transfer-encoding") => fields.transfer_encoding |= bit,
+                2 | 7 | 16 | 18 | 19 if HOP_BY_HOP.iter().any(|h| is(h.as_str())) => return None,
+                _ => {}
+            }
+        }
+        let mut dropped = fields.connection | keep_alive | fields.transfer_encoding;
+        let (mut says_close, mut says_keep_alive) = (false, false);
+        for token in list_elements(&*fields, &header::CONNECTION) {
+            if token.eq_ignore_ascii_case("close") {
+                says_close = true;
+                dropped |= close;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                says_keep_alive = true;
+            } else {
+                return None;
+            }
+        }
+        fields.says_close = says_close;
+        fields.says_keep_alive = says_keep_alive;
+        fields.forward = ((1u64 << fields.count) - 1) as u32 & !dropped;
+        Some(fields)
+    }
+
+    /// A mask of the fields named `name`.
+    fn named(&self, name: &HeaderName) -> u32 {
+        if *name == header::CONNECTION {
+            return self.connection;
+        } else if *name == header::TRANSFER_ENCODING {
+            return self.transfer_encoding;
+        } else if *name == header::CONTENT_LENGTH {
+            return self.content_length;
+        } else if *name == header::DATE {
+            return self.date;
+        }
+        let name = name.as_str().as_bytes();
+        let mut mask = 0;
+        for (i, &(ns, ne, _, _)) in self.spans[..self.count].iter().enumerate() {
+            if self.head[usize::from(ns)..usize::from(ne)].eq_ignore_ascii_case(name) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// [`keeps_alive`], from what `Connection` was found to say.
+    fn keeps_alive(&self, version: Version) -> bool {
+        !self.says_close && (version == Version::HTTP_11 || self.says_keep_alive)
+    }
+
+    /// A body framed anew (chunked) goes without its `Content-Length`, as with a map.
+    fn leave_out_framing(&mut self, framing: Framing) {
+        if framing == Framing::Chunked {
+            self.forward &= !self.content_length;
+        }
+    }
+
+    /// The fields that go on, as (name, value), in the order received.
+    pub fn forwarded(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let forward = self.forward;
+        self.spans[..self.count]
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| forward & (1 << i) != 0)
+            .map(|(_, &(ns, ne, vs, ve))| {
+                (
+                    &self.head[usize::from(ns)..usize::from(ne)],
+                    &self.head[usize::from(vs)..usize::from(ve)],
+                )
+            })
+    }
+
+    /// The first value of a field named `name` that goes on.
+    pub fn forwarded_value(&self, name: &HeaderName) -> Option<&[u8]> {
+        let i = (self.named(name) & self.forward).trailing_zeros() as usize;
+        let &(_, _, vs, ve) = self.spans[..self.count].get(i)?;
+        Some(&self.head[usize::from(vs)..usize::from(ve)])
+    }
+}
+
+impl Fields for RawFields {
+    fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mask = self.named(name);
+        self.spans[..self.count]
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| mask & (1 << i) != 0)
+            .map(|(_, &(_, _, vs, ve))| &self.head[usize::from(vs)..usize::from(ve)])
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, and Go's list) never forwarded; `Upgrade` among them,
+/// as WebSocket pass-through is not supported yet.
+pub(crate) static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// Whether the `Connection` header (or its absence, by version) lets the connection live on.
-fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+fn keeps_alive(headers: &impl Fields, version: Version) -> bool {
     let has = |token: &str| {
         list_elements(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))
     };

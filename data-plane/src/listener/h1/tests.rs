@@ -29,6 +29,8 @@ impl HttpBody for Pieces {
     }
 }
 
+impl ResponseBody for Either<Full<Bytes>, Pieces> {}
+
 impl Service for Echo {
     type Body = Either<Full<Bytes>, Pieces>;
 

@@ -3,12 +3,83 @@ use proptest::prelude::*;
 use super::*;
 
 fn head_of(text: &str, method: Method) -> Result<Option<Head>, ReadError> {
-    parse_head(&mut BytesMut::from(text.as_bytes()), &method)
+    parse_head(&mut BytesMut::from(text.as_bytes()), &method, false)
 }
 
+/// The framing, read from a map and from the fields as received: they must agree.
 fn framing_of(text: &str, method: Method) -> (Framing, bool) {
+    let raw = parse_head(&mut BytesMut::from(text.as_bytes()), &method, true);
     let head = head_of(text, method).unwrap().unwrap();
+    let raw = raw.unwrap().unwrap();
+    assert_eq!(
+        (raw.framing, raw.keep_alive),
+        (head.framing, head.keep_alive),
+        "{text:?} read as received"
+    );
     (head.framing, head.keep_alive)
+}
+
+/// What goes on from a head kept as received is what the proxy forwards from its map (the
+/// hop-by-hop fields stripped), field for field, in order within each name; a head with other
+/// hop-by-hop fields gets a map.
+#[test]
+fn fields_as_received_are_what_the_map_forwards() {
+    let kept = [
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nDate: Sun, 06 Dec 2026 20:00:00 GMT\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nCONNECTION: Close\r\nclose: x\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\n\r\n",
+        "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nEtag: \"a\"\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-B: 2\r\nset-cookie: b=2\r\nX-Empty:\r\nX-Obs: caf\u{e9}\r\n\r\n",
+        "HTTP/1.1 304 Not Modified\r\nConnection: close, keep-alive\r\nEtag: \"b\"\r\n\r\n",
+    ];
+    let mapped = [
+        "HTTP/1.1 200 OK\r\nConnection: x-trace\r\nX-Trace: 1\r\nX-C: 3\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTE: trailers\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nProxy-Connection: close\r\n\r\n",
+    ];
+    let many: String = (0..=RAW_MAX).map(|i| format!("x-{i}: {i}\r\n")).collect();
+    let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+    let cases = kept.iter().map(|t| (*t, true));
+    let cases = cases.chain(mapped.iter().map(|t| (*t, false)));
+    for (text, as_received) in cases.chain([(many.as_str(), false)]) {
+        let bytes: Vec<u8> = text.chars().map(|c| c as u8).collect();
+        let raw = parse_head(&mut BytesMut::from(&bytes[..]), &Method::GET, true)
+            .unwrap()
+            .unwrap();
+        let mut map = parse_head(&mut BytesMut::from(&bytes[..]), &Method::GET, false)
+            .unwrap()
+            .unwrap();
+        let unstripped = map.parts.headers.clone();
+        crate::proxy::headers::strip_hop_by_hop(&mut map.parts.headers);
+        let mut expected: Vec<(String, Vec<u8>)> = map
+            .parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        let Some(fields) = raw.fields else {
+            assert!(!as_received, "{text:?} was not kept as received");
+            assert_eq!(raw.parts.headers, unstripped, "{text:?}");
+            continue;
+        };
+        assert!(as_received, "{text:?} was kept as received");
+        assert!(raw.parts.headers.is_empty(), "{text:?} has a map too");
+        let mut got: Vec<(String, Vec<u8>)> = fields
+            .forwarded()
+            .map(|(n, v)| (String::from_utf8_lossy(n).to_ascii_lowercase(), v.to_vec()))
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, expected, "{text:?}");
+        let length = map.parts.headers.get(header::CONTENT_LENGTH);
+        assert_eq!(
+            fields.forwarded_value(&header::CONTENT_LENGTH),
+            length.map(HeaderValue::as_bytes),
+            "{text:?}"
+        );
+    }
 }
 
 #[test]
@@ -99,7 +170,7 @@ fn a_head_is_parsed_only_when_complete_and_values_share_its_bytes() {
         );
     }
     let mut buf = BytesMut::from(text.as_bytes());
-    let head = parse_head(&mut buf, &Method::GET).unwrap().unwrap();
+    let head = parse_head(&mut buf, &Method::GET, false).unwrap().unwrap();
     assert_eq!(head.parts.status, 404);
     assert_eq!(head.parts.version, Version::HTTP_11);
     let a: Vec<_> = head.parts.headers.get_all("x-a").iter().collect();
