@@ -29,7 +29,7 @@ use crate::{
 pub(crate) mod headers;
 
 pub use headers::Peer;
-use headers::{set_forwarded_headers, strip_hop_by_hop};
+use headers::{set_forwarded_headers, strip_hop_by_hop, take_connection};
 
 /// The body of every response the proxy sends.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
@@ -194,6 +194,7 @@ impl Handler {
             .entry_point(&self.entry_point)
             .ok_or(ProxyError::NoRoute)?;
         let (mut parts, body) = req.into_parts();
+        take_connection(&mut parts.headers);
         if let Some(answer) = check_request(&mut parts)? {
             return Ok(answer);
         }

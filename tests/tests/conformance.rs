@@ -104,6 +104,9 @@ struct RequestSpec {
     headers: Vec<(String, OneOrMany)>,
     /// Loopback source address the client socket binds to (`127.0.0.x`).
     client: Option<Ipv4Addr>,
+    /// Send no `Connection: close` (the answer is read by its `Content-Length`).
+    #[serde(default)]
+    keep_alive: bool,
     /// Send the request this many times and compare which backends answered as a distribution.
     repeat: Option<u32>,
     /// Allowed deviation of each backend's share for `repeat`, as a fraction of `repeat`.
@@ -368,6 +371,7 @@ async fn run_one(
             (&spec.method, &spec.target(), &spec.version),
             spec.host.as_deref(),
             &headers,
+            spec.keep_alive,
         )
         .await?;
         let mut o = observe(&reply);

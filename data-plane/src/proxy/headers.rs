@@ -215,8 +215,19 @@ fn remove_marked(headers: &mut HeaderMap, names: &[Option<&HeaderName>], mut mar
     }
 }
 
+/// Takes a request's `Connection` header away with the headers it names, as Traefik's entry point
+/// does before routing and the middlewares: a client can then not name the forwarding headers
+/// the proxy sets, nor one a middleware adds, to have them removed on the way out. The other
+/// hop-by-hop headers go when the request is forwarded ([`strip_hop_by_hop`]).
+pub(super) fn take_connection(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        remove_connection_named(headers);
+        headers.remove(header::CONNECTION);
+    }
+}
+
 /// Removes the headers named in `Connection`, which are hop-by-hop too (Go removes them all,
-/// even one literally named `Close`). Most name only `close` or `keep-alive` and no such header
+/// even one literally named `Close`; not `Host`, which Go keeps apart from the headers). Most name only `close` or `keep-alive` and no such header
 /// is present: nothing is allocated for those, and in a map of a few names a token is compared
 /// with them as text rather than hashed.
 pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
@@ -231,7 +242,7 @@ pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
         }
     };
     let named: Vec<HeaderName> = list_elements(headers, &header::CONNECTION)
-        .filter(|t| holds(t))
+        .filter(|t| !t.eq_ignore_ascii_case("host") && holds(t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for n in named {

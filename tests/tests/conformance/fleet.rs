@@ -286,6 +286,7 @@ impl Fleet {
             ("GET", "/api/http/routers?per_page=1000", "HTTP/1.1"),
             Some("localhost"),
             &[],
+            false,
         )
         .await
         .unwrap_or_else(|e| panic!("traefik API: {e}"));
@@ -368,6 +369,7 @@ pub(crate) async fn marker_seen(web: SocketAddr, target: &str) -> bool {
         ("GET", target, "HTTP/1.1"),
         Some(MARKER_HOST),
         &[],
+        false,
     )
     .await
     {

@@ -94,12 +94,15 @@ impl Reply {
 
 /// Sends one request on a fresh connection from `client` (bound to that loopback address) with
 /// `Connection: close`, written byte for byte as given so that odd paths reach the proxy intact.
+/// `keep_alive`: without `Connection: close`, the answer read up to its `Content-Length` (the
+/// connection is then dropped), for what a proxy does only on a connection that goes on.
 pub(crate) async fn exchange(
     to: SocketAddr,
     client: Ipv4Addr,
     request_line: (&str, &str, &str),
     host: Option<&str>,
     headers: &[(String, String)],
+    keep_alive: bool,
 ) -> Result<Reply, String> {
     let (method, target, version) = request_line;
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
@@ -113,7 +116,10 @@ pub(crate) async fn exchange(
     for (name, value) in headers {
         let _ = write!(request, "{name}: {value}\r\n");
     }
-    request.push_str("Connection: close\r\n\r\n");
+    if !keep_alive {
+        request.push_str("Connection: close\r\n");
+    }
+    request.push_str("\r\n");
     let io = async {
         let mut stream = socket
             .connect(to)
@@ -124,16 +130,45 @@ pub(crate) async fn exchange(
             .await
             .map_err(|e| format!("write: {e}"))?;
         let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        Ok::<_, String>(raw)
+        if !keep_alive {
+            stream
+                .read_to_end(&mut raw)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            return Ok::<_, String>(raw);
+        }
+        // Bounded by the timeout below.
+        while !complete_with_length(&raw)? {
+            if stream
+                .read_buf(&mut raw)
+                .await
+                .map_err(|e| format!("read: {e}"))?
+                == 0
+            {
+                return Err(format!("connection closed after {} bytes", raw.len()));
+            }
+        }
+        Ok(raw)
     };
     let raw = tokio::time::timeout(REQUEST_TIMEOUT, io)
         .await
         .map_err(|_| format!("no complete answer from {to} within {REQUEST_TIMEOUT:?}"))??;
     parse_reply(&raw, method == "HEAD")
+}
+
+/// Whether `raw` holds a whole response head and the `Content-Length` bytes it announces.
+fn complete_with_length(raw: &[u8]) -> Result<bool, String> {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(false);
+    };
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let length = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .ok_or_else(|| format!("a kept-alive answer without a Content-Length: {head:?}"))?;
+    Ok(raw.len() >= end + 4 + length)
 }
 
 pub(crate) fn parse_reply(raw: &[u8], head: bool) -> Result<Reply, String> {
