@@ -137,6 +137,12 @@ impl Middleware {
         }
     }
 
+    /// Whether [`Self::on_request`] reads or changes headers other than `Host` and the one
+    /// stripPrefix appends.
+    pub fn changes_request_headers(&self) -> bool {
+        matches!(self, Middleware::Headers { request, .. } if !request.is_empty())
+    }
+
     /// Whether [`Self::on_response`] changes anything.
     pub fn changes_responses(&self) -> bool {
         matches!(self, Middleware::Headers { response, .. } if !response.is_empty())

@@ -23,13 +23,16 @@ use crate::{
     middleware::{Action, Middleware, split_host_port},
     router::{RequestView, forwarded_path, routing_path},
     state::{Redirect, Route, Table},
-    upstream::{CONNECT_TIMEOUT, FieldsAs, Http1Pool, UpstreamBody, h1::RawFields},
+    upstream::{
+        CONNECT_TIMEOUT, FieldsAs, Http1Pool, UpstreamBody,
+        h1::{AddedFields, RawFields},
+    },
 };
 
 pub(crate) mod headers;
 
 pub use headers::Peer;
-use headers::{set_forwarded_headers, strip_hop_by_hop, take_connection};
+use headers::{forwarded_fields, strip_hop_by_hop, take_connection};
 
 /// The body of every response the proxy sends.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
@@ -224,7 +227,16 @@ impl Handler {
         drop(table);
 
         let scheme = if tls { "https" } else { "http" };
-        set_forwarded_headers(&mut parts.headers, host_value.as_ref(), host, peer, scheme);
+        let mut forwarded =
+            forwarded_fields(&mut parts.headers, host_value.as_ref(), host, peer, scheme);
+        // A middleware that reads or changes headers finds ours in the map, as in Traefik.
+        if route
+            .middlewares
+            .iter()
+            .any(|m| m.changes_request_headers())
+        {
+            std::mem::replace(&mut forwarded, AddedFields::NONE).insert_into(&mut parts.headers);
+        }
         for (i, m) in route.middlewares.iter().enumerate() {
             match m.on_request(&mut parts, scheme) {
                 Action::Continue => {}
@@ -252,7 +264,7 @@ impl Handler {
         };
         // Prepared here and awaited in this function: the request future, which hyper moves
         // once per request, is then no larger than one of the two clients' futures.
-        let sent = match self.upstream_request(&route, host_value, parts, body) {
+        let sent = match self.upstream_request(&route, host_value, parts, body, &mut forwarded) {
             Ok(UpstreamRequest::Http1 {
                 url,
                 authority,
@@ -260,7 +272,7 @@ impl Handler {
             }) => self
                 .upstreams
                 .http1
-                .send_as(authority, req, fields)
+                .send_as(authority, req, &forwarded, fields)
                 .await
                 .map_err(|e| upstream_error(url, e.is_connect(), &e)),
             Ok(UpstreamRequest::H2c { url, req }) => self
@@ -293,13 +305,15 @@ impl Handler {
         Ok(decorate(response, &route.middlewares))
     }
 
-    /// Picks a server and makes the request to send it.
+    /// Picks a server and makes the request to send it; `forwarded` goes into its map unless it
+    /// is for the HTTP/1.1 client, which writes it after the map's fields.
     fn upstream_request<'r>(
         &self,
         route: &'r Route,
         host: Option<HeaderValue>,
         mut parts: http::request::Parts,
         body: RequestBody,
+        forwarded: &mut AddedFields,
     ) -> Result<UpstreamRequest<'r>, ProxyError> {
         let (lb, server) = route.service.pick().ok_or(ProxyError::NoServer)?;
 
@@ -326,6 +340,7 @@ impl Handler {
                 req: Request::from_parts(parts, body),
             });
         }
+        std::mem::replace(forwarded, AddedFields::NONE).insert_into(&mut parts.headers);
         let mut uri_parts = http::uri::Parts::default();
         uri_parts.scheme = Some(Scheme::HTTP);
         uri_parts.authority = Some(server.authority.clone());

@@ -170,14 +170,17 @@ impl Http1Pool {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
-        self.send_as(authority, req, FieldsAs::Map).await
+        self.send_as(authority, req, &h1::AddedFields::NONE, FieldsAs::Map)
+            .await
     }
 
-    /// [`Self::send`], with the response's fields handed over as `fields` asks.
-    pub async fn send_as<B>(
+    /// [`Self::send`], the request head with `added` after its map's fields, the response's
+    /// fields handed over as `fields` asks.
+    pub(crate) async fn send_as<B>(
         &self,
         authority: &Authority,
         req: Request<B>,
+        added: &h1::AddedFields,
         fields: FieldsAs,
     ) -> Result<Response<UpstreamBody>, UpstreamError>
     where
@@ -186,8 +189,9 @@ impl Http1Pool {
     {
         let raw = fields == FieldsAs::Received;
         let (parts, body) = req.into_parts();
-        let (head, framing) = h1::encode_head(&parts, body.is_end_stream(), authority.as_str())
-            .ok_or(UpstreamError::InvalidRequest("invalid Content-Length"))?;
+        let (head, framing) =
+            h1::encode_head(&parts, added, body.is_end_stream(), authority.as_str())
+                .ok_or(UpstreamError::InvalidRequest("invalid Content-Length"))?;
         let replayable = framing == RequestFraming::None && replayable(&parts);
         let mut body = Some(body);
         loop {

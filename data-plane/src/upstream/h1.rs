@@ -110,6 +110,7 @@ impl RequestFraming {
 /// `Content-Length` is not a length (hyper's server and h2 reject those before they get here).
 pub fn encode_head(
     parts: &request::Parts,
+    added: &AddedFields,
     body_empty: bool,
     authority: &str,
 ) -> Option<(Vec<u8>, RequestFraming)> {
@@ -117,6 +118,7 @@ pub fn encode_head(
     let fields: usize = parts
         .headers
         .iter()
+        .chain(added.iter())
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     let mut head = Vec::with_capacity(parts.method.as_str().len() + target.len() + fields + 64);
@@ -127,7 +129,7 @@ pub fn encode_head(
     if !parts.headers.contains_key(header::HOST) {
         field(&mut head, "host", authority.as_bytes());
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers.iter().chain(added.iter()) {
         field(&mut head, name.as_str(), value.as_bytes());
     }
     let length = match parts.headers.get(header::CONTENT_LENGTH) {
@@ -156,6 +158,34 @@ pub fn encode_head(
     };
     head.extend_from_slice(b"\r\n");
     Some((head, framing))
+}
+
+/// Fields a request head gets after its map's (the proxy's forwarding headers), up to six.
+pub(crate) struct AddedFields {
+    pub(crate) fields: [Option<(&'static HeaderName, HeaderValue)>; 6],
+}
+
+impl AddedFields {
+    pub(crate) const NONE: Self = Self {
+        fields: [None, None, None, None, None, None],
+    };
+
+    fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.fields
+            .iter()
+            .flatten()
+            .map(|(name, value)| (*name, value))
+    }
+
+    /// Into `headers` instead, each replacing any field of its name.
+    pub(crate) fn insert_into(self, headers: &mut HeaderMap) {
+        // Room for all at once: a map parsed from a request with few headers would otherwise
+        // grow, and rehash, two or three times.
+        headers.reserve(self.fields.len());
+        for (name, value) in self.fields.into_iter().flatten() {
+            headers.insert(name.clone(), value);
+        }
+    }
 }
 
 fn field(head: &mut Vec<u8>, name: &str, value: &[u8]) {

@@ -309,7 +309,7 @@ fn request_heads_carry_the_framing_their_body_needs() {
         ),
     ];
     for (parts, empty, added, framing) in cases {
-        let (head, got) = encode_head(&parts, empty, "origin:80").unwrap();
+        let (head, got) = encode_head(&parts, &AddedFields::NONE, empty, "origin:80").unwrap();
         let head = String::from_utf8(head).unwrap();
         let mut expected = format!("{} /p?q=1 HTTP/1.1\r\n", parts.method);
         for (name, value) in &parts.headers {
@@ -319,10 +319,41 @@ fn request_heads_carry_the_framing_their_body_needs() {
         expected += "\r\n";
         assert_eq!((head, got), (expected, framing));
     }
-    assert!(encode_head(&parts("PUT", &length("x")), false, "origin:80").is_none());
+    assert!(
+        encode_head(
+            &parts("PUT", &length("x")),
+            &AddedFields::NONE,
+            false,
+            "origin:80"
+        )
+        .is_none()
+    );
     // A request without Host gets the server's authority.
-    let (head, _) = encode_head(&parts("GET", &[]), true, "origin:8080").unwrap();
+    let (head, _) =
+        encode_head(&parts("GET", &[]), &AddedFields::NONE, true, "origin:8080").unwrap();
     assert_eq!(head, b"GET /p?q=1 HTTP/1.1\r\nhost: origin:8080\r\n\r\n");
+}
+
+/// Fields added outside the map go after the map's, before the framing the body needs.
+#[test]
+fn added_fields_follow_the_maps() {
+    static REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+    static PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    let mut added = AddedFields::NONE;
+    added.fields[1] = Some((&REAL_IP, HeaderValue::from_static("10.0.0.1")));
+    added.fields[4] = Some((&PROTO, HeaderValue::from_static("https")));
+    let parts = parts("POST", &[("host", "a.test"), ("x-a", "1")]);
+    let (head, framing) = encode_head(&parts, &added, false, "origin:80").unwrap();
+    assert_eq!(
+        String::from_utf8(head).unwrap(),
+        "POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\nx-a: 1\r\nx-real-ip: 10.0.0.1\r\n\
+         x-forwarded-proto: https\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    assert_eq!(framing, RequestFraming::Chunked);
+    let mut map = parts.headers.clone();
+    added.insert_into(&mut map);
+    assert_eq!(map["x-real-ip"], "10.0.0.1");
+    assert_eq!(map.len(), 4);
 }
 
 proptest! {
