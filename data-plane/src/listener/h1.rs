@@ -42,8 +42,8 @@ use tokio::{
 };
 
 use crate::upstream::h1::{
-    Decoded, Decoder, FieldSpans, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, chunk_size_line,
-    list_elements, poll_decode, poll_fill_up_to, take, visible_ascii,
+    ConnectionSays, Decoded, Decoder, FieldSpans, MAX_HEAD_BYTES, MAX_HEADERS, RawFields,
+    chunk_size_line, list_elements, poll_decode, poll_fill_up_to, take, visible_ascii,
 };
 
 /// Room a read for a request head asks for. A connection waiting for its next request holds
@@ -587,22 +587,33 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Rejection> {
     let head = take(buf, len);
     let uri =
         request_uri(head.slice(target.0..target.0 + target.1)).ok_or(Rejection::BadRequest)?;
+    // `Connection` goes no further than here, with the fields it names (Go's server takes
+    // `Connection: close` away before the handler sees it, and Traefik's entry point the rest
+    // before routing): read from the bytes and left out of the map. One that names fields
+    // other than `close` and `keep-alive` is read from the map and taken out of it, here if it
+    // says `close` (HTTP/1.1), else by the proxy's handler.
+    let says = spans.connection(&head);
     let mut headers = spans
-        .header_map(&head, ADDED_HEADERS)
+        .header_map(&head, ADDED_HEADERS, says.map_or(0, |s| s.fields))
         .map_err(|_| Rejection::BadRequest)?;
     let (decoder, framing_closes) = request_framing(&mut headers, version)?;
-    let has = |token: &str| {
-        list_elements(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))
-    };
-    let close = has("close");
+    let says = says.unwrap_or_else(|| {
+        let has = |token: &str| {
+            list_elements(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))
+        };
+        let says = ConnectionSays {
+            close: has("close"),
+            keep_alive: has("keep-alive"),
+            fields: 0,
+        };
+        if says.close && version == Version::HTTP_11 {
+            crate::proxy::headers::remove_connection_named(&mut headers);
+            headers.remove(header::CONNECTION);
+        }
+        says
+    });
     let keep_alive =
-        !framing_closes && !close && (version == Version::HTTP_11 || has("keep-alive"));
-    if close && version == Version::HTTP_11 {
-        // Go's server takes the header away before the handler sees it (routing included), and
-        // Traefik the headers it names.
-        crate::proxy::headers::remove_connection_named(&mut headers);
-        headers.remove(header::CONNECTION);
-    }
+        !framing_closes && !says.close && (version == Version::HTTP_11 || says.keep_alive);
     let expects_continue = version == Version::HTTP_11
         && headers
             .get(header::EXPECT)

@@ -339,7 +339,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Option<H
             keep_alive,
         }));
     }
-    let mut headers = spans.header_map(&head, 0).map_err(|bad| {
+    let mut headers = spans.header_map(&head, 0, 0).map_err(|bad| {
         ReadError::Malformed(match bad {
             BadField::Name(name) => format!("header name {name:?}"),
             BadField::Value(name) => format!("value of header {name}"),
@@ -372,6 +372,7 @@ pub(crate) struct FieldSpans {
 }
 
 /// A field the map cannot hold.
+#[derive(Debug)]
 pub(crate) enum BadField {
     /// Not a header name (as text, lossy).
     Name(String),
@@ -404,10 +405,18 @@ impl FieldSpans {
     }
 
     /// The fields of `head` (the bytes the spans were taken from) as a map with room for
-    /// `extra` more.
-    pub(crate) fn header_map(&self, head: &Bytes, extra: usize) -> Result<HeaderMap, BadField> {
+    /// `extra` more, but those whose bit is set in `skip`.
+    pub(crate) fn header_map(
+        &self,
+        head: &Bytes,
+        extra: usize,
+        skip: u128,
+    ) -> Result<HeaderMap, BadField> {
         let mut headers = HeaderMap::with_capacity(self.count + extra);
-        for &(ns, ne, vs, ve) in &self.spans[..self.count] {
+        for (i, &(ns, ne, vs, ve)) in self.spans[..self.count].iter().enumerate() {
+            if skip & (1 << i) != 0 {
+                continue;
+            }
             let name_bytes = &head[ns as usize..ne as usize];
             let name = HeaderName::from_bytes(name_bytes)
                 .map_err(|_| BadField::Name(String::from_utf8_lossy(name_bytes).into_owned()))?;
@@ -418,6 +427,68 @@ impl FieldSpans {
         }
         Ok(headers)
     }
+
+    /// What the `Connection` fields of `head` say, read from its bytes, when their tokens are
+    /// only `close` and `keep-alive`; `None` when they name other fields (a map is needed to
+    /// find those).
+    pub(crate) fn connection(&self, head: &[u8]) -> Option<ConnectionSays> {
+        let mut says = ConnectionSays::default();
+        let (mut close, mut keep_alive) = (0, 0);
+        for (i, &(ns, ne, vs, ve)) in self.spans[..self.count].iter().enumerate() {
+            // Most fields are passed over on their length.
+            if !matches!(ne - ns, 5 | 10) {
+                continue;
+            }
+            let name = &head[ns as usize..ne as usize];
+            let bit = 1 << i;
+            if name.eq_ignore_ascii_case(b"close") {
+                close |= bit;
+            } else if name.eq_ignore_ascii_case(b"keep-alive") {
+                keep_alive |= bit;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                says.fields |= bit;
+                let value = &head[vs as usize..ve as usize];
+                // The usual values, without splitting a list.
+                if value.eq_ignore_ascii_case(b"close") {
+                    says.close = true;
+                    continue;
+                } else if value.eq_ignore_ascii_case(b"keep-alive") {
+                    says.keep_alive = true;
+                    continue;
+                }
+                // A value that is not text has no tokens, as for `list_elements`.
+                let Some(value) = visible_ascii(value) else {
+                    continue;
+                };
+                for token in value.split(',').map(str::trim_ascii) {
+                    if token.eq_ignore_ascii_case("close") {
+                        says.close = true;
+                    } else if token.eq_ignore_ascii_case("keep-alive") {
+                        says.keep_alive = true;
+                    } else if !token.is_empty() {
+                        return None;
+                    }
+                }
+            }
+        }
+        if says.close {
+            says.fields |= close;
+        }
+        if says.keep_alive {
+            says.fields |= keep_alive;
+        }
+        Some(says)
+    }
+}
+
+/// What a head's `Connection` fields say ([`FieldSpans::connection`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ConnectionSays {
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
+    /// The `Connection` fields and the fields their tokens name (Go removes even one named
+    /// `close`), as bits by position.
+    pub(crate) fields: u128,
 }
 
 /// RFC 9112 §6.3: the body's length, and whether the framing forces the connection to close.
@@ -562,7 +633,8 @@ impl RawFields {
         // Dropped on the way, as from a map: `Connection`, `Keep-Alive`, the framing (written
         // anew), and a field a `Connection` token names (Go removes even one named `close`).
         // Any other hop-by-hop field, or a token naming another field: the map's path.
-        let (mut keep_alive, mut close) = (0, 0);
+        let says = spans.connection(head)?;
+        let mut keep_alive = 0;
         let pairs = fields.spans.iter_mut().zip(&spans.spans[..spans.count]);
         for (i, (raw, &(ns, ne, vs, ve))) in pairs.enumerate() {
             // Within the head, which is shorter than 64 KiB.
@@ -572,7 +644,6 @@ impl RawFields {
             let bit = 1 << i;
             match name.len() {
                 4 if is("date") => fields.date |= bit,
-                5 if is("close") => close |= bit,
                 10 if is("connection") => fields.connection |= bit,
                 10 if is("keep-alive") => keep_alive |= bit,
                 14 if is("content-length") => fields.content_length |= bit,
@@ -581,20 +652,10 @@ impl RawFields {
                 _ => {}
             }
         }
-        let mut dropped = fields.connection | keep_alive | fields.transfer_encoding;
-        let (mut says_close, mut says_keep_alive) = (false, false);
-        for token in list_elements(&*fields, &header::CONNECTION) {
-            if token.eq_ignore_ascii_case("close") {
-                says_close = true;
-                dropped |= close;
-            } else if token.eq_ignore_ascii_case("keep-alive") {
-                says_keep_alive = true;
-            } else {
-                return None;
-            }
-        }
-        fields.says_close = says_close;
-        fields.says_keep_alive = says_keep_alive;
+        // At most 32 fields here.
+        let dropped = says.fields as u32 | keep_alive | fields.transfer_encoding;
+        fields.says_close = says.close;
+        fields.says_keep_alive = says.keep_alive;
         fields.forward = ((1u64 << fields.count) - 1) as u32 & !dropped;
         Some(fields)
     }

@@ -334,6 +334,81 @@ fn request_heads_carry_the_framing_their_body_needs() {
     assert_eq!(head, b"GET /p?q=1 HTTP/1.1\r\nhost: origin:8080\r\n\r\n");
 }
 
+/// `Connection` read from a head's bytes says what the map says, and leaves out what taking it
+/// away from the map removes; a token naming another field needs the map.
+#[test]
+fn connection_read_from_the_bytes_is_what_the_map_says() {
+    let cases: [(&[(&str, &str)], bool); 10] = [
+        (&[("host", "a"), ("x-a", "1")], true),
+        (&[("Connection", "close"), ("x-a", "1")], true),
+        (
+            &[("CONNECTION", " Keep-Alive "), ("Keep-Alive", "timeout=5")],
+            true,
+        ),
+        (
+            &[
+                ("connection", "close,, keep-alive"),
+                ("close", "x"),
+                ("keep-alive", "y"),
+            ],
+            true,
+        ),
+        (&[("connection", "keep-alive"), ("close", "kept")], true),
+        (
+            &[
+                ("connection", "close"),
+                ("connection", "keep-alive"),
+                ("x-b", "2"),
+            ],
+            true,
+        ),
+        (&[("connection", ""), ("x-c", "3")], true),
+        (&[("connection", "caf\u{e9}, close"), ("close", "x")], true),
+        (
+            &[("connection", "close, x-secret"), ("x-secret", "1")],
+            false,
+        ),
+        (&[("connection", "upgrade"), ("upgrade", "h2c")], false),
+    ];
+    for (fields, read) in cases {
+        let mut text = String::from("GET / HTTP/1.1\r\n");
+        for (name, value) in fields {
+            text += &format!("{name}: {value}\r\n");
+        }
+        text += "\r\n";
+        let bytes: Vec<u8> = text.chars().map(|c| c as u8).collect();
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut request = httparse::Request::new(&mut slots);
+        let len = match request.parse(&bytes).unwrap() {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => panic!("{text:?} is not whole"),
+        };
+        let mut spans = FieldSpans::EMPTY;
+        spans.record(bytes.as_ptr() as usize, request.headers);
+        let head = Bytes::copy_from_slice(&bytes[..len]);
+        let map = spans.header_map(&head, 0, 0).unwrap();
+        let says = spans.connection(&head);
+        assert_eq!(says.is_some(), read, "{text:?}");
+        let Some(says) = says else { continue };
+        let has = |token: &str| {
+            list_elements(&map, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token))
+        };
+        assert_eq!(
+            (says.close, says.keep_alive),
+            (has("close"), has("keep-alive")),
+            "{text:?}"
+        );
+        let mut taken = map.clone();
+        crate::proxy::headers::remove_connection_named(&mut taken);
+        taken.remove(header::CONNECTION);
+        assert_eq!(
+            spans.header_map(&head, 0, says.fields).unwrap(),
+            taken,
+            "{text:?}"
+        );
+    }
+}
+
 /// Fields added outside the map go after the map's, before the framing the body needs.
 #[test]
 fn added_fields_follow_the_maps() {
