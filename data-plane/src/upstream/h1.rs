@@ -618,6 +618,10 @@ impl RawFields {
         if spans.count > RAW_MAX || head.len() > usize::from(u16::MAX) {
             return None;
         }
+        // Dropped on the way, as from a map: `Connection`, `Keep-Alive`, the framing (written
+        // anew), and a field a `Connection` token names (Go removes even one named `close`).
+        // Any other hop-by-hop field, or a token naming another field: the map's path.
+        let says = spans.connection(head)?;
         let mut fields = Box::new(Self {
             head: head.clone(),
             spans: [(0, 0, 0, 0); RAW_MAX],
@@ -630,10 +634,6 @@ impl RawFields {
             says_close: false,
             says_keep_alive: false,
         });
-        // Dropped on the way, as from a map: `Connection`, `Keep-Alive`, the framing (written
-        // anew), and a field a `Connection` token names (Go removes even one named `close`).
-        // Any other hop-by-hop field, or a token naming another field: the map's path.
-        let says = spans.connection(head)?;
         let mut keep_alive = 0;
         let pairs = fields.spans.iter_mut().zip(&spans.spans[..spans.count]);
         for (i, (raw, &(ns, ne, vs, ve))) in pairs.enumerate() {
