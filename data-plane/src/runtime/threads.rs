@@ -356,7 +356,7 @@ mod tests {
         decoder.free(again);
     }
 
-    /// Resident memory of this process, in bytes (nextest runs each test in a process of its own).
+    /// Resident memory of this process, in bytes.
     fn resident_bytes() -> u64 {
         let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
         let pages: u64 = statm
@@ -367,8 +367,33 @@ mod tests {
         pages * 4096
     }
 
+    /// Set in the process that measures [`a_freed_snapshot_gives_its_memory_back`].
+    const MEASURE_HERE: &str = "SWITCHYARD_TEST_MEASURE_HERE";
+
     #[test]
     fn a_freed_snapshot_gives_its_memory_back() {
+        // Resident memory is the whole process's, and `cargo test` runs a binary's tests on
+        // threads of one process (nextest gives each its own): the measurement runs in a
+        // process of its own, this test binary again with this test alone.
+        if std::env::var_os(MEASURE_HERE).is_none() {
+            let module = module_path!()
+                .split_once("::")
+                .map_or(module_path!(), |(_, rest)| rest);
+            let name = format!("{module}::a_freed_snapshot_gives_its_memory_back");
+            let run = std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args(["--exact", &name, "--test-threads=1", "--nocapture"])
+                .env(MEASURE_HERE, "1")
+                .output()
+                .expect("run the test binary");
+            let out = String::from_utf8_lossy(&run.stdout);
+            let err = String::from_utf8_lossy(&run.stderr);
+            // A name that matched nothing would pass having measured nothing.
+            assert!(
+                run.status.success() && out.contains("test result: ok. 1 passed"),
+                "the measurement in its own process failed:\n{out}\n{err}"
+            );
+            return;
+        }
         use switchyard_shared::{
             rule::{Expr, Matcher},
             snapshot::{EntryPoint, LoadBalancer, Router, Server, Service, ServiceKind},
