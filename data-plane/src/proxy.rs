@@ -235,7 +235,7 @@ impl Handler {
             .iter()
             .any(|m| m.changes_request_headers())
         {
-            std::mem::replace(&mut forwarded, AddedFields::NONE).insert_into(&mut parts.headers);
+            forwarded.insert_into(&mut parts.headers);
         }
         for (i, m) in route.middlewares.iter().enumerate() {
             match m.on_request(&mut parts, scheme) {
@@ -340,7 +340,7 @@ impl Handler {
                 req: Request::from_parts(parts, body),
             });
         }
-        std::mem::replace(forwarded, AddedFields::NONE).insert_into(&mut parts.headers);
+        forwarded.insert_into(&mut parts.headers);
         let mut uri_parts = http::uri::Parts::default();
         uri_parts.scheme = Some(Scheme::HTTP);
         uri_parts.authority = Some(server.authority.clone());

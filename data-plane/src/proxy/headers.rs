@@ -230,9 +230,9 @@ pub(super) fn take_connection(headers: &mut HeaderMap) {
 }
 
 /// Removes the headers named in `Connection`, which are hop-by-hop too (Go removes them all,
-/// even one literally named `Close`; not `Host`, which Go keeps apart from the headers). Most name only `close` or `keep-alive` and no such header
-/// is present: nothing is allocated for those, and in a map of a few names a token is compared
-/// with them as text rather than hashed.
+/// even one literally named `Close`; not `Host`, which Go keeps apart from the headers). Most
+/// name only `close` or `keep-alive` and no such header is present: nothing is allocated for
+/// those, and in a map of a few names a token is compared with them as text rather than hashed.
 pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
     let few = headers.keys_len() <= 16;
     let holds = |token: &str| {

@@ -177,12 +177,12 @@ impl AddedFields {
             .map(|(name, value)| (*name, value))
     }
 
-    /// Into `headers` instead, each replacing any field of its name.
-    pub(crate) fn insert_into(self, headers: &mut HeaderMap) {
+    /// Moved into `headers` instead (none are left here), each replacing any field of its name.
+    pub(crate) fn insert_into(&mut self, headers: &mut HeaderMap) {
         // Room for all at once: a map parsed from a request with few headers would otherwise
         // grow, and rehash, two or three times.
         headers.reserve(self.fields.len());
-        for (name, value) in self.fields.into_iter().flatten() {
+        for (name, value) in self.fields.iter_mut().filter_map(Option::take) {
             headers.insert(name.clone(), value);
         }
     }
