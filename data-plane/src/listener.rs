@@ -22,7 +22,7 @@ use tokio::{io::AsyncWriteExt, net::TcpListener, sync::watch};
 use crate::{
     proxy::{Body, Handler, Peer},
     tls::TlsState,
-    upstream::FieldsAs,
+    upstream::{FieldsAs, h1::RawFields},
 };
 
 pub mod h1;
@@ -419,9 +419,13 @@ struct Served {
 impl h1::Service for Served {
     type Body = Body;
 
-    fn call(&self, req: Request<RequestBody>) -> impl Future<Output = Response<Body>> + Send {
+    fn call(
+        &self,
+        req: Request<RequestBody>,
+        fields: Option<Box<RawFields>>,
+    ) -> impl Future<Output = Response<Body>> + Send {
         self.handler
-            .serve(req, &self.peer, self.tls, FieldsAs::Received)
+            .serve(req, fields, &self.peer, self.tls, FieldsAs::Received)
     }
 }
 
@@ -483,7 +487,7 @@ async fn serve_h2<I>(
         async move {
             let (handler, peer) = &*connection;
             let req = req.map(RequestBody::from);
-            Ok::<_, Infallible>(handler.serve(req, peer, tls, FieldsAs::Map).await)
+            Ok::<_, Infallible>(handler.serve(req, None, peer, tls, FieldsAs::Map).await)
         }
     });
     let mut conn =

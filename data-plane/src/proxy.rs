@@ -21,7 +21,7 @@ use hyper_util::{
 use crate::{
     listener::{RequestBody, h1::ResponseBody},
     middleware::{Action, Middleware, split_host_port},
-    router::{RequestView, forwarded_path, routing_path},
+    router::{Headers, RequestView, forwarded_path, routing_path},
     state::{Redirect, Route, Table},
     upstream::{
         CONNECT_TIMEOUT, FieldsAs, Http1Pool, UpstreamBody,
@@ -168,14 +168,18 @@ impl Handler {
     /// TLS-terminated here (TLS routers apply, `X-Forwarded-Proto: https`).
     /// Answers `req` from `peer`. `fields`: how the HTTP/1.1 origin's response fields may be
     /// handed over ([`FieldsAs::Received`] for an HTTP/1.1 client, whose server writes them).
+    /// `received`: the request's fields as the client sent them, its map then empty (an
+    /// HTTP/1.x client's request, [`RawFields`]); they go on that way unless something needs a
+    /// map after all.
     pub async fn serve(
         &self,
         req: Request<RequestBody>,
+        received: Option<Box<RawFields>>,
         peer: &Peer,
         tls: bool,
         fields: FieldsAs,
     ) -> Response<Body> {
-        match self.forward(req, peer, tls, fields).await {
+        match self.forward(req, received, peer, tls, fields).await {
             Ok(resp) => resp,
             Err(e) => error_response(&e),
         }
@@ -184,6 +188,7 @@ impl Handler {
     async fn forward(
         &self,
         req: Request<RequestBody>,
+        mut received: Option<Box<RawFields>>,
         peer: &Peer,
         tls: bool,
         fields: FieldsAs,
@@ -197,12 +202,15 @@ impl Handler {
             .entry_point(&self.entry_point)
             .ok_or(ProxyError::NoRoute)?;
         let (mut parts, body) = req.into_parts();
-        take_connection(&mut parts.headers);
-        if let Some(answer) = check_request(&mut parts)? {
+        // Fields as received come without `Connection` and the fields it names.
+        if received.is_none() {
+            take_connection(&mut parts.headers);
+        }
+        if let Some(answer) = check_request(&mut parts, received.as_deref())? {
             return Ok(answer);
         }
         // The request host as a header value: a clone of `Host` shares its bytes.
-        let host_value = request_host(&parts.uri, &parts.headers);
+        let host_value = request_host(&parts.uri, &parts.headers, received.as_deref());
         let host = host_value
             .as_ref()
             .and_then(|v| v.to_str().ok())
@@ -218,7 +226,10 @@ impl Handler {
                 path: &path,
                 query: parts.uri.query(),
                 method: &parts.method,
-                headers: &parts.headers,
+                headers: match &received {
+                    Some(fields) => Headers::Received(fields),
+                    None => Headers::Map(&parts.headers),
+                },
                 client_ip: peer.addr.ip(),
             };
             routes.find(&view).cloned().ok_or(ProxyError::NoRoute)?
@@ -226,9 +237,19 @@ impl Handler {
         // Release the table: in-flight requests keep only what they use.
         drop(table);
 
+        // Middlewares read and change a map.
+        if !route.middlewares.is_empty() {
+            into_map(&mut received, &mut parts.headers)?;
+        }
         let scheme = if tls { "https" } else { "http" };
-        let mut forwarded =
-            forwarded_fields(&mut parts.headers, host_value.as_ref(), host, peer, scheme);
+        let mut forwarded = forwarded_fields(
+            &mut parts.headers,
+            received.as_deref_mut(),
+            host_value.as_ref(),
+            host,
+            peer,
+            scheme,
+        );
         // A middleware that reads or changes headers finds ours in the map, as in Traefik.
         if route
             .middlewares
@@ -264,15 +285,18 @@ impl Handler {
         };
         // Prepared here and awaited in this function: the request future, which hyper moves
         // once per request, is then no larger than one of the two clients' futures.
-        let sent = match self.upstream_request(&route, host_value, parts, body, &mut forwarded) {
+        let upstream_request =
+            self.upstream_request(&route, host_value, parts, received, body, &mut forwarded);
+        let sent = match upstream_request {
             Ok(UpstreamRequest::Http1 {
                 url,
                 authority,
                 req,
+                received,
             }) => self
                 .upstreams
                 .http1
-                .send_as(authority, req, &forwarded, fields)
+                .send_as(authority, req, received.as_deref(), &forwarded, fields)
                 .await
                 .map_err(|e| upstream_error(url, e.is_connect(), &e)),
             Ok(UpstreamRequest::H2c { url, req }) => self
@@ -306,26 +330,39 @@ impl Handler {
     }
 
     /// Picks a server and makes the request to send it; `forwarded` goes into its map unless it
-    /// is for the HTTP/1.1 client, which writes it after the map's fields.
+    /// is for the HTTP/1.1 client, which writes it after the map's fields. The fields
+    /// `received` go on as they are to an HTTP/1.1 server that gets the client's `Host`.
     fn upstream_request<'r>(
         &self,
         route: &'r Route,
         host: Option<HeaderValue>,
         mut parts: http::request::Parts,
+        mut received: Option<Box<RawFields>>,
         body: RequestBody,
         forwarded: &mut AddedFields,
     ) -> Result<UpstreamRequest<'r>, ProxyError> {
         let (lb, server) = route.service.pick().ok_or(ProxyError::NoServer)?;
 
-        strip_hop_by_hop(&mut parts.headers);
         // Go's client sends the request host (the absolute-form authority wins over `Host`), and
         // the server's address when that is empty.
         let host = host.filter(|h| lb.pass_host_header && !h.is_empty());
         let pass_host = host.is_some();
-        if let Some(host) = host.filter(|_| parts.uri.authority().is_some()) {
-            parts.headers.insert(HOST, host);
-        } else if !pass_host || !parts.headers.contains_key(HOST) {
-            parts.headers.insert(HOST, server.host_header.clone());
+        if let Some(fields) = &received
+            && (server.h2c
+                || !pass_host
+                || parts.uri.authority().is_some()
+                || fields.forwarded_count(&HOST) == 0)
+        {
+            into_map(&mut received, &mut parts.headers)?;
+        }
+        // Fields kept as received hold no hop-by-hop field, and their `Host` goes on.
+        if received.is_none() {
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(host) = host.filter(|_| parts.uri.authority().is_some()) {
+                parts.headers.insert(HOST, host);
+            } else if !pass_host || !parts.headers.contains_key(HOST) {
+                parts.headers.insert(HOST, server.host_header.clone());
+            }
         }
         // Traefik ignores the path of a server URL unless `preservePath` (not supported yet) is
         // set, so `server.base_path` is not prefixed.
@@ -338,6 +375,7 @@ impl Handler {
                 url: &server.url,
                 authority: &server.authority,
                 req: Request::from_parts(parts, body),
+                received,
             });
         }
         forwarded.insert_into(&mut parts.headers);
@@ -360,6 +398,8 @@ enum UpstreamRequest<'r> {
         url: &'r str,
         authority: &'r http::uri::Authority,
         req: Request<RequestBody>,
+        /// The request's fields as received (its map then holds none of them).
+        received: Option<Box<RawFields>>,
     },
     H2c {
         url: &'r str,
@@ -422,13 +462,19 @@ fn entry_point_redirect(
 /// (400), answer `OPTIONS *` (200), and normalise the target as Traefik does — the path as
 /// [`forwarded_path`] gives it (what middlewares see and the backend receives) and `;` in the
 /// query read as `&` (Go's `AllowQuerySemicolons`, which Traefik applies).
-fn check_request(parts: &mut http::request::Parts) -> Result<Option<Response<Body>>, ProxyError> {
+fn check_request(
+    parts: &mut http::request::Parts,
+    received: Option<&RawFields>,
+) -> Result<Option<Response<Body>>, ProxyError> {
     if parts.version == Version::HTTP_11 {
-        let mut hosts = parts.headers.get_all(HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (None, _) => return Err(ProxyError::MissingHost),
-            (Some(_), Some(_)) => return Err(ProxyError::SeveralHosts),
-            _ => {}
+        let hosts = match received {
+            Some(fields) => fields.forwarded_count(&HOST) as usize,
+            None => parts.headers.get_all(HOST).iter().take(2).count(),
+        };
+        match hosts {
+            0 => return Err(ProxyError::MissingHost),
+            1 => {}
+            _ => return Err(ProxyError::SeveralHosts),
         }
     }
     if parts.uri.path() == "*" && parts.uri.authority().is_none() {
@@ -461,12 +507,36 @@ fn check_request(parts: &mut http::request::Parts) -> Result<Option<Response<Bod
 }
 
 /// The request host: the URI authority (absolute-form, HTTP/2 `:authority`), else `Host`.
-fn request_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
-    match uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => headers.get(HOST).cloned(),
+fn request_host(
+    uri: &Uri,
+    headers: &HeaderMap,
+    received: Option<&RawFields>,
+) -> Option<HeaderValue> {
+    match (uri.authority(), received) {
+        (Some(authority), _) => HeaderValue::from_str(authority.as_str()).ok(),
+        (None, Some(fields)) => fields
+            .forwarded_bytes(&HOST)
+            .and_then(|host| HeaderValue::from_maybe_shared(host).ok()),
+        (None, None) => headers.get(HOST).cloned(),
     }
 }
+
+/// The fields kept as received, moved into the request's map for what needs one after all.
+fn into_map(
+    received: &mut Option<Box<RawFields>>,
+    headers: &mut HeaderMap,
+) -> Result<(), ProxyError> {
+    if let Some(fields) = received.take() {
+        // The listener parsed them, as it parses what goes into a map: this cannot fail.
+        *headers = fields
+            .header_map(ADDED_FIELDS)
+            .map_err(|_| ProxyError::BadPath)?;
+    }
+    Ok(())
+}
+
+/// Room a map made from fields as received keeps for the forwarding headers and a middleware's.
+const ADDED_FIELDS: usize = 8;
 
 fn upstream_path(base: &str, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
     if base.is_empty() {
@@ -484,6 +554,7 @@ fn upstream_path(base: &str, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::h1::encode_head;
 
     #[test]
     fn errors_map_to_statuses() {
@@ -504,14 +575,86 @@ mod tests {
         builder.body(()).unwrap().into_parts().0
     }
 
+    /// What goes upstream from fields kept as received is what goes from their map: the
+    /// client's forwarding headers replaced by the proxy's, hop-by-hop fields left out, the same
+    /// framing (compared as lines, names in any case, each name's values in order).
+    #[test]
+    fn received_fields_go_upstream_as_the_map_would() {
+        let peer = Peer::new("10.0.0.9:5000".parse().unwrap());
+        let heads = [
+            "GET / HTTP/1.1\r\nHost: a:8080\r\nUser-Agent: u\r\nAccept: */*\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nx-FORWARDED-for: 6.6.6.6\r\nX-Real-IP: 6\r\n\
+             X-Forwarded-Prefix: /evil\r\nX-Forwarded-Custom: kept\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: close\r\nClose: 1\r\nHost: a\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\nIdempotency-Key: k\r\n\r\n",
+        ];
+        let lines = |head: Vec<u8>| {
+            let head = String::from_utf8(head).unwrap();
+            let mut lines: Vec<(String, String)> = head
+                .lines()
+                .skip(1)
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let (name, value) = l.split_once(": ").unwrap();
+                    (name.to_ascii_lowercase(), value.to_owned())
+                })
+                .collect();
+            // Stable: each name's values keep their order.
+            lines.sort_by(|a, b| a.0.cmp(&b.0));
+            (head.lines().next().unwrap().to_owned(), lines)
+        };
+        for head in heads {
+            let mut received = RawFields::of_request(head).expect("kept as received");
+            let mut map = received.header_map(0).unwrap();
+            let method = if head.starts_with("POST") {
+                http::Method::POST
+            } else {
+                http::Method::GET
+            };
+            let parts = || {
+                let mut parts = Request::new(()).into_parts().0;
+                parts.method = method.clone();
+                parts.uri = Uri::from_static("/p?q");
+                parts
+            };
+            let host_value = received
+                .forwarded_bytes(&HOST)
+                .map(|h| HeaderValue::from_maybe_shared(h).unwrap());
+            let host = host_value.as_ref().map_or("", |h| h.to_str().unwrap());
+            let mut empty = HeaderMap::new();
+            let added = forwarded_fields(
+                &mut empty,
+                Some(&mut received),
+                host_value.as_ref(),
+                host,
+                &peer,
+                "http",
+            );
+            assert!(empty.is_empty());
+            let (raw_head, raw_framing) =
+                encode_head(&parts(), Some(&received), &added, true, "origin:80").unwrap();
+            let added = forwarded_fields(&mut map, None, host_value.as_ref(), host, &peer, "http");
+            strip_hop_by_hop(&mut map);
+            let mut map_parts = parts();
+            map_parts.headers = map;
+            let (map_head, map_framing) =
+                encode_head(&map_parts, None, &added, true, "origin:80").unwrap();
+            assert_eq!(lines(raw_head), lines(map_head), "{head:?}");
+            assert_eq!(raw_framing, map_framing, "{head:?}");
+        }
+    }
+
     #[test]
     fn requests_are_checked_like_go_does() {
-        let status = |target: &str, hosts: &[&str]| match check_request(&mut request(target, hosts))
-        {
-            Ok(None) => 0,
-            Ok(Some(resp)) => resp.status().as_u16(),
-            Err(e) => error_response(&e).status().as_u16(),
-        };
+        let status =
+            |target: &str, hosts: &[&str]| match check_request(&mut request(target, hosts), None) {
+                Ok(None) => 0,
+                Ok(Some(resp)) => resp.status().as_u16(),
+                Err(e) => error_response(&e).status().as_u16(),
+            };
         assert_eq!(status("/a", &["a"]), 0);
         assert_eq!(status("/a", &[]), 400);
         assert_eq!(status("/a", &["a", "b"]), 400);
@@ -520,14 +663,17 @@ mod tests {
         assert_eq!(status("*", &["a"]), 400);
         let mut options = request("*", &["a"]);
         options.method = http::Method::OPTIONS;
-        assert_eq!(check_request(&mut options).unwrap().unwrap().status(), 200);
+        assert_eq!(
+            check_request(&mut options, None).unwrap().unwrap().status(),
+            200
+        );
     }
 
     #[test]
     fn target_is_normalised_before_routing() {
         let target = |t: &str| {
             let mut parts = request(t, &["a"]);
-            check_request(&mut parts).unwrap();
+            check_request(&mut parts, None).unwrap();
             parts.uri.to_string()
         };
         assert_eq!(target("/a/../b%2f%7e?x=1"), "/b%2F~?x=1");

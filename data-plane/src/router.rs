@@ -21,7 +21,7 @@ use std::fmt;
 use std::net::{AddrParseError, IpAddr};
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, Method, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use ipnet::{IpNet, Ipv4Net};
 use regex::Regex;
 use switchyard_shared::rule::{Expr, Matcher};
@@ -39,6 +39,8 @@ pub use request::{InvalidPath, forwarded_path, normalize_host, routing_path};
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use request::{canonical_host, query_pairs, query_unescape, strip_trailing_dot, unescape_eq};
 
+use crate::upstream::h1::RawFields;
+
 /// What the matcher reads of a request.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestView<'a> {
@@ -52,9 +54,47 @@ pub struct RequestView<'a> {
     /// Request method.
     pub method: &'a Method,
     /// Request headers.
-    pub headers: &'a HeaderMap,
+    pub headers: Headers<'a>,
     /// Connection peer address (never `X-Forwarded-For`, as in Traefik).
     pub client_ip: IpAddr,
+}
+
+/// A request's header fields: its map, or the fields as received when no map was made.
+#[derive(Clone, Copy)]
+pub enum Headers<'a> {
+    Map(&'a HeaderMap),
+    Received(&'a RawFields),
+}
+
+impl<'a> Headers<'a> {
+    /// The values of the fields named `name`, in order.
+    fn values(self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let (map, received) = match self {
+            Headers::Map(map) => (Some(map.get_all(name)), None),
+            Headers::Received(fields) => (None, Some(fields.forwarded_values(name))),
+        };
+        map.into_iter()
+            .flatten()
+            .map(HeaderValue::as_bytes)
+            .chain(received.into_iter().flatten())
+    }
+}
+
+impl std::fmt::Debug for Headers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Headers::Map(map) => map.fmt(f),
+            Headers::Received(fields) => f
+                .debug_list()
+                .entries(fields.forwarded().map(|(name, value)| {
+                    (
+                        String::from_utf8_lossy(name),
+                        String::from_utf8_lossy(value),
+                    )
+                }))
+                .finish(),
+        }
+    }
 }
 
 /// One router to mount on an entry point.
@@ -874,17 +914,13 @@ impl Node {
             Node::Method(method) => req.method.as_str() == &**method,
             Node::Header(header) => {
                 let (name, value) = &**header;
-                req.headers
-                    .get_all(name)
-                    .iter()
-                    .any(|v| v.as_bytes() == value.as_bytes())
+                req.headers.values(name).any(|v| v == value.as_bytes())
             }
             Node::HeaderRegexp(header) => {
                 let (name, re) = &**header;
                 req.headers
-                    .get_all(name)
-                    .iter()
-                    .any(|v| re.is_match(&String::from_utf8_lossy(v.as_bytes())))
+                    .values(name)
+                    .any(|v| re.is_match(&String::from_utf8_lossy(v)))
             }
             Node::Query(query) => {
                 let (key, value) = &**query;

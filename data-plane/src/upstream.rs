@@ -170,16 +170,17 @@ impl Http1Pool {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
-        self.send_as(authority, req, &h1::AddedFields::NONE, FieldsAs::Map)
+        self.send_as(authority, req, None, &h1::AddedFields::NONE, FieldsAs::Map)
             .await
     }
 
-    /// [`Self::send`], the request head with `added` after its map's fields, the response's
-    /// fields handed over as `fields` asks.
+    /// [`Self::send`], the request head with the fields `received` (if its map holds none), then
+    /// its map's, then `added`; the response's fields handed over as `fields` asks.
     pub(crate) async fn send_as<B>(
         &self,
         authority: &Authority,
         req: Request<B>,
+        received: Option<&h1::RawFields>,
         added: &h1::AddedFields,
         fields: FieldsAs,
     ) -> Result<Response<UpstreamBody>, UpstreamError>
@@ -189,10 +190,15 @@ impl Http1Pool {
     {
         let raw = fields == FieldsAs::Received;
         let (parts, body) = req.into_parts();
-        let (head, framing) =
-            h1::encode_head(&parts, added, body.is_end_stream(), authority.as_str())
-                .ok_or(UpstreamError::InvalidRequest("invalid Content-Length"))?;
-        let replayable = framing == RequestFraming::None && replayable(&parts);
+        let (head, framing) = h1::encode_head(
+            &parts,
+            received,
+            added,
+            body.is_end_stream(),
+            authority.as_str(),
+        )
+        .ok_or(UpstreamError::InvalidRequest("invalid Content-Length"))?;
+        let replayable = framing == RequestFraming::None && replayable(&parts, received);
         let mut body = Some(body);
         loop {
             let (conn, idle) = match self.checkout(authority) {
@@ -452,12 +458,18 @@ const REPLAY_AFTER_IDLE: Duration = if cfg!(test) {
 
 /// Whether a request without a body may be sent again, as Go's `Transport` decides: an
 /// idempotent method, or an `Idempotency-Key` header.
-fn replayable(parts: &http::request::Parts) -> bool {
+fn replayable(parts: &http::request::Parts, received: Option<&h1::RawFields>) -> bool {
+    static KEYS: [http::HeaderName; 2] = [
+        http::HeaderName::from_static("idempotency-key"),
+        http::HeaderName::from_static("x-idempotency-key"),
+    ];
     matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) || parts.headers.contains_key("idempotency-key")
-        || parts.headers.contains_key("x-idempotency-key")
+    ) || KEYS.iter().any(|key| {
+        parts.headers.contains_key(key)
+            || received.is_some_and(|fields| fields.forwarded_count(key) > 0)
+    })
 }
 
 /// Sends the request body, framed; gives the write side back.

@@ -42,7 +42,7 @@ use tokio::{
 };
 
 use crate::upstream::h1::{
-    ConnectionSays, Decoded, Decoder, FieldSpans, MAX_HEAD_BYTES, MAX_HEADERS, RawFields,
+    ConnectionSays, Decoded, Decoder, FieldSpans, Fields, MAX_HEAD_BYTES, MAX_HEADERS, RawFields,
     chunk_size_line, list_elements, poll_decode, poll_fill_up_to, take, visible_ascii,
 };
 
@@ -81,7 +81,13 @@ impl Timeouts {
 pub trait Service {
     type Body: ResponseBody;
 
-    fn call(&self, req: Request<RequestBody>) -> impl Future<Output = Response<Self::Body>> + Send;
+    /// Answers `req`, whose fields are `fields` when they came as received (its map is then
+    /// empty).
+    fn call(
+        &self,
+        req: Request<RequestBody>,
+        fields: Option<Box<RawFields>>,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
 /// A response body, which may carry its response's fields as the origin sent them: they are
@@ -327,6 +333,7 @@ impl Conn {
     ) -> io::Result<bool> {
         let Parsed {
             parts,
+            fields,
             decoder,
             keep_alive,
             expects_continue,
@@ -355,7 +362,7 @@ impl Conn {
             http10: parts.version == Version::HTTP_10,
             keep_alive,
         };
-        let response = service.call(Request::from_parts(parts, body)).await;
+        let response = service.call(Request::from_parts(parts, body), fields).await;
         // A body the handler is done with is taken back now, so that the response can say
         // whether the connection goes on; one still held (an upload going on next to the
         // response) is taken back after it.
@@ -522,6 +529,8 @@ fn poll_head<F: Future>(
 /// A request head, parsed.
 struct Parsed {
     parts: http::request::Parts,
+    /// The fields as received, when the map (`parts.headers`, then empty) was not made.
+    fields: Option<Box<RawFields>>,
     decoder: Decoder,
     /// The client lets the connection live on after this exchange.
     keep_alive: bool,
@@ -559,6 +568,11 @@ impl Rejection {
 
 /// Parses a complete request head off the front of `buf` (`None`: not complete yet).
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Rejection> {
+    parse_head_as(buf, true)
+}
+
+/// [`parse_head`]; `received`: the fields may be kept as received (tests compare both ways).
+fn parse_head_as(buf: &mut BytesMut, received: bool) -> Result<Option<Parsed>, Rejection> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let base = buf.as_ptr() as usize;
@@ -593,6 +607,23 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Rejection> {
     // other than `close` and `keep-alive` is read from the map and taken out of it, here if it
     // says `close` (HTTP/1.1), else by the proxy's handler.
     let says = spans.connection(&head);
+    // Most requests: their fields go on as received, and no map is made for them.
+    if let Some(says) = says.filter(|_| received)
+        && let Some(fields) = RawFields::of(&head, &spans, says, true)
+    {
+        let decoder = length_framing(fields.values(&header::CONTENT_LENGTH))?;
+        let mut parts = Request::new(()).into_parts().0;
+        parts.method = method;
+        parts.uri = uri;
+        parts.version = version;
+        return Ok(Some(Parsed {
+            parts,
+            fields: Some(fields),
+            decoder,
+            keep_alive: !says.close && (version == Version::HTTP_11 || says.keep_alive),
+            expects_continue: false,
+        }));
+    }
     let mut headers = spans
         .header_map(&head, ADDED_HEADERS, says.map_or(0, |s| s.fields))
         .map_err(|_| Rejection::BadRequest)?;
@@ -625,6 +656,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Rejection> {
     parts.headers = headers;
     Ok(Some(Parsed {
         parts,
+        fields: None,
         decoder,
         keep_alive,
         expects_continue,
@@ -694,9 +726,18 @@ fn request_framing(
         let both = headers.remove(header::CONTENT_LENGTH).is_some();
         return Ok((Decoder::ChunkSize, both));
     }
+    let values = headers.get_all(header::CONTENT_LENGTH);
+    Ok((
+        length_framing(values.iter().map(HeaderValue::as_bytes))?,
+        false,
+    ))
+}
+
+/// The framing `Content-Length` fields with these values give a request body (none: no body).
+fn length_framing<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Decoder, Rejection> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
+    for value in values {
+        for part in value.split(|b| *b == b',') {
             let part = part.trim_ascii();
             if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Err(Rejection::BadRequest);
@@ -711,13 +752,10 @@ fn request_framing(
             length = Some(n);
         }
     }
-    Ok((
-        match length {
-            None | Some(0) => Decoder::Done,
-            Some(n) => Decoder::Length(n),
-        },
-        false,
-    ))
+    Ok(match length {
+        None | Some(0) => Decoder::Done,
+        Some(n) => Decoder::Length(n),
+    })
 }
 
 /// What the response depends on in its request.

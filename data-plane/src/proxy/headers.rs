@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::{
     middleware::split_host_port,
-    upstream::h1::{AddedFields, HOP_BY_HOP, list_elements},
+    upstream::h1::{AddedFields, HOP_BY_HOP, RawFields, list_elements},
 };
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -109,20 +109,33 @@ fn ip_text(ip: IpAddr) -> String {
 }
 
 /// Traefik (forwardedHeaders untrusted by default) drops client-supplied `X-Forwarded-*` and
-/// sets its own: removes the client's from `headers` (those the proxy sets too) and makes the
-/// proxy's, to be inserted into the map where a middleware may read or change them, else
-/// written after the map's fields (six inserts, each hashed, were a tenth of the proxy's
-/// user-space work per request). `host_value` is `host` as the request carried it.
+/// sets its own: removes the client's (those the proxy sets too) from the fields as `received`,
+/// or else from `headers`, and makes the proxy's, to be inserted into the map where a
+/// middleware may read or change them, else written after the request's other fields (six
+/// inserts, each hashed, were a tenth of the proxy's user-space work per request).
+/// `host_value` is `host` as the request carried it.
 pub(super) fn forwarded_fields(
     headers: &mut HeaderMap,
+    received: Option<&mut RawFields>,
     host_value: Option<&HeaderValue>,
     host: &str,
     peer: &Peer,
     scheme: &'static str,
 ) -> AddedFields {
     let names = CLIENT_FORWARDED.map(Some);
-    let found = present(headers, &names, &FORWARDED_SIEVE);
-    remove_marked(headers, &names, found);
+    match received {
+        Some(fields) => fields.leave_out_where(|name| {
+            FORWARDED_SIEVE.may_hold_bytes(name)
+                && names
+                    .iter()
+                    .flatten()
+                    .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+        }),
+        None => {
+            let found = present(headers, &names, &FORWARDED_SIEVE);
+            remove_marked(headers, &names, found);
+        }
+    }
     let host_value = host_value.filter(|_| !host.is_empty());
     // The port of the request host, else the scheme's default — not the listening port.
     let port = split_host_port(host)
@@ -189,7 +202,7 @@ impl Sieve {
             firsts: 0,
         };
         for name in names {
-            let (length, first) = Self::bits(name.as_str());
+            let (length, first) = Self::bits(name.as_str().as_bytes());
             sieve.lengths |= length;
             sieve.firsts |= first;
         }
@@ -197,14 +210,20 @@ impl Sieve {
     }
 
     fn may_hold(&self, name: &str) -> bool {
+        self.may_hold_bytes(name.as_bytes())
+    }
+
+    /// [`Self::may_hold`] for a name as received, in any case.
+    fn may_hold_bytes(&self, name: &[u8]) -> bool {
         let (length, first) = Self::bits(name);
         self.lengths & length != 0 && self.firsts & first != 0
     }
 
-    /// A bit for the length (63 for every length from 63 on) and one for the first byte (127 for
-    /// every byte from 127 on; names are not empty, the empty string gets bit 0).
-    fn bits(name: &str) -> (u64, u128) {
-        let first = name.as_bytes().first().copied().unwrap_or(0);
+    /// A bit for the length (63 for every length from 63 on) and one for the first byte,
+    /// lowercased (127 for every byte from 127 on; names are not empty, the empty string gets
+    /// bit 0).
+    fn bits(name: &[u8]) -> (u64, u128) {
+        let first = name.first().copied().unwrap_or(0).to_ascii_lowercase();
         (1 << name.len().min(63), 1 << first.min(127))
     }
 }
@@ -299,7 +318,7 @@ mod tests {
     fn forward(headers: &mut HeaderMap, host: &str, scheme: &'static str) {
         let value = HeaderValue::from_str(host).unwrap();
         let peer = Peer::new("[::ffff:127.0.0.2]:5000".parse().unwrap());
-        forwarded_fields(headers, Some(&value), host, &peer, scheme).insert_into(headers);
+        forwarded_fields(headers, None, Some(&value), host, &peer, scheme).insert_into(headers);
     }
 
     /// Traefik: the port of the request host, else the scheme's default (not the listener's).

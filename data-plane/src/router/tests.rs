@@ -116,7 +116,7 @@ impl Req {
             path: &path,
             query: self.query.as_deref(),
             method: &self.method,
-            headers: &self.headers,
+            headers: Headers::Map(&self.headers),
             client_ip: self.ip,
         };
         let found = table.find(&view);

@@ -221,7 +221,7 @@ mod patch {
                             path,
                             query: None,
                             method: &method,
-                            headers: &headers,
+                            headers: crate::router::Headers::Map(&headers),
                             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
                         };
                         out.push(table.find(&req).map(|route| {

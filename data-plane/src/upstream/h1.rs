@@ -110,33 +110,50 @@ impl RequestFraming {
 /// `Content-Length` is not a length (hyper's server and h2 reject those before they get here).
 pub fn encode_head(
     parts: &request::Parts,
+    raw: Option<&RawFields>,
     added: &AddedFields,
     body_empty: bool,
     authority: &str,
 ) -> Option<(Vec<u8>, RequestFraming)> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let fields: usize = parts
-        .headers
-        .iter()
-        .chain(added.iter())
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+    let received = || raw.into_iter().flat_map(RawFields::forwarded);
+    let fields: usize = received()
+        .map(|(name, value)| name.len() + value.len() + 4)
+        .chain(
+            parts
+                .headers
+                .iter()
+                .chain(added.iter())
+                .map(|(name, value)| name.as_str().len() + value.len() + 4),
+        )
         .sum();
     let mut head = Vec::with_capacity(parts.method.as_str().len() + target.len() + fields + 64);
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
+    let has_host = parts.headers.contains_key(header::HOST)
+        || raw.is_some_and(|r| r.forwarded_count(&header::HOST) > 0);
+    if !has_host {
         field(&mut head, "host", authority.as_bytes());
+    }
+    for (name, value) in received() {
+        field(&mut head, name, value);
     }
     for (name, value) in parts.headers.iter().chain(added.iter()) {
         field(&mut head, name.as_str(), value.as_bytes());
     }
-    let length = match parts.headers.get(header::CONTENT_LENGTH) {
+    let length = match raw.and_then(|r| r.forwarded_value(&header::CONTENT_LENGTH)) {
+        Some(value) => Some(value),
+        None => parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .map(HeaderValue::as_bytes),
+    };
+    let length = match length {
         None => None,
         Some(value) => Some(
-            value
-                .to_str()
+            std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())?,
         ),
@@ -188,8 +205,8 @@ impl AddedFields {
     }
 }
 
-fn field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
-    head.extend_from_slice(name.as_bytes());
+fn field(head: &mut Vec<u8>, name: impl AsRef<[u8]>, value: &[u8]) {
+    head.extend_from_slice(name.as_ref());
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
@@ -325,7 +342,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Option<H
     let mut spans = FieldSpans::EMPTY;
     spans.record(base, response.headers);
     let head = take(buf, len);
-    if let Some(mut fields) = raw.then(|| RawFields::of(&head, &spans)).flatten() {
+    let raw = raw
+        .then(|| spans.connection(&head))
+        .flatten()
+        .and_then(|says| RawFields::of(&head, &spans, says, false));
+    if let Some(mut fields) = raw {
         let (framing, framing_closes) = framing(&*fields, version, status, method)?;
         fields.leave_out_framing(framing);
         let keep_alive = !framing_closes && fields.keeps_alive(version);
@@ -589,12 +610,14 @@ impl Fields for HeaderMap {
 /// Most fields a response head may have to be kept as [`RawFields`] (one bit each in a `u32`).
 const RAW_MAX: usize = 32;
 
-/// A response head's fields as the origin sent them, for a response that goes on to an
-/// HTTP/1.1 client untouched: written out from the head's own bytes, with no header map made
-/// (building, hashing and dropping that map was a sixth of the proxy's user-space work per
-/// request). The hop-by-hop fields are left out, as the map would have lost them. A head that
-/// needs more than dropping a few known fields (other hop-by-hop fields, `Connection` naming
-/// others, more than [`RAW_MAX`] fields, a head over 64 KiB) gets a map instead.
+/// A head's fields as they were received, written out from the head's own bytes with no header
+/// map made (building, hashing and dropping that map was a sixth of the proxy's user-space work
+/// per request, and the request's map as much again): a response's from the origin, going on to
+/// an HTTP/1.1 client untouched; a request's from an HTTP/1.x client, going on to an HTTP/1.1
+/// server through a router without middlewares. The hop-by-hop fields are left out, as the map
+/// would have lost them. A head that needs more than dropping a few known fields (other
+/// hop-by-hop fields, `Connection` naming others, more than [`RAW_MAX`] fields, a head over
+/// 64 KiB; in a request also `Transfer-Encoding` and `Expect`) gets a map instead.
 pub struct RawFields {
     head: Bytes,
     /// Name start, name end, value start, value end, in `head`.
@@ -607,21 +630,28 @@ pub struct RawFields {
     transfer_encoding: u32,
     content_length: u32,
     date: u32,
+    host: u32,
     /// What `Connection` says: `close`, `keep-alive`.
     says_close: bool,
     says_keep_alive: bool,
 }
 
 impl RawFields {
-    /// The fields of `head` as recorded in `spans`, `None` if a map is needed.
-    fn of(head: &Bytes, spans: &FieldSpans) -> Option<Box<Self>> {
+    /// The fields of `head` as recorded in `spans` (its `Connection` fields saying `says`), of a
+    /// request or a response; `None` if a map is needed.
+    pub(crate) fn of(
+        head: &Bytes,
+        spans: &FieldSpans,
+        says: ConnectionSays,
+        request: bool,
+    ) -> Option<Box<Self>> {
         if spans.count > RAW_MAX || head.len() > usize::from(u16::MAX) {
             return None;
         }
-        // Dropped on the way, as from a map: `Connection`, `Keep-Alive`, the framing (written
-        // anew), and a field a `Connection` token names (Go removes even one named `close`).
-        // Any other hop-by-hop field, or a token naming another field: the map's path.
-        let says = spans.connection(head)?;
+        // Dropped on the way, as from a map: `Connection`, `Keep-Alive`, a response's framing
+        // (written anew), and a field a `Connection` token names (Go removes even one named
+        // `close`). Any other hop-by-hop field, a token naming another field, and a request's
+        // `Transfer-Encoding` or `Expect` (rare, and read from the map): the map's path.
         let mut fields = Box::new(Self {
             head: head.clone(),
             spans: [(0, 0, 0, 0); RAW_MAX],
@@ -631,8 +661,9 @@ impl RawFields {
             transfer_encoding: 0,
             content_length: 0,
             date: 0,
-            says_close: false,
-            says_keep_alive: false,
+            host: 0,
+            says_close: says.close,
+            says_keep_alive: says.keep_alive,
         });
         let mut keep_alive = 0;
         let pairs = fields.spans.iter_mut().zip(&spans.spans[..spans.count]);
@@ -643,19 +674,26 @@ impl RawFields {
             let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
             let bit = 1 << i;
             match name.len() {
+                4 if is("host") => fields.host |= bit,
                 4 if is("date") => fields.date |= bit,
+                6 if request && is("expect") => return None,
                 10 if is("connection") => fields.connection |= bit,
+                // A request's, unless `Connection` names it, is the handler's to see until it
+                // is forwarded: the map keeps it that long.
+                10 if request && is("keep-alive") && says.fields & u128::from(bit) == 0 => {
+                    return None;
+                }
                 10 if is("keep-alive") => keep_alive |= bit,
                 14 if is("content-length") => fields.content_length |= bit,
-                17 if is("transfer-encoding") => fields.transfer_encoding |= bit,
-                2 | 7 | 16 | 18 | 19 if HOP_BY_HOP.iter().any(|h| is(h.as_str())) => return None,
+                17 if !request && is("transfer-encoding") => fields.transfer_encoding |= bit,
+                2 | 7 | 16 | 17 | 18 | 19 if HOP_BY_HOP.iter().any(|h| is(h.as_str())) => {
+                    return None;
+                }
                 _ => {}
             }
         }
         // At most 32 fields here.
         let dropped = says.fields as u32 | keep_alive | fields.transfer_encoding;
-        fields.says_close = says.close;
-        fields.says_keep_alive = says.keep_alive;
         fields.forward = ((1u64 << fields.count) - 1) as u32 & !dropped;
         Some(fields)
     }
@@ -670,6 +708,8 @@ impl RawFields {
             return self.content_length;
         } else if *name == header::DATE {
             return self.date;
+        } else if *name == header::HOST {
+            return self.host;
         }
         let name = name.as_str().as_bytes();
         let mut mask = 0;
@@ -710,9 +750,73 @@ impl RawFields {
 
     /// The first value of a field named `name` that goes on.
     pub fn forwarded_value(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.forwarded_span(name)
+            .map(|(vs, ve)| &self.head[usize::from(vs)..usize::from(ve)])
+    }
+
+    /// [`Self::forwarded_value`], sharing the head's bytes.
+    pub(crate) fn forwarded_bytes(&self, name: &HeaderName) -> Option<Bytes> {
+        self.forwarded_span(name)
+            .map(|(vs, ve)| self.head.slice(usize::from(vs)..usize::from(ve)))
+    }
+
+    fn forwarded_span(&self, name: &HeaderName) -> Option<(u16, u16)> {
         let i = (self.named(name) & self.forward).trailing_zeros() as usize;
         let &(_, _, vs, ve) = self.spans[..self.count].get(i)?;
-        Some(&self.head[usize::from(vs)..usize::from(ve)])
+        Some((vs, ve))
+    }
+
+    /// The values of the fields named `name` that go on, in order.
+    pub(crate) fn forwarded_values<'a>(
+        &'a self,
+        name: &HeaderName,
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mask = self.named(name) & self.forward;
+        self.spans[..self.count]
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| mask & (1 << i) != 0)
+            .map(|(_, &(_, _, vs, ve))| &self.head[usize::from(vs)..usize::from(ve)])
+    }
+
+    /// How many fields named `name` go on.
+    pub(crate) fn forwarded_count(&self, name: &HeaderName) -> u32 {
+        (self.named(name) & self.forward).count_ones()
+    }
+
+    /// Leaves out the fields whose name `drop` picks.
+    pub(crate) fn leave_out_where(&mut self, drop: impl Fn(&[u8]) -> bool) {
+        for (i, &(ns, ne, _, _)) in self.spans[..self.count].iter().enumerate() {
+            if self.forward & (1 << i) != 0 && drop(&self.head[usize::from(ns)..usize::from(ne)]) {
+                self.forward &= !(1 << i);
+            }
+        }
+    }
+
+    /// The fields that go on as a map, with room for `extra` more: for whatever needs one after
+    /// all (a middleware, an h2c server).
+    pub(crate) fn header_map(&self, extra: usize) -> Result<HeaderMap, BadField> {
+        let mut spans = FieldSpans::EMPTY;
+        spans.count = self.count;
+        for (wide, &(ns, ne, vs, ve)) in spans.spans.iter_mut().zip(&self.spans[..self.count]) {
+            *wide = (ns.into(), ne.into(), vs.into(), ve.into());
+        }
+        spans.header_map(&self.head, extra, u128::from(!self.forward))
+    }
+}
+
+#[cfg(test)]
+impl RawFields {
+    /// The fields of a whole request head, if they can be kept as received.
+    pub(crate) fn of_request(head: &str) -> Option<Box<Self>> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        let head = Bytes::copy_from_slice(head.as_bytes());
+        request.parse(&head).ok()?;
+        let mut spans = FieldSpans::EMPTY;
+        spans.record(head.as_ptr() as usize, request.headers);
+        let says = spans.connection(&head)?;
+        Self::of(&head, &spans, says, true)
     }
 }
 

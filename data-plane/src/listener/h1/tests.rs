@@ -34,9 +34,17 @@ impl ResponseBody for Either<Full<Bytes>, Pieces> {}
 impl Service for Echo {
     type Body = Either<Full<Bytes>, Pieces>;
 
-    async fn call(&self, req: Request<RequestBody>) -> Response<Self::Body> {
+    async fn call(
+        &self,
+        req: Request<RequestBody>,
+        fields: Option<Box<RawFields>>,
+    ) -> Response<Self::Body> {
         {
-            let (parts, body) = req.into_parts();
+            let (mut parts, body) = req.into_parts();
+            if let Some(fields) = fields {
+                assert!(parts.headers.is_empty());
+                parts.headers = fields.header_map(0).expect("fields as received");
+            }
             let path = parts.uri.path().to_owned();
             let body = match path.as_str() {
                 "/stream" => {
@@ -550,4 +558,106 @@ async fn an_unread_body_still_arriving_is_taken_in_not_reset() {
     assert_eq!(got.len(), 1, "{all}");
     assert_eq!(got[0].2, "POST /ignore body=");
     assert!(got[0].1.contains(&"connection: close".to_owned()), "{all}");
+}
+
+/// A head whose fields are kept as received gives the handler what the map would: the same
+/// fields (those of `Connection` left out alike), framing and keep-alive; a head that needs the
+/// map gets it.
+#[test]
+fn fields_as_received_are_the_map_the_listener_would_make() {
+    let heads: [(&str, bool); 17] = [
+        ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
+        (
+            "GET /p?q HTTP/1.1\r\nHost: a\r\nUser-Agent: x\r\nAccept: */*\r\n\r\n",
+            true,
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: a\r\nX-A: 1\r\nx-a: 2\r\nX-B: \r\n\r\n",
+            true,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nClose: x\r\n\r\n",
+            true,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\nKeep-Alive: 5\r\n\r\n",
+            true,
+        ),
+        ("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
+        ("GET / HTTP/1.0\r\nHost: a\r\n\r\n", true),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+            true,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n",
+            true,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-Ip: 1\r\n\r\n",
+            true,
+        ),
+        ("GET / HTTP/1.1\r\nHost: a\r\nV: caf\u{e9}\t!\r\n\r\n", true),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: X-A\r\nX-A: 1\r\n\r\n",
+            false,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            false,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nUpgrade: h2c\r\n\r\n",
+            false,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: x\r\n\r\n",
+            false,
+        ),
+        ("GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\n\r\n", false),
+    ];
+    for (head, kept) in heads {
+        let parse = |received| {
+            let mut buf = BytesMut::from(head.as_bytes());
+            parse_head_as(&mut buf, received)
+                .expect("a valid head")
+                .expect("a whole head")
+        };
+        let (raw, map) = (parse(true), parse(false));
+        assert_eq!(raw.fields.is_some(), kept, "{head:?}");
+        assert!(map.fields.is_none());
+        let headers = match raw.fields {
+            Some(fields) => {
+                assert!(raw.parts.headers.is_empty());
+                fields.header_map(0).expect("fields as received")
+            }
+            None => raw.parts.headers,
+        };
+        assert_eq!(headers, map.parts.headers, "{head:?}");
+        assert_eq!(
+            (raw.parts.method, raw.parts.uri, raw.parts.version),
+            (map.parts.method, map.parts.uri, map.parts.version),
+            "{head:?}"
+        );
+        assert_eq!(raw.decoder, map.decoder, "{head:?}");
+        assert_eq!(
+            (raw.keep_alive, raw.expects_continue),
+            (map.keep_alive, map.expects_continue),
+            "{head:?}"
+        );
+    }
+    // A length the map path refuses is refused as received too.
+    for head in [
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ] {
+        for received in [true, false] {
+            let mut buf = BytesMut::from(head.as_bytes());
+            assert!(parse_head_as(&mut buf, received).is_err(), "{head:?}");
+        }
+    }
 }

@@ -309,7 +309,8 @@ fn request_heads_carry_the_framing_their_body_needs() {
         ),
     ];
     for (parts, empty, added, framing) in cases {
-        let (head, got) = encode_head(&parts, &AddedFields::NONE, empty, "origin:80").unwrap();
+        let (head, got) =
+            encode_head(&parts, None, &AddedFields::NONE, empty, "origin:80").unwrap();
         let head = String::from_utf8(head).unwrap();
         let mut expected = format!("{} /p?q=1 HTTP/1.1\r\n", parts.method);
         for (name, value) in &parts.headers {
@@ -322,6 +323,7 @@ fn request_heads_carry_the_framing_their_body_needs() {
     assert!(
         encode_head(
             &parts("PUT", &length("x")),
+            None,
             &AddedFields::NONE,
             false,
             "origin:80"
@@ -329,8 +331,14 @@ fn request_heads_carry_the_framing_their_body_needs() {
         .is_none()
     );
     // A request without Host gets the server's authority.
-    let (head, _) =
-        encode_head(&parts("GET", &[]), &AddedFields::NONE, true, "origin:8080").unwrap();
+    let (head, _) = encode_head(
+        &parts("GET", &[]),
+        None,
+        &AddedFields::NONE,
+        true,
+        "origin:8080",
+    )
+    .unwrap();
     assert_eq!(head, b"GET /p?q=1 HTTP/1.1\r\nhost: origin:8080\r\n\r\n");
 }
 
@@ -418,7 +426,7 @@ fn added_fields_follow_the_maps() {
     added.fields[1] = Some((&REAL_IP, HeaderValue::from_static("10.0.0.1")));
     added.fields[4] = Some((&PROTO, HeaderValue::from_static("https")));
     let parts = parts("POST", &[("host", "a.test"), ("x-a", "1")]);
-    let (head, framing) = encode_head(&parts, &added, false, "origin:80").unwrap();
+    let (head, framing) = encode_head(&parts, None, &added, false, "origin:80").unwrap();
     assert_eq!(
         String::from_utf8(head).unwrap(),
         "POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\nx-a: 1\r\nx-real-ip: 10.0.0.1\r\n\
