@@ -190,28 +190,50 @@ impl Http1Pool {
     {
         let raw = fields == FieldsAs::Received;
         let (parts, body) = req.into_parts();
-        let (head, framing) = h1::encode_head(
-            &parts,
-            received,
-            added,
-            body.is_end_stream(),
-            authority.as_str(),
-        )
-        .ok_or(UpstreamError::InvalidRequest("invalid Content-Length"))?;
-        let replayable = framing == RequestFraming::None && replayable(&parts, received);
+        let body_empty = body.is_end_stream();
         let mut body = Some(body);
+        // Written into the first connection's buffer, which goes on with the connection that
+        // carries the request.
+        let mut head = Vec::new();
+        let mut framing = RequestFraming::None;
         loop {
-            let (conn, idle) = match self.checkout(authority) {
+            let (mut conn, idle) = match self.checkout(authority) {
                 Some((conn, idle)) => (conn, Some(idle)),
                 // Boxed: rare, and the request future is moved once per request.
                 None => (Box::pin(connect(authority)).await?, None),
             };
+            if head.is_empty() {
+                head = std::mem::take(&mut conn.out);
+                let encoded = h1::encode_head_into(
+                    &mut head,
+                    &parts,
+                    received,
+                    added,
+                    body_empty,
+                    authority.as_str(),
+                );
+                match encoded {
+                    Some(encoded) => framing = encoded,
+                    None => {
+                        if idle.is_some() {
+                            self.give_back(authority.clone(), conn);
+                        }
+                        return Err(UpstreamError::InvalidRequest("invalid Content-Length"));
+                    }
+                }
+            }
             match exchange(conn, &head, framing, &mut body, &parts.method, raw).await {
                 Ok(Exchanged {
-                    head,
-                    reader,
+                    head: response,
+                    mut reader,
                     upload,
                 }) => {
+                    if let Reader::Whole(conn) = &mut reader
+                        && head.capacity() <= h1::KEEP_OUT
+                    {
+                        conn.out = head;
+                    }
+                    let head = response;
                     let give_back = head.keep_alive.then(|| GiveBack {
                         pool: self.clone(),
                         authority: authority.clone(),
@@ -232,6 +254,8 @@ impl Http1Pool {
                     if failed.unsent {
                         continue;
                     }
+                    let replayable =
+                        framing == RequestFraming::None && replayable(&parts, received);
                     if failed.unanswered && replayable && idle >= REPLAY_AFTER_IDLE {
                         tracing::debug!(%authority, error = %failed.error, "replaying a request an idle connection closed");
                         continue;
@@ -416,7 +440,11 @@ where
         unsent: false,
         unanswered: false,
     };
-    let Conn { stream, mut buf } = conn;
+    let Conn {
+        stream,
+        mut buf,
+        out,
+    } = conn;
     let (mut reader, writer) = stream.into_split();
     let mut upload: Upload = Box::pin(send_body(writer, body, framing));
     tokio::select! {
@@ -431,7 +459,7 @@ where
                 let stream = reader
                     .reunite(writer)
                     .map_err(|e| failed(UpstreamError::Write(std::io::Error::other(e))))?;
-                Ok(Uploaded::Sent(Conn { stream, buf }))
+                Ok(Uploaded::Sent(Conn::with_buffers(stream, buf, out)))
             }
             // The origin may have answered, then closed: an answer is read below.
             Err(UpstreamError::Write(e)) => {
@@ -635,7 +663,7 @@ impl H1Body {
             // Whole again only if the upload has ended (else it is cut short, the connection
             // closed).
             Reader::Half(read, buf) => match self.writer.take().map(|w| read.reunite(w)) {
-                Some(Ok(stream)) => Conn { stream, buf },
+                Some(Ok(stream)) => Conn::with_buffers(stream, buf, Vec::new()),
                 _ => return,
             },
         };

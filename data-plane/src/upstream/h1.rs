@@ -33,18 +33,24 @@ const READ_SIZE: usize = 16 * 1024;
 /// Longest chunk-size line (size, extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// One upstream connection: the socket and what was read from it but not used yet.
+/// One upstream connection: the socket, what was read from it but not used yet, and the
+/// allocation of the last request head written on it (the next one is written there).
 pub struct Conn {
     pub stream: TcpStream,
     pub buf: BytesMut,
+    pub out: Vec<u8>,
 }
+
+/// Largest request head allocation a pooled connection keeps for the next head.
+pub const KEEP_OUT: usize = 4 * 1024;
 
 impl Conn {
     pub fn new(stream: TcpStream) -> Self {
-        Self {
-            stream,
-            buf: BytesMut::new(),
-        }
+        Self::with_buffers(stream, BytesMut::new(), Vec::new())
+    }
+
+    pub fn with_buffers(stream: TcpStream, buf: BytesMut, out: Vec<u8>) -> Self {
+        Self { stream, buf, out }
     }
 
     /// Whether the origin closed (or wrote to) this idle connection. Costs no system call while
@@ -105,9 +111,8 @@ impl RequestFraming {
     }
 }
 
-/// Writes the request head: origin-form target, the headers as they are, and the framing the
-/// body needs. `body_empty`: the body is known to have nothing in it. `None`: the request's
-/// `Content-Length` is not a length (hyper's server and h2 reject those before they get here).
+/// [`encode_head_into`] a new buffer.
+#[cfg(test)]
 pub fn encode_head(
     parts: &request::Parts,
     raw: Option<&RawFields>,
@@ -115,6 +120,23 @@ pub fn encode_head(
     body_empty: bool,
     authority: &str,
 ) -> Option<(Vec<u8>, RequestFraming)> {
+    let mut head = Vec::new();
+    let framing = encode_head_into(&mut head, parts, raw, added, body_empty, authority)?;
+    Some((head, framing))
+}
+
+/// Writes the request head into `head` (cleared first, its allocation reused): origin-form
+/// target, the fields `raw` as received, then the map's, then `added`, and the framing the body
+/// needs. `body_empty`: the body is known to have nothing in it. `None`: the request's
+/// `Content-Length` is not a length (hyper's server and h2 reject those before they get here).
+pub fn encode_head_into(
+    head: &mut Vec<u8>,
+    parts: &request::Parts,
+    raw: Option<&RawFields>,
+    added: &AddedFields,
+    body_empty: bool,
+    authority: &str,
+) -> Option<RequestFraming> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let received = || raw.into_iter().flat_map(RawFields::forwarded);
     let fields: usize = received()
@@ -127,7 +149,8 @@ pub fn encode_head(
                 .map(|(name, value)| name.as_str().len() + value.len() + 4),
         )
         .sum();
-    let mut head = Vec::with_capacity(parts.method.as_str().len() + target.len() + fields + 64);
+    head.clear();
+    head.reserve(parts.method.as_str().len() + target.len() + fields + 64);
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
@@ -135,13 +158,13 @@ pub fn encode_head(
     let has_host = parts.headers.contains_key(header::HOST)
         || raw.is_some_and(|r| r.forwarded_count(&header::HOST) > 0);
     if !has_host {
-        field(&mut head, "host", authority.as_bytes());
+        field(head, "host", authority.as_bytes());
     }
     for (name, value) in received() {
-        field(&mut head, name, value);
+        field(head, name, value);
     }
     for (name, value) in parts.headers.iter().chain(added.iter()) {
-        field(&mut head, name.as_str(), value.as_bytes());
+        field(head, name.as_str(), value.as_bytes());
     }
     let length = match raw.and_then(|r| r.forwarded_value(&header::CONTENT_LENGTH)) {
         Some(value) => Some(value),
@@ -164,17 +187,17 @@ pub fn encode_head(
         None if body_empty => {
             // Go sends an explicit zero length for the methods that normally carry a body.
             if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-                field(&mut head, "content-length", b"0");
+                field(head, "content-length", b"0");
             }
             RequestFraming::None
         }
         None => {
-            field(&mut head, "transfer-encoding", b"chunked");
+            field(head, "transfer-encoding", b"chunked");
             RequestFraming::Chunked
         }
     };
     head.extend_from_slice(b"\r\n");
-    Some((head, framing))
+    Some(framing)
 }
 
 /// Fields a request head gets after its map's (the proxy's forwarding headers), up to six.
