@@ -835,8 +835,8 @@ where
     wbuf.push(b' ');
     wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     wbuf.extend_from_slice(b"\r\n");
-    for (name, value) in fields.iter().flat_map(|f| f.forwarded()) {
-        field(wbuf, name, value);
+    if let Some(fields) = &fields {
+        fields.write_forwarded(wbuf);
     }
     for (name, value) in headers {
         // The framing is this connection's (a `Transfer-Encoding` a middleware set would

@@ -138,17 +138,14 @@ pub fn encode_head_into(
     authority: &str,
 ) -> Option<RequestFraming> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let received = || raw.into_iter().flat_map(RawFields::forwarded);
-    let fields: usize = received()
-        .map(|(name, value)| name.len() + value.len() + 4)
-        .chain(
-            parts
-                .headers
-                .iter()
-                .chain(added.iter())
-                .map(|(name, value)| name.as_str().len() + value.len() + 4),
-        )
-        .sum();
+    // The received fields take at most their head's length.
+    let fields: usize = raw.map_or(0, |r| r.head.len())
+        + parts
+            .headers
+            .iter()
+            .chain(added.iter())
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
     head.clear();
     head.reserve(parts.method.as_str().len() + target.len() + fields + 64);
     head.extend_from_slice(parts.method.as_str().as_bytes());
@@ -160,8 +157,8 @@ pub fn encode_head_into(
     if !has_host {
         field(head, "host", authority.as_bytes());
     }
-    for (name, value) in received() {
-        field(head, name, value);
+    if let Some(raw) = raw {
+        raw.write_forwarded(head);
     }
     for (name, value) in parts.headers.iter().chain(added.iter()) {
         field(head, name.as_str(), value.as_bytes());
@@ -769,6 +766,41 @@ impl RawFields {
                     &self.head[usize::from(vs)..usize::from(ve)],
                 )
             })
+    }
+
+    /// Writes the fields that go on as `name: value` lines. Where the head has them that way, one
+    /// after the other, they are copied as one piece (a request or response usually goes on
+    /// whole but for a field or two), not a name, a value and two separators at a time.
+    pub fn write_forwarded(&self, out: &mut Vec<u8>) {
+        let spans = &self.spans[..self.count];
+        // The start of the run being copied, and the end of its last field's value.
+        let mut run: Option<(usize, usize)> = None;
+        for (i, &(ns, ne, vs, ve)) in spans.iter().enumerate() {
+            let (ns, ne, vs, ve) = (ns.into(), ne.into(), vs.into(), ve.into());
+            let goes_on = self.forward & (1 << i) != 0;
+            let as_written = goes_on && self.head.get(ne..vs) == Some(b": ");
+            match run {
+                Some((start, end)) if as_written && self.head.get(end..ns) == Some(b"\r\n") => {
+                    run = Some((start, ve));
+                    continue;
+                }
+                Some((start, end)) => {
+                    out.extend_from_slice(&self.head[start..end]);
+                    out.extend_from_slice(b"\r\n");
+                    run = None;
+                }
+                None => {}
+            }
+            if as_written {
+                run = Some((ns, ve));
+            } else if goes_on {
+                field(out, &self.head[ns..ne], &self.head[vs..ve]);
+            }
+        }
+        if let Some((start, end)) = run {
+            out.extend_from_slice(&self.head[start..end]);
+            out.extend_from_slice(b"\r\n");
+        }
     }
 
     /// The first value of a field named `name` that goes on.

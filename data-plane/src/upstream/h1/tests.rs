@@ -470,3 +470,33 @@ proptest! {
         prop_assert!(trailers.is_none());
     }
 }
+
+/// Fields written as pieces of their head are the fields that go on, each as `name: value`:
+/// pieces break where a field is left out or was not written that way.
+#[test]
+fn fields_are_written_as_they_go_on() {
+    let heads = [
+        "GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: u\r\nAccept: */*\r\n\r\n",
+        "GET / HTTP/1.1\r\nConnection: close\r\nHost: a\r\nX: 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX: 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost:a\r\nX:  1\r\nY: 2  \r\nZ: 3\r\nE: \r\nF:\r\nG: 4\r\n\r\n",
+        "GET / HTTP/1.1\nHost: a\nX: 1\n\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX: 1\nY: 2\r\nKeep-Alive: 1\r\nConnection: keep-alive\r\n\r\n",
+    ];
+    for head in heads {
+        let fields = RawFields::of_request(head).expect("kept as received");
+        let mut written = Vec::new();
+        fields.write_forwarded(&mut written);
+        let mut expected = Vec::new();
+        for (name, value) in fields.forwarded() {
+            field(&mut expected, name, value);
+        }
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            String::from_utf8(expected).unwrap(),
+            "{head:?}"
+        );
+    }
+}
