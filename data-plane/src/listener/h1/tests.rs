@@ -620,6 +620,21 @@ fn fields_as_received_are_the_map_the_listener_would_make() {
         ),
         ("GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 5\r\n\r\n", false),
     ];
+    // Too many fields to keep as received, or too long a head: the map.
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..32)
+            .map(|i| format!("X-{i}: {i}\r\n"))
+            .collect::<String>()
+    );
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+        "v".repeat(65_536)
+    );
+    let heads = heads
+        .iter()
+        .copied()
+        .chain([(many.as_str(), false), (long.as_str(), false)]);
     for (head, kept) in heads {
         let parse = |received| {
             let mut buf = BytesMut::from(head.as_bytes());
