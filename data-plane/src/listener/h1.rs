@@ -601,6 +601,10 @@ fn parse_head_as(buf: &mut BytesMut, received: bool) -> Result<Option<Parsed>, R
     let head = take(buf, len);
     let uri =
         request_uri(head.slice(target.0..target.0 + target.1)).ok_or(Rejection::BadRequest)?;
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
     // `Connection` goes no further than here, with the fields it names (Go's server takes
     // `Connection: close` away before the handler sees it, and Traefik's entry point the rest
     // before routing): read from the bytes and left out of the map. One that names fields
@@ -612,10 +616,6 @@ fn parse_head_as(buf: &mut BytesMut, received: bool) -> Result<Option<Parsed>, R
         && let Some(fields) = RawFields::of(&head, &spans, says, true)
     {
         let decoder = length_framing(fields.values(&header::CONTENT_LENGTH))?;
-        let mut parts = Request::new(()).into_parts().0;
-        parts.method = method;
-        parts.uri = uri;
-        parts.version = version;
         return Ok(Some(Parsed {
             parts,
             fields: Some(fields),
@@ -649,10 +649,6 @@ fn parse_head_as(buf: &mut BytesMut, received: bool) -> Result<Option<Parsed>, R
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut parts = Request::new(()).into_parts().0;
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
     parts.headers = headers;
     Ok(Some(Parsed {
         parts,
