@@ -215,9 +215,9 @@ impl Http1Pool {
                 match encoded {
                     Some(encoded) => framing = encoded,
                     None => {
-                        if idle.is_some() {
-                            self.give_back(authority.clone(), conn);
-                        }
+                        // Not written to: it serves the next request (a middleware could set
+                        // such a length; the servers refuse one from a client).
+                        self.give_back(authority.clone(), conn);
                         return Err(UpstreamError::InvalidRequest("invalid Content-Length"));
                     }
                 }

@@ -826,7 +826,11 @@ impl RawFields {
         &'a self,
         name: &HeaderName,
     ) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let mask = self.named(name) & self.forward;
+        self.values_in(self.named(name) & self.forward)
+    }
+
+    /// The values of the fields whose bits `mask` sets, in order.
+    fn values_in(&self, mask: u32) -> impl Iterator<Item = &[u8]> {
         self.spans[..self.count]
             .iter()
             .enumerate()
@@ -877,12 +881,7 @@ impl RawFields {
 
 impl Fields for RawFields {
     fn values<'a>(&'a self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let mask = self.named(name);
-        self.spans[..self.count]
-            .iter()
-            .enumerate()
-            .filter(move |(i, _)| mask & (1 << i) != 0)
-            .map(|(_, &(_, _, vs, ve))| &self.head[usize::from(vs)..usize::from(ve)])
+        self.values_in(self.named(name))
     }
 }
 
