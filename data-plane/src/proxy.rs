@@ -293,12 +293,17 @@ impl Handler {
                 authority,
                 req,
                 received,
-            }) => self
-                .upstreams
-                .http1
-                .send_as(authority, req, received.as_deref(), &forwarded, fields)
-                .await
-                .map_err(|e| upstream_error(url, e.is_connect(), &e)),
+            }) => {
+                let sent = self
+                    .upstreams
+                    .http1
+                    .send_as(authority, req, received.as_deref(), &forwarded, fields)
+                    .await;
+                if let Some(received) = received {
+                    received.recycle();
+                }
+                sent.map_err(|e| upstream_error(url, e.is_connect(), &e))
+            }
             Ok(UpstreamRequest::H2c { url, req }) => self
                 .upstreams
                 .h2c
@@ -528,9 +533,9 @@ fn into_map(
 ) -> Result<(), ProxyError> {
     if let Some(fields) = received.take() {
         // The listener parsed them, as it parses what goes into a map: this cannot fail.
-        *headers = fields
-            .header_map(ADDED_FIELDS)
-            .map_err(|_| ProxyError::BadPath)?;
+        let map = fields.header_map(ADDED_FIELDS);
+        fields.recycle();
+        *headers = map.map_err(|_| ProxyError::BadPath)?;
     }
     Ok(())
 }

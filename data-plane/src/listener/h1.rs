@@ -866,7 +866,9 @@ where
     // The head's bytes are the upstream connection's read buffer: let it go before that
     // connection can be reused, so that its next read reuses the buffer.
     drop(parts);
-    drop(fields);
+    if let Some(fields) = fields {
+        fields.recycle();
+    }
     if framing == Framing::Nothing {
         drop(body);
         out.flush(writer).await?;

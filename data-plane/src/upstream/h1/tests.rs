@@ -500,3 +500,37 @@ fn fields_are_written_as_they_go_on() {
         );
     }
 }
+
+/// A box given back serves the next head, holding nothing of the head before: not its bytes,
+/// not what its fields were found to be.
+#[test]
+fn a_recycled_box_serves_the_next_head_whole() {
+    let first = RawFields::of_request(
+        "POST / HTTP/1.1\r\nX-A: 1\r\nHost: a\r\nContent-Length: 3\r\nDate: d\r\n\
+         Connection: close\r\n\r\n",
+    )
+    .expect("kept as received");
+    let address: *const RawFields = &*first;
+    first.recycle();
+    assert_eq!(
+        spare_fields(|spare| spare.last().map(|fields| fields.head.is_empty())),
+        Some(Some(true)),
+        "the head's bytes were let go"
+    );
+    let second_head = "GET / HTTP/1.1\r\nHost: b\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\nX-E: 5\r\n\r\n";
+    let second = RawFields::of_request(second_head).expect("kept as received");
+    assert!(std::ptr::eq(address, &*second), "the box was reused");
+    let mut written = Vec::new();
+    second.write_forwarded(&mut written);
+    assert_eq!(
+        written,
+        b"Host: b\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\nX-E: 5\r\n"
+    );
+    // Where the first head had `Host`, `Content-Length`, `Date` and `Connection`, the second
+    // has other fields.
+    assert_eq!(second.forwarded_count(&header::HOST), 1);
+    assert_eq!(second.forwarded_value(&header::CONTENT_LENGTH), None);
+    assert_eq!(second.forwarded_value(&header::DATE), None);
+    assert_eq!(second.values(&header::CONNECTION).count(), 0);
+    assert!(second.keeps_alive(Version::HTTP_11));
+}
