@@ -533,15 +533,12 @@ fn into_map(
 ) -> Result<(), ProxyError> {
     if let Some(fields) = received.take() {
         // The listener parsed them, as it parses what goes into a map: this cannot fail.
-        let map = fields.header_map(ADDED_FIELDS);
+        let map = fields.header_map(crate::listener::h1::ADDED_HEADERS);
         fields.recycle();
         *headers = map.map_err(|_| ProxyError::BadPath)?;
     }
     Ok(())
 }
-
-/// Room a map made from fields as received keeps for the forwarding headers and a middleware's.
-const ADDED_FIELDS: usize = 8;
 
 fn upstream_path(base: &str, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
     if base.is_empty() {

@@ -53,8 +53,9 @@ use crate::upstream::h1::{
 const HEAD_READ: usize = 4 * 1024;
 
 /// Room left in a request's header map for the forwarding headers the proxy adds, so that
-/// adding them does not grow the map.
-const ADDED_HEADERS: usize = 8;
+/// adding them does not grow the map (here, and where the proxy makes a map of fields kept as
+/// received).
+pub(crate) const ADDED_HEADERS: usize = 8;
 /// Largest body piece copied next to the head or the chunk framing into one write; a larger one
 /// is written from where it is, in the same system call (vectored).
 const COPY_UP_TO: usize = 8 * 1024;
