@@ -90,12 +90,14 @@ NGINX=$(command -v nginx)
 
 log "building Switchyard (release)"
 cargo build --release -q -p switchyard-proxy -p switchyard-controller -p switchyard-tests \
-  --bin switchyard-proxy --bin switchyard-controller --bin switchyard-bench --bin switchyard-apply
+  --bin switchyard-proxy --bin switchyard-controller --bin switchyard-bench --bin switchyard-apply \
+  --bin switchyard-subscribe
 BIN=$ROOT/target/release
 SYPROXY=$BIN/switchyard-proxy
 SYCTL=$BIN/switchyard-controller
 SYBENCH=$BIN/switchyard-bench
 SYAPPLY=$BIN/switchyard-apply
+SYSUB=$BIN/switchyard-subscribe
 
 # ---------------------------------------------------------------------------------------------
 # Work dir and processes (all stopped by PID)
@@ -577,7 +579,7 @@ EOF
       names+=("$case-p$i")
     done
   else
-    start "$case-subs" "$PROXY_CPU" "$SYBENCH" subscribe --controller "http://$LO:$grpc" --count "$n" --prefix "$case"
+    start "$case-subs" "$PROXY_CPU" "$SYSUB" --controller "http://$LO:$grpc" --count "$n" --prefix "$case"
     names+=("$case-subs")
   fi
   sleep 0.5

@@ -12,7 +12,9 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "services: etcd (the etcd provider tests start a real one)"
-command -v etcd >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client)
+# Both commands: a machine may have the server alone (bench/run.sh installs only etcd-server).
+{ command -v etcd && command -v etcdctl; } >/dev/null ||
+  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server etcd-client)
 
 step "services: Docker engine and busybox-static (the Docker/Swarm provider tests start private dockerds)"
 # tests/src/docker.rs starts a dockerd per test on a private socket (or uses SWITCHYARD_DOCKER_HOST)

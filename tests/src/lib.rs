@@ -3,5 +3,6 @@
 //! the `switchyard-echo` backend binary. See `tests/README.md`.
 
 pub mod docker;
+pub mod flags;
 pub mod harness;
 pub mod sim;

@@ -4,9 +4,6 @@
 //!   Traefik's file providers).
 //! - `compile`: parse + compile + encode a dynamic configuration in-process, as the controller
 //!   does, and report the times, the encoded snapshot size and the largest stream message.
-//! - `subscribe`: N lightweight subscribers on one controller; each applies every snapshot as a
-//!   proxy does (reassemble chunks, verify the content hash, decode into the domain `Snapshot`)
-//!   and ACKs it.
 //! - `etcd-load`: the same routers as `gen`, written as Traefik's KV keys into a real etcd.
 //! - `propagate`: writes K changes into a file-provider directory (or into etcd) and measures
 //!   write → applied, from the controller's ACK timestamps (`ListProxies`) or, for Traefik, by
@@ -35,25 +32,21 @@ use switchyard_controller::{
     },
 };
 use switchyard_shared::{
-    chunk::{self, Reassembled, Reassembler},
-    delta,
-    pb::{self, control_plane_client::ControlPlaneClient, subscribe_request, subscribe_response},
+    chunk,
+    pb::{self, control_plane_client::ControlPlaneClient, subscribe_response},
     snapshot::EntryPoint,
     version::encoded_version,
 };
-use tokio::sync::mpsc;
-use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use switchyard_tests::flags::Flags;
 
-/// The controller's allocator, so `compile` measures what the controller does; `subscribe` runs
-/// N subscribers in one process, whose shared glibc heap spent most of its time consolidating
-/// chunks that N separate proxies never would.
+/// The controller's allocator, so `compile` measures what the controller does (the light
+/// subscribers, which stand for proxies, are `switchyard-subscribe`, on glibc's).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: switchyard-bench <command> [--flag value]…
   gen        --kind host|host-path|path --routers N --backend URL --out FILE
   compile    --file FILE [--out FILE]
-  subscribe  --controller URL --count N [--prefix NAME] [--duration-s S]
   etcd-load  --etcd IP:PORT --root KEY --kind host|host-path|path --routers N --backend URL
   propagate  (--dir DIR | --etcd IP:PORT --root KEY) --changes K --backend URL
              (--controller URL --nodes N [--warmup W] | --http ADDR) [--gap-ms MS] [--timeout-s S]
@@ -67,11 +60,10 @@ fn main() -> ExitCode {
     }
     let command = args.remove(0);
     let result = match command.as_str() {
-        "gen" => Flags::parse(args).and_then(|f| gen_config(&f)),
-        "compile" => Flags::parse(args).and_then(|f| compile_config(&f)),
-        "subscribe" => Flags::parse(args).and_then(|f| runtime()?.block_on(subscribe(&f))),
-        "etcd-load" => Flags::parse(args).and_then(|f| runtime()?.block_on(etcd_load(&f))),
-        "propagate" => Flags::parse(args).and_then(|f| runtime()?.block_on(propagate(&f))),
+        "gen" => Flags::parse(args, USAGE).and_then(|f| gen_config(&f)),
+        "compile" => Flags::parse(args, USAGE).and_then(|f| compile_config(&f)),
+        "etcd-load" => Flags::parse(args, USAGE).and_then(|f| runtime()?.block_on(etcd_load(&f))),
+        "propagate" => Flags::parse(args, USAGE).and_then(|f| runtime()?.block_on(propagate(&f))),
         "coldstart" => coldstart(args),
         _ => Err(anyhow::anyhow!("unknown command `{command}`\n{USAGE}")),
     };
@@ -88,47 +80,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-/// `--name value` pairs.
-struct Flags(BTreeMap<String, String>);
-
-impl Flags {
-    fn parse(args: Vec<String>) -> anyhow::Result<Self> {
-        let mut map = BTreeMap::new();
-        let mut it = args.into_iter();
-        while let Some(flag) = it.next() {
-            let Some(name) = flag.strip_prefix("--") else {
-                bail!("unexpected argument `{flag}`\n{USAGE}");
-            };
-            let value = it
-                .next()
-                .with_context(|| format!("--{name} needs a value"))?;
-            map.insert(name.to_owned(), value);
-        }
-        Ok(Self(map))
-    }
-
-    fn str(&self, name: &str) -> anyhow::Result<&str> {
-        self.0
-            .get(name)
-            .map(String::as_str)
-            .with_context(|| format!("--{name} is required\n{USAGE}"))
-    }
-
-    fn opt(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
-
-    fn num(&self, name: &str, default: Option<u64>) -> anyhow::Result<u64> {
-        match (self.0.get(name), default) {
-            (Some(v), _) => v
-                .parse()
-                .with_context(|| format!("--{name} `{v}` is not a number")),
-            (None, Some(d)) => Ok(d),
-            (None, None) => bail!("--{name} is required\n{USAGE}"),
-        }
-    }
 }
 
 fn now_us() -> i64 {
@@ -324,127 +275,6 @@ fn compile_config(f: &Flags) -> anyhow::Result<()> {
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-// ---------------------------------------------------------------------------------------------
-// subscribe
-// ---------------------------------------------------------------------------------------------
-
-async fn subscribe(f: &Flags) -> anyhow::Result<()> {
-    let url = f.str("controller")?.to_owned();
-    let count = f.num("count", None)?;
-    let prefix = f.opt("prefix").unwrap_or("sub").to_owned();
-    let duration = Duration::from_secs(f.num("duration-s", Some(600))?);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..count {
-        let url = url.clone();
-        let node = format!("{prefix}-{i}");
-        tasks.spawn(async move {
-            if let Err(e) = subscriber(&url, &node).await {
-                eprintln!("{node}: {e:#}");
-            }
-        });
-    }
-    eprintln!("{count} subscribers on {url}");
-    // Runs until the deadline or until the script stops it.
-    let _ = tokio::time::timeout(duration, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    Ok(())
-}
-
-/// One subscriber: Hello, then for every snapshot: reassemble → verify → decode → ACK; for
-/// every delta: rebuild from the snapshot held → verify → find the changed objects (what a proxy
-/// patches its table from) → ACK.
-async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
-    // The controller may still be starting: retry for a bounded while, like a proxy would.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let client = loop {
-        // The proxy's channel settings (data-plane join.rs): a chunk fits the receive window.
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
-            .initial_stream_window_size(chunk::RECEIVE_WINDOW_BYTES)
-            .initial_connection_window_size(chunk::RECEIVE_WINDOW_BYTES);
-        match endpoint.connect().await {
-            Ok(channel) => break ControlPlaneClient::new(channel),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(e).with_context(|| format!("cannot connect to {url} within 60 s"));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    let mut client = client.max_decoding_message_size(256 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(pb::SubscribeRequest {
-        kind: Some(subscribe_request::Kind::Hello(pb::Hello {
-            node_id: node.to_owned(),
-            held_version: String::new(),
-            build_info: "switchyard-bench subscriber".into(),
-            labels: Vec::new(),
-            protocol: pb::PROTOCOL,
-            accepts_deltas: true,
-        })),
-    })
-    .await?;
-    let mut inbound = client
-        .subscribe(ReceiverStream::new(rx))
-        .await
-        .context("subscribe refused")?
-        .into_inner();
-    let mut chunks = Reassembler::default();
-    // The snapshot held as received: the base of the next delta (a proxy reads it back from its
-    // state file). The decoded snapshot stands for the table a proxy would build from it.
-    let mut held: Option<Reassembled> = None;
-    // Its index, when a delta made it: the next delta's base is not walked (as in a proxy).
-    let mut index: Option<delta::Index> = None;
-    while let Some(message) = inbound.next().await {
-        // Verified and decoded as the proxy does (subscriber.rs, runtime.rs): a chunked snapshot
-        // by its received bytes, decoded straight into the domain snapshot.
-        let (version, decoded) = match message?.kind {
-            Some(subscribe_response::Kind::Chunk(c)) => match chunks.push(c) {
-                Ok(Some(r)) => match chunk::open(&r.version, &r.bytes) {
-                    Ok(opened) => {
-                        index = None;
-                        (opened.version, Ok(r))
-                    }
-                    Err(e) => (r.version, Err(e)),
-                },
-                Ok(None) => continue,
-                Err(e) => bail!("{e}"),
-            },
-            Some(subscribe_response::Kind::Delta(delta)) => {
-                let Some(base) = held.take() else {
-                    bail!("a delta arrived before any snapshot");
-                };
-                let base_fields =
-                    delta::Base::of(&base.bytes, index.take()).map_err(anyhow::Error::msg)?;
-                let delta::Rebuild {
-                    snapshot: rebuilt,
-                    index: rebuilt_index,
-                } = base_fields.rebuild(&delta).map_err(anyhow::Error::msg)?;
-                chunk::check(&rebuilt.version, &rebuilt.bytes).map_err(anyhow::Error::msg)?;
-                // What a proxy patches its table from (`Table::patch`): the objects that changed,
-                // read from the delta once its snapshot is verified, and decoded.
-                let changes = base_fields
-                    .changes(&delta.parts, usize::MAX)
-                    .context("the delta changes more than routers and services")?;
-                drop(changes);
-                index = Some(rebuilt_index);
-                (rebuilt.version.clone(), Ok(rebuilt))
-            }
-            _ => continue,
-        };
-        let reply = match decoded {
-            Ok(decoded) => {
-                held = Some(decoded);
-                subscribe_request::Kind::Ack(pb::Ack { version })
-            }
-            Err(error) => subscribe_request::Kind::Nack(pb::Nack { version, error }),
-        };
-        tx.send(pb::SubscribeRequest { kind: Some(reply) }).await?;
-    }
-    drop(held);
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -662,7 +492,7 @@ fn coldstart(args: Vec<String>) -> anyhow::Result<()> {
         .iter()
         .position(|a| a == "--")
         .context("coldstart needs `-- CMD ARGS…`")?;
-    let flags = Flags::parse(args[..split].to_vec())?;
+    let flags = Flags::parse(args[..split].to_vec(), USAGE)?;
     let cmd = &args[split + 1..];
     let (program, rest) = cmd.split_first().context("empty command")?;
     let addr: SocketAddr = flags
