@@ -676,3 +676,57 @@ fn fields_as_received_are_the_map_the_listener_would_make() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_finished_connections_read_buffer_goes_to_the_next_one() {
+    let (addr, _signal) = start(QUICK).await;
+    let response = exchange(
+        addr,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // The connection ended on this thread (the test's runtime has one): its buffer was kept.
+    let kept = read_buffer();
+    assert!(kept.is_empty());
+    assert!(kept.capacity() >= HEAD_READ, "{}", kept.capacity());
+}
+
+#[test]
+fn a_read_buffer_is_kept_only_when_it_is_whole_and_of_the_usual_size() {
+    // Nothing else holds it: kept, and handed out again empty.
+    let mut buf = read_buffer();
+    buf.reserve(HEAD_READ);
+    let start = buf.as_ptr();
+    buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+    let head = buf.split_to(buf.len()).freeze();
+    drop(head);
+    recycle_read_buffer(buf);
+    let mut again = read_buffer();
+    assert!(again.is_empty());
+    assert_eq!(again.as_ptr(), start);
+    assert!(again.capacity() >= HEAD_READ);
+
+    // A request still holds its first bytes: what is handed out next never overlaps them.
+    again.extend_from_slice(b"first");
+    let held = again.split_to(5).freeze();
+    recycle_read_buffer(again);
+    let mut next = read_buffer();
+    next.reserve(HEAD_READ);
+    next.extend_from_slice(b"second");
+    assert_eq!(&held[..], b"first");
+    let (held_at, next_at) = (held.as_ptr() as usize, next.as_ptr() as usize);
+    assert!(next_at >= held_at + held.len() || next_at + next.capacity() <= held_at);
+
+    // Bytes left unread when a connection ended never reach the next one.
+    let mut left = BytesMut::with_capacity(2 * HEAD_READ);
+    left.extend_from_slice(b"GET /pipelined HTTP/1.1\r\n");
+    recycle_read_buffer(left);
+    let reused = read_buffer();
+    assert!(reused.is_empty());
+    assert!(reused.capacity() >= HEAD_READ);
+
+    // A large one (a connection that read a large head) is not kept.
+    recycle_read_buffer(BytesMut::with_capacity(64 * 1024));
+    assert_eq!(read_buffer().capacity(), 0);
+}
