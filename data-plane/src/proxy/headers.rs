@@ -76,10 +76,26 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A connection from the address of the thread's last one shares that one's value (a proxy
+    /// behind a load balancer, or polled by a health checker, sees few addresses); another
+    /// address's is made, two allocations (~560 instructions per connection, callgrind).
     pub fn new(addr: SocketAddr) -> Self {
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(IpAddr, Option<HeaderValue>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let ip = addr.ip();
+        let forwarded_for = LAST.with_borrow_mut(|last| match last {
+            Some((seen, value)) if *seen == ip => value.clone(),
+            _ => {
+                let value = HeaderValue::from_maybe_shared(Bytes::from(ip_text(ip))).ok();
+                *last = Some((ip, value.clone()));
+                value
+            }
+        });
         Self {
             addr,
-            forwarded_for: HeaderValue::from_maybe_shared(Bytes::from(ip_text(addr.ip()))).ok(),
+            forwarded_for,
         }
     }
 }
@@ -353,6 +369,29 @@ mod tests {
     }
 
     /// The kept port value stands only for its own port.
+    #[test]
+    fn a_peer_value_is_its_address() {
+        for addr in [
+            "10.0.0.9:5000",
+            "10.0.0.9:5001",
+            "10.0.0.10:5000",
+            "[2001:db8::1]:443",
+            "[::ffff:10.0.0.10]:80",
+            "10.0.0.10:81",
+            "[2001:db8::1]:444",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let peer = Peer::new(addr);
+            assert_eq!(peer.addr, addr);
+            let text = ip_text(addr.ip());
+            assert_eq!(
+                peer.forwarded_for.as_ref().map(HeaderValue::as_bytes),
+                Some(text.as_bytes()),
+                "{addr}"
+            );
+        }
+    }
+
     #[test]
     fn a_port_value_is_its_port() {
         for port in ["8081", "8081", "9", "8081", "65535", "x"] {
