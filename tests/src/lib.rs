@@ -1,6 +1,7 @@
 //! `switchyard-tests`: test support shared by the integration tests in `tests/tests/` — the
-//! process harness for the guarantee tests (`harness`), service simulators (named as such) — and
-//! the `switchyard-echo` backend binary. See `tests/README.md`.
+//! process harness for the guarantee tests (`harness`), service simulators (named as such) — the
+//! `switchyard-echo` backend binary, and the benchmark helpers' flag parser (`flags`, for
+//! `switchyard-bench` and `switchyard-subscribe`). See `tests/README.md`.
 
 pub mod docker;
 pub mod flags;

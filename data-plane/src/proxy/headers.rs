@@ -368,7 +368,7 @@ mod tests {
         assert!(!h.contains_key("x-forwarded-host"));
     }
 
-    /// The kept port value stands only for its own port.
+    /// The kept client-address value stands only for its own address.
     #[test]
     fn a_peer_value_is_its_address() {
         for addr in [
@@ -392,6 +392,7 @@ mod tests {
         }
     }
 
+    /// The kept port value stands only for its own port.
     #[test]
     fn a_port_value_is_its_port() {
         for port in ["8081", "8081", "9", "8081", "65535", "x"] {
