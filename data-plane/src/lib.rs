@@ -15,6 +15,7 @@ pub mod middleware;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
+mod spare;
 pub mod state;
 pub mod status;
 pub mod store;

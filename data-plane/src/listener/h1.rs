@@ -41,6 +41,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
+use crate::spare::{self, Spares};
 use crate::upstream::h1::{
     ConnectionSays, Decoded, Decoder, FieldSpans, Fields, MAX_HEAD_BYTES, MAX_HEADERS, RawFields,
     chunk_size_line, list_elements, poll_decode, poll_fill_up_to, take, visible_ascii,
@@ -58,12 +59,12 @@ const HEAD_READ: usize = 4 * 1024;
 const SPARE_READ_BUFFERS: usize = 64;
 
 thread_local! {
-    static SPARE_READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static SPARE_READ: Spares<BytesMut> = const { RefCell::new(Vec::new()) };
 }
 
 /// A read buffer for a new connection: a finished connection's, else an empty one.
 pub(crate) fn read_buffer() -> BytesMut {
-    SPARE_READ.with_borrow_mut(Vec::pop).unwrap_or_default()
+    spare::take(&SPARE_READ).unwrap_or_default()
 }
 
 /// Keeps a finished connection's read buffer for [`read_buffer`] when nothing else holds its
@@ -74,11 +75,7 @@ fn recycle_read_buffer(mut buf: BytesMut) {
     if !buf.try_reclaim(HEAD_READ) || !(HEAD_READ..=2 * HEAD_READ).contains(&buf.capacity()) {
         return;
     }
-    SPARE_READ.with_borrow_mut(|spare| {
-        if spare.len() < SPARE_READ_BUFFERS {
-            spare.push(buf);
-        }
-    });
+    spare::keep(&SPARE_READ, buf, SPARE_READ_BUFFERS);
 }
 
 /// Room left in a request's header map for the forwarding headers the proxy adds, so that

@@ -25,6 +25,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::spare::{self, Spares};
+
 /// Most header fields in a response head (hyper's default, which the proxy had before).
 pub(crate) const MAX_HEADERS: usize = 100;
 /// Largest response head, and largest trailer section (hyper's default read-buffer limit).
@@ -660,24 +662,13 @@ pub struct RawFields {
 /// Most boxes of [`RawFields`] a thread keeps for the next heads (~330 bytes each).
 const MAX_SPARE_FIELDS: usize = 256;
 
-/// The boxes themselves are what is kept (the point is not to allocate them again).
-#[allow(clippy::vec_box)]
-type SpareFields = Vec<Box<RawFields>>;
-
 thread_local! {
     /// Boxes of heads that went on, for the next heads: a request and a response each took one
     /// from `malloc` and gave it back, and with dozens of exchanges under way glibc's per-thread
     /// cache (7 blocks of a size) overflowed into its slower paths, ~600 instructions per
-    /// request (callgrind).
-    static SPARE_FIELDS: RefCell<SpareFields> = const { RefCell::new(Vec::new()) };
-}
-
-/// `f` over this thread's spare boxes; `None` while the thread is ending.
-fn spare_fields<R>(f: impl FnOnce(&mut SpareFields) -> R) -> Option<R> {
-    SPARE_FIELDS
-        .try_with(|spare| spare.try_borrow_mut().ok().map(|mut spare| f(&mut spare)))
-        .ok()
-        .flatten()
+    /// request (callgrind). The boxes themselves are what is kept.
+    #[allow(clippy::vec_box)]
+    static SPARE_FIELDS: Spares<Box<RawFields>> = const { RefCell::new(Vec::new()) };
 }
 
 impl RawFields {
@@ -699,11 +690,7 @@ impl RawFields {
     /// read buffer is reused in place once nothing shares it).
     pub(crate) fn recycle(mut self: Box<Self>) {
         self.head = Bytes::new();
-        spare_fields(|spare| {
-            if spare.len() < MAX_SPARE_FIELDS {
-                spare.push(self);
-            }
-        });
+        spare::keep(&SPARE_FIELDS, self, MAX_SPARE_FIELDS);
     }
 
     /// The fields of `head` as recorded in `spans` (its `Connection` fields saying `says`), of a
@@ -723,9 +710,7 @@ impl RawFields {
         // `Transfer-Encoding` or `Expect` (rare, and read from the map): the map's path.
         // A box a finished head gave back, else a new one: every field below is set (the spans
         // past `count` are never read).
-        let mut fields = spare_fields(Vec::pop)
-            .flatten()
-            .unwrap_or_else(|| Box::new(Self::EMPTY));
+        let mut fields = spare::take(&SPARE_FIELDS).unwrap_or_else(|| Box::new(Self::EMPTY));
         fields.head = head.clone();
         fields.count = spans.count;
         fields.forward = 0;

@@ -513,7 +513,7 @@ fn a_recycled_box_serves_the_next_head_whole() {
     let address: *const RawFields = &*first;
     first.recycle();
     assert_eq!(
-        spare_fields(|spare| spare.last().map(|fields| fields.head.is_empty())),
+        Some(SPARE_FIELDS.with_borrow(|spare| spare.last().map(|fields| fields.head.is_empty()))),
         Some(Some(true)),
         "the head's bytes were let go"
     );
