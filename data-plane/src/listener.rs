@@ -171,8 +171,15 @@ async fn accept_loop(
     drain: drain::Watch,
 ) {
     loop {
+        // Asked at every turn: a listener that always has a connection waiting never polls
+        // `changed` below.
+        if !matches!(stop.has_changed(), Ok(false)) {
+            return;
+        }
         let (stream, peer) = tokio::select! {
-            _ = stop.changed() => return,
+            // The accept first: when a connection is waiting, the stop's waker is not
+            // registered and taken off again for it.
+            biased;
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -182,6 +189,7 @@ async fn accept_loop(
                     continue;
                 }
             },
+            _ = stop.changed() => return,
         };
         // One `Arc` per connection, not a copy of the handler (its upstream clients are large).
         let handler = Arc::clone(&handler);
@@ -247,11 +255,11 @@ async fn serve_plain(
     stream: tokio::net::TcpStream,
     handler: Arc<Handler>,
     peer: SocketAddr,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) {
     let (mut reader, writer) = stream.into_split();
     let mut buf = h1::read_buffer();
-    match sniff_start(&mut reader, &mut buf, peer, &mut drain).await {
+    match sniff_start(&mut reader, &mut buf, peer, &drain).await {
         Some(sniff::Protocol::Http1) => {
             let reader = h1::ReadSide::Tcp(reader);
             let mut writer = NodelayOnceWritten::new(writer);
@@ -277,7 +285,7 @@ async fn serve_tls(
     tls: Arc<TlsState>,
     handler: Arc<Handler>,
     peer: SocketAddr,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) {
     // The handshake alone writes more than once.
     let _ = stream.set_nodelay(true);
@@ -290,7 +298,7 @@ async fn serve_tls(
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut buf = h1::read_buffer();
-    match sniff_start(&mut reader, &mut buf, peer, &mut drain).await {
+    match sniff_start(&mut reader, &mut buf, peer, &drain).await {
         Some(sniff::Protocol::Http1) => {
             let reader = h1::ReadSide::Tls(reader);
             serve_h1(reader, &mut writer, buf, handler, peer, true, &drain).await;
@@ -387,7 +395,7 @@ async fn sniff_start<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     peer: SocketAddr,
-    drain: &mut drain::Watch,
+    drain: &drain::Watch,
 ) -> Option<sniff::Protocol> {
     let sniffed = tokio::select! {
         sniffed = sniff::sniff(reader, buf) => sniffed,
@@ -480,13 +488,8 @@ async fn handshake(
 
 /// An HTTP/2 connection with prior knowledge (also over TLS, as hyper-util's auto builder did),
 /// served by hyper. A drain lets the requests in flight finish, then sends GOAWAY.
-async fn serve_h2<I>(
-    io: I,
-    handler: Arc<Handler>,
-    peer: SocketAddr,
-    tls: bool,
-    mut drain: drain::Watch,
-) where
+async fn serve_h2<I>(io: I, handler: Arc<Handler>, peer: SocketAddr, tls: bool, drain: drain::Watch)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     // The handler and the client address, shared by the connection's requests (an `Arc` clone
@@ -516,6 +519,8 @@ async fn serve_h2<I>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use tokio::io::AsyncReadExt;
 
@@ -545,22 +550,57 @@ mod tests {
         assert_eq!(&got[..6], b"first ");
     }
 
+    /// A handler with no routes.
+    fn empty_handler(port: u16) -> Arc<Handler> {
+        Arc::new(Handler {
+            table: Arc::new(arc_swap::ArcSwap::from_pointee(
+                crate::state::Table::default(),
+            )),
+            entry_point: Arc::from("web"),
+            upstreams: crate::proxy::Upstreams::new(),
+            port,
+        })
+    }
+
+    /// The accept loop polls `accept` first; a stop is still seen while connections keep
+    /// waiting, and none of them is accepted after it.
+    #[tokio::test]
+    async fn a_stop_is_seen_while_connections_wait() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let mut waiting = Vec::new();
+        for _ in 0..4 {
+            waiting.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        stop.send(true).expect("the loop's receiver is alive");
+        let (_signal, drain) = drain::channel();
+        let looping = accept_loop(listener, empty_handler(addr.port()), stop_rx, drain);
+        tokio::time::timeout(Duration::from_secs(10), looping)
+            .await
+            .expect("the accept loop ended");
+        // Never accepted, they are reset with the listener; an accepted one would wait for its
+        // request (the drain has not started) and the read would not end.
+        for mut client in waiting {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut byte))
+                .await
+                .expect("the connection was accepted and kept");
+            assert!(
+                matches!(read, Ok(0) | Err(_)),
+                "read {read:?} from a connection the stopped loop should not have taken"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn the_connection_task_is_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        let handler = Arc::new(Handler {
-            table: Arc::new(arc_swap::ArcSwap::from_pointee(
-                crate::state::Table::default(),
-            )),
-            entry_point: Arc::from("web"),
-            upstreams: crate::proxy::Upstreams::new(),
-            port: addr.port(),
-        });
         let (_signal, drain) = drain::channel();
-        let task = connection(stream, handler, peer, drain);
+        let task = connection(stream, empty_handler(addr.port()), peer, drain);
         // 10 400 bytes when the TLS states and hyper's connection were inline (every connection
         // then copied that much when spawned and again when it ended), 792 with the TLS sniff's
         // peek and timer inline, 136 since.

@@ -292,9 +292,8 @@ pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
             sleep: None,
         },
     };
-    let mut waiter = drain.clone();
     let mut draining = Draining {
-        signal: pin!(waiter.signaled()),
+        signal: pin!(drain.signaled()),
         seen: false,
     };
     loop {

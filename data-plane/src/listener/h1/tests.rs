@@ -99,11 +99,10 @@ async fn start(timeouts: Timeouts) -> (SocketAddr, drain::Signal) {
     let addr = listener.local_addr().expect("address");
     let (signal, watch) = drain::channel();
     tokio::spawn(async move {
-        let mut stop = watch.clone();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
-                _ = stop.signaled() => return,
+                _ = watch.signaled() => return,
             };
             let Ok((stream, _)) = accepted else {
                 return;
