@@ -30,7 +30,7 @@
 # Everything listens on 127.0.0.1; every load run is bounded (-d / -D and `timeout`); every
 # process this script starts is stopped by its PID on exit.
 #
-# Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_ROUNDS=5 SCALE_DURATION=3 SECTIONS=…
+# Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_ROUNDS=5 SCALE_DURATION=3 PAUSE=0.2 SECTIONS=…
 #        TRAEFIK_SCALE=1 IR_REQUESTS=20000 (instructions: requests counted per mode)
 #        ALT_PROXY=PATH (throughput: also measure this switchyard-proxy build, as switchyard-alt)
 #        TP_TARGETS="nginx switchyard switchyard-alt" TP_SCENARIOS="small" (throughput: a subset,
@@ -52,6 +52,8 @@ SCALE_DURATION=${SCALE_DURATION:-3}
 SECTIONS=${SECTIONS:-"throughput scale propagation coldstart instructions"}
 TRAEFIK_SCALE=${TRAEFIK_SCALE:-1}
 IR_REQUESTS=${IR_REQUESTS:-20000}
+# Between two measured loads. It was 1 s (127 loads: 2.1 minutes of the suite) until 2026-12-07.
+PAUSE=${PAUSE:-0.2}
 WRITE_DOCS=${WRITE_DOCS:-1}
 GEN_CPU=${GEN_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
@@ -240,7 +242,8 @@ load() { # SECTION TARGET(process name or -) SCENARIO ROUND SECONDS TOOL URL [HO
   fi
   log "$(printf '%-12s %-18s %-10s r%s %8.0f req/s' "$section" "$target" "$scen" "$round" \
     "$(tail -1 "$RUNS" | awk -F'\t' '{print $5/$6}')")"
-  sleep 1
+  # Lets the last load's connections close before the next load starts.
+  sleep "$PAUSE"
 }
 
 MEM=$R/memory.tsv
