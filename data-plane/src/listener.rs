@@ -21,6 +21,7 @@ use tokio::{io::AsyncWriteExt, net::TcpListener, sync::watch};
 
 use crate::{
     proxy::{Body, Handler, Peer},
+    spare::FutureBoxes,
     tls::TlsState,
     upstream::{FieldsAs, h1::RawFields},
 };
@@ -170,6 +171,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     drain: drain::Watch,
 ) {
+    let plain = Arc::new(FutureBoxes::new(KEPT_CONNECTION_BOXES));
     loop {
         // Asked at every turn: a listener that always has a connection waiting never polls
         // `changed` below.
@@ -194,40 +196,49 @@ async fn accept_loop(
         // One `Arc` per connection, not a copy of the handler (its upstream clients are large).
         let handler = Arc::clone(&handler);
         let drain = drain.clone();
-        tokio::spawn(connection(stream, handler, peer, drain));
+        // Each connection is its own task. tokio moves a task's future whole when spawning it
+        // and again when it ends, so what is spawned is a box (the TLS handshake and stream,
+        // with rustls inline, and the HTTP connections are several KB): see
+        // `the_connection_task_is_small`.
+        match tls_to_sniff(&handler) {
+            None => {
+                let served = plain.boxed(serve_plain(stream, handler, peer, drain));
+                tokio::spawn(plain_connection(served, Arc::clone(&plain)));
+            }
+            // The peek and its timer (~350 bytes) would be in every plain connection's future.
+            Some(tls) => {
+                tokio::spawn(Box::pin(serve_sniffed(stream, tls, handler, peer, drain)));
+            }
+        }
     }
 }
 
-/// One accepted connection, as its own task: TLS or not, then HTTP/1.1 or h2c.
-///
-/// The future is as large as its largest state, and tokio moves it whole when spawning it and
-/// again when it ends: the states past the accept (the TLS handshake and stream, with rustls
-/// inline, and the HTTP connections) are boxed, so that the spawned task stays small
-/// (`the_connection_task_is_small`).
-async fn connection(
-    stream: tokio::net::TcpStream,
-    handler: Arc<Handler>,
-    peer: SocketAddr,
-    drain: drain::Watch,
+/// Plain connections' futures kept boxed for the next connections, per accept loop: one is ~4.5
+/// KB, past what `malloc` keeps per thread, so a box of its own cost a slow `malloc` and `free`
+/// per connection.
+const KEPT_CONNECTION_BOXES: usize = 64;
+
+/// A connection's TLS state if it must be sniffed for a ClientHello: only where TLS routers
+/// exist (Traefik does the same), so plain-only entry points pay nothing.
+fn tls_to_sniff(handler: &Handler) -> Option<Arc<TlsState>> {
+    let table = handler.table.load();
+    let has_tls_routes = table
+        .entry_point(&handler.entry_point)
+        .is_some_and(|t| !t.tls.is_empty());
+    // Pending ACME TLS-ALPN-01 challenges: any entry point may be the CA's port 443.
+    table
+        .tls
+        .clone()
+        .filter(|t| has_tls_routes || t.has_challenges())
+}
+
+/// The task of a plain connection: its boxed future, whose box is kept once it is done.
+async fn plain_connection<F: Future<Output = ()>>(
+    mut served: Pin<Box<F>>,
+    boxes: Arc<FutureBoxes<F>>,
 ) {
-    // Sniff for a TLS ClientHello only where TLS routers exist (Traefik does the same):
-    // plain-only entry points pay nothing.
-    let tls = {
-        let table = handler.table.load();
-        let has_tls_routes = table
-            .entry_point(&handler.entry_point)
-            .is_some_and(|t| !t.tls.is_empty());
-        // Pending ACME TLS-ALPN-01 challenges: any entry point may be the CA's port 443.
-        table
-            .tls
-            .clone()
-            .filter(|t| has_tls_routes || t.has_challenges())
-    };
-    match tls {
-        None => Box::pin(serve_plain(stream, handler, peer, drain)).await,
-        // The peek and its timer (~350 bytes) would be in every connection's task, TLS or not.
-        Some(tls) => Box::pin(serve_sniffed(stream, tls, handler, peer, drain)).await,
-    }
+    served.as_mut().await;
+    boxes.keep(served);
 }
 
 /// A connection on an entry point with TLS routers: TLS if it starts with a ClientHello, else
@@ -600,12 +611,14 @@ mod tests {
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
         let (_signal, drain) = drain::channel();
-        let task = connection(stream, empty_handler(addr.port()), peer, drain);
+        let boxes = Arc::new(FutureBoxes::new(1));
+        let served = boxes.boxed(serve_plain(stream, empty_handler(addr.port()), peer, drain));
+        let task = plain_connection(served, boxes);
         // 10 400 bytes when the TLS states and hyper's connection were inline (every connection
         // then copied that much when spawned and again when it ended), 792 with the TLS sniff's
-        // peek and timer inline, 136 since.
+        // peek and timer inline, 136 with the TLS decision in the task, two pointers' worth since.
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 256, "the connection task is {size} bytes");
+        assert!(size <= 64, "the connection task is {size} bytes");
     }
 
     #[test]
