@@ -133,7 +133,7 @@ pub async fn run(
                         // The replaced configuration is freed after the next snapshot went out
                         // (`RETIRE_DELAY`): freeing 50 000 routers takes ~20 ms that neither the
                         // change nor its fan-out to the proxies should wait for.
-                        retired.extend(configs.insert(provider.clone(), Arc::new(*config)));
+                        retired.extend(configs.insert(provider.clone(), config));
                         warnings.insert(provider, w);
                     }
                     ProviderEvent::Error { provider, error } => {

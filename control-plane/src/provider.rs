@@ -12,7 +12,7 @@ pub mod kv;
 pub mod labels;
 pub mod swarm;
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use tokio::sync::{mpsc, watch};
 
@@ -24,7 +24,7 @@ pub enum ProviderEvent {
     /// A complete new configuration, with non-fatal findings (duplicates skipped…).
     Update {
         provider: String,
-        config: Box<DynamicConfig>,
+        config: Arc<DynamicConfig>,
         warnings: Vec<Diagnostic>,
     },
     /// The source is unreachable or unusable; the last good configuration stays.
@@ -53,10 +53,20 @@ impl ProviderSink {
 
     /// Sends a complete configuration. Returns false when the aggregator is gone (shutdown).
     pub async fn update(&self, config: DynamicConfig, warnings: Vec<Diagnostic>) -> bool {
+        self.update_shared(Arc::new(config), warnings).await
+    }
+
+    /// [`Self::update`] of a configuration the provider keeps too (to tell the next one from
+    /// it), shared instead of copied.
+    pub async fn update_shared(
+        &self,
+        config: Arc<DynamicConfig>,
+        warnings: Vec<Diagnostic>,
+    ) -> bool {
         self.tx
             .send(ProviderEvent::Update {
                 provider: self.name.clone(),
-                config: Box::new(config),
+                config,
                 warnings,
             })
             .await

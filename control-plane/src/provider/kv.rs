@@ -24,7 +24,10 @@ mod incremental;
 
 pub use incremental::IncrementalDecoder;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
@@ -75,7 +78,9 @@ pub fn validate_config(providers: &ProvidersConfig) -> Result<(), String> {
 /// turns healthy again after an outage or a fixed key).
 #[derive(Debug, Default)]
 pub(crate) struct Reporter {
-    sent: Option<DynamicConfig>,
+    /// Shared with the aggregator, not copied: a copy of 10 000 routers and services took ~1.5
+    /// ms of every change, before it was sent.
+    sent: Option<Arc<DynamicConfig>>,
     errored: bool,
 }
 
@@ -89,12 +94,15 @@ impl Reporter {
     ) -> bool {
         match decoded {
             Ok((config, warnings)) => {
-                if self.sent.as_ref() == Some(&config) && !self.errored {
+                if self.sent.as_deref() == Some(&config) && !self.errored {
                     return true;
                 }
-                self.sent = Some(config.clone());
+                let config = Arc::new(config);
+                // The configuration replaced stays with the aggregator until it is retired: it
+                // is not freed here, ahead of the change.
+                self.sent = Some(Arc::clone(&config));
                 self.errored = false;
-                sink.update(config, warnings).await
+                sink.update_shared(config, warnings).await
             }
             Err(error) => {
                 self.error(

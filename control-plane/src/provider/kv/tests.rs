@@ -1,4 +1,5 @@
 use super::*;
+use crate::provider::ProviderEvent;
 
 fn dec(pairs: &[(&str, &str)]) -> Result<(DynamicConfig, Vec<Diagnostic>), DecodeError> {
     decode("etcd", "traefik", pairs.iter().copied())
@@ -285,4 +286,26 @@ fn keys_meet_case_insensitively_among_thousands_of_siblings() {
     let err = decoded(&pairs).unwrap_err();
     assert_eq!(err.key, "traefik/Http/routers/r7/RULE");
     assert!(err.reason.contains("more than once"), "{err}");
+}
+
+/// The configuration sent is the one the reporter keeps (shared, not copied), and an unchanged
+/// one is not sent again.
+#[tokio::test]
+async fn the_reporter_shares_what_it_sends_and_does_not_repeat_it() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let sink = ProviderSink::new("etcd", tx);
+    let mut reporter = Reporter::default();
+    let pairs = [("traefik/http/routers/a/rule", "Host(`a.test`)")];
+    let decoded = || decode("etcd", "traefik", pairs).map_err(|e| e.to_string());
+    assert!(reporter.report(&sink, decoded()).await);
+    let Some(ProviderEvent::Update { config, .. }) = rx.recv().await else {
+        panic!("no update sent");
+    };
+    let kept = reporter.sent.as_ref().expect("kept");
+    assert!(Arc::ptr_eq(&config, kept), "the configuration was copied");
+    assert!(reporter.report(&sink, decoded()).await);
+    assert!(
+        rx.try_recv().is_err(),
+        "an unchanged configuration was sent again"
+    );
 }
