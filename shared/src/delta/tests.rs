@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use proptest::prelude::*;
 
@@ -99,6 +99,58 @@ proptest! {
         prop_assert_eq!(&index, &walked);
         prop_assert_eq!(Base::of_content(&new, Some(index)).expect("parses").index, walked);
     }
+}
+
+/// [`diff`] as it was before the field after the last one copied was tried first: every field
+/// of `new` looked up in a map of the base's fields by their bytes.
+fn diff_by_map(base: &[u8], new: &[u8]) -> Vec<pb::DeltaPart> {
+    let base_fields = Index::of(base).expect("parses").fields;
+    let new_fields = Index::of(new).expect("parses").fields;
+    let mut index: HashMap<&[u8], u32> = HashMap::new();
+    for (i, field) in (0u32..).zip(&base_fields) {
+        index.entry(&base[field.span()]).or_insert(i);
+    }
+    let mut parts: Vec<pb::DeltaPart> = Vec::new();
+    for field in new_fields {
+        let bytes = &new[field.span()];
+        match (
+            index.get(bytes),
+            parts.last_mut().and_then(|p| p.kind.as_mut()),
+        ) {
+            (Some(&i), Some(Kind::Copy(run))) if run.start + run.count == i => run.count += 1,
+            (Some(&i), _) => parts.push(pb::DeltaPart {
+                kind: Some(Kind::Copy(pb::FieldRun { start: i, count: 1 })),
+            }),
+            (None, Some(Kind::Insert(buf))) => buf.extend_from_slice(bytes),
+            (None, _) => parts.push(pb::DeltaPart {
+                kind: Some(Kind::Insert(bytes.to_vec())),
+            }),
+        }
+    }
+    parts
+}
+
+proptest! {
+    /// The parts are those a map of every base field gives (field names are unique, so each
+    /// field has one place in the base), whether the fields not found in order are few
+    /// (scanned for) or many (looked up in a map).
+    #[test]
+    fn a_delta_is_what_a_map_of_the_base_gives(old in side(), new in side()) {
+        let (old, new) = (content(&old.0, &old.1), content(&new.0, &new.1));
+        prop_assert_eq!(diff(&old, &new, usize::MAX).expect("both parse"), diff_by_map(&old, &new));
+    }
+}
+
+#[test]
+fn many_fields_out_of_place_are_found_through_the_map() {
+    // Every second router changed (inserted), and the services renamed into routers' places:
+    // more fields than `SCANS` are not where the last copy leaves off.
+    let old = content(&[Some(0); 48], &[Some(0); 8]);
+    let changed: Vec<Option<u8>> = (0..48).map(|i| Some(u8::from(i % 2 == 0))).collect();
+    let new = content(&changed, &[Some(1); 8]);
+    let parts = diff(&old, &new, usize::MAX).expect("both parse");
+    assert_eq!(parts, diff_by_map(&old, &new));
+    assert_eq!(apply(&old, &parts).expect("fits"), new);
 }
 
 proptest! {
