@@ -10,7 +10,7 @@ use switchyard_shared::{
     chunk, delta, pb,
     snapshot::{Router, Snapshot},
     time::now_unix_ms,
-    version::encoded_version,
+    version::{content_check, encoded_version},
 };
 use tokio::sync::watch;
 
@@ -162,6 +162,7 @@ fn delta_from(
             generation: snapshot.generation,
             created_at_unix_ms: snapshot.created_at_unix_ms,
             parts,
+            content_xxh3: Some(content_check(content)),
         })),
     };
     (message.encoded_len() <= chunk::CHUNK_BYTES).then(|| Delta {
@@ -224,7 +225,13 @@ mod tests {
             _ => None,
         });
         let rebuilt = delta::rebuild(d, &base.expect("one chunk")).expect("fits its base");
-        chunk::check(second.version(), &rebuilt.bytes).expect("rebuilds the second snapshot");
+        let checked =
+            chunk::check(second.version(), &rebuilt.bytes).expect("rebuilds the second snapshot");
+        // Its quick check is the content's, which proxies check the rebuild against.
+        assert_eq!(
+            d.content_xxh3,
+            Some(content_check(&rebuilt.bytes[checked.content])),
+        );
         // Everything different: sending it whole is cheaper.
         p.publish(entry_points(&["other"]), vec![]);
         assert!(rx.borrow().delta.is_none());

@@ -245,6 +245,8 @@ async fn proxies_that_accept_deltas_get_changes_as_deltas_and_resync_whole() {
     let rebuilt = delta::rebuild(&d, &base).expect("fits its base");
     let checked = chunk::check(&d.version, &rebuilt.bytes).expect("hashes to its version");
     assert!(checked.generation > 1);
+    chunk::check_quick(&d.version, d.content_xxh3.expect("sent"), &rebuilt.bytes)
+        .expect("matches its quick check");
     let current = client
         .get_version(pb::GetVersionRequest {})
         .await

@@ -239,10 +239,11 @@ impl Runtime {
     }
 
     /// Rebuilds the snapshot a delta describes from the one served (read back from the state
-    /// file, which holds it, and checked against the served version), checks that the result
-    /// hashes to the announced version, and reads the routers and services it changes from the
-    /// delta; the apply then neither reads nor hashes anything again, nor compares the two
-    /// snapshots. An error asks for the snapshot whole (`Resync`); it does not reject it.
+    /// file, which holds it), checks the result ([`delta::Rebuild::check`]: against the delta's
+    /// quick check, else against the announced version), and reads the routers and services it
+    /// changes from the delta; the apply then neither reads nor hashes anything again, nor
+    /// compares the two snapshots. An error asks for the snapshot whole (`Resync`); it does not
+    /// reject it.
     pub async fn rebuild_delta(&self, delta: pb::SnapshotDelta) -> Result<Rebuilt, String> {
         let served = self.table.load_full();
         let held = served.version.clone();
@@ -260,14 +261,24 @@ impl Runtime {
             .and_then(|(version, index)| (version == held).then_some(index));
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
+            // The store checks the file's checksum: the file is what this proxy wrote, and it
+            // wrote only checked content. Its header tells which version it holds.
             let payload = store
                 .current_payload()
                 .map_err(|e| format!("the snapshot served cannot be read back: {e}"))?;
-            chunk::check(&held, &payload)
-                .map_err(|e| format!("the state file does not hold the snapshot served: {e}"))?;
+            let stored = chunk::announced_version(&payload)
+                .map_err(|e| format!("the state file cannot be read: {e}"))?;
+            if stored != held {
+                return Err(format!(
+                    "the state file holds snapshot {stored}, not {held}, the one served"
+                ));
+            }
             let base = delta::Base::of(&payload, kept)?;
-            let delta::Rebuild { snapshot, index } = base.rebuild(&delta)?;
-            let checked = chunk::check(&snapshot.version, &snapshot.bytes)?;
+            let rebuild = base.rebuild(&delta)?;
+            let checked = rebuild.check()?;
+            let delta::Rebuild {
+                snapshot, index, ..
+            } = rebuild;
             let changes = base.changes(&delta.parts, limit);
             Ok(Rebuilt {
                 received: snapshot,

@@ -91,8 +91,8 @@ impl Store {
     }
 
     /// The payload of the current generation (an encoded `VersionedSnapshot`), not checked:
-    /// the proxy compares a new snapshot with the one it serves through it, after checking that
-    /// its content hashes to the served version (which also rules out a corrupt file).
+    /// the proxy rebuilds a delta's snapshot from it and checks what it rebuilt, so damage in
+    /// what the rebuild copies is found there (and damage elsewhere changes nothing served).
     pub fn current_payload(&self) -> Result<Vec<u8>, StoreError> {
         let path = self.dir.join(CURRENT);
         let mut bytes = fs::read(&path).map_err(io(&path))?;

@@ -11,7 +11,7 @@ use prost::{
 use crate::{
     pb,
     snapshot::Snapshot,
-    version::{encoded_version, snapshot_version},
+    version::{content_check, encoded_version, snapshot_version},
     wire::{self, Value},
 };
 
@@ -224,7 +224,8 @@ pub struct Opened {
     pub snapshot: Snapshot,
 }
 
-/// A received snapshot whose content hashes to the version it announces; not decoded.
+/// A received snapshot whose content hashes to the version it announces (or, rebuilt from a delta,
+/// matches the delta's quick check); not decoded.
 #[derive(Debug)]
 pub struct Checked {
     pub version: String,
@@ -249,13 +250,41 @@ pub fn content(bytes: &[u8]) -> Result<&[u8], String> {
 /// the bytes received are hashed as they are, never decoded and encoded again — and that the
 /// header announces the same version.
 pub fn check(version: &str, bytes: &[u8]) -> Result<Checked, String> {
-    let parts = parts(bytes).map_err(|e| format!("snapshot {version}: {e}"))?;
-    let actual = encoded_version(parts.content);
-    if actual != version {
-        return Err(format!(
+    check_with(version, bytes, |content| {
+        let actual = encoded_version(content);
+        if actual == version {
+            return Ok(());
+        }
+        Err(format!(
             "snapshot {version} does not match its content (hashes to {actual})"
-        ));
-    }
+        ))
+    })
+}
+
+/// [`check`] for content a proxy rebuilt from a delta that carries the content's quick check
+/// ([`content_check`]): the content is checked against `quick` instead of being hashed with
+/// SHA-256.
+pub fn check_quick(version: &str, quick: u64, bytes: &[u8]) -> Result<Checked, String> {
+    check_with(version, bytes, |content| {
+        let actual = content_check(content);
+        if actual == quick {
+            return Ok(());
+        }
+        Err(format!(
+            "snapshot {version} does not match its content (its quick check is {actual:016x}, \
+             the controller's {quick:016x})"
+        ))
+    })
+}
+
+/// `Checked` for `bytes` once `matches` accepts their content and the header announces `version`.
+fn check_with(
+    version: &str,
+    bytes: &[u8],
+    matches: impl FnOnce(&[u8]) -> Result<(), String>,
+) -> Result<Checked, String> {
+    let parts = parts(bytes).map_err(|e| format!("snapshot {version}: {e}"))?;
+    matches(parts.content)?;
     if parts.version != version {
         return Err(format!(
             "snapshot {}: delivered in chunks announcing version {version}",

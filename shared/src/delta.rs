@@ -115,8 +115,8 @@ pub fn apply(base: &[u8], parts: &[pb::DeltaPart]) -> Result<Vec<u8>, String> {
 }
 
 /// The snapshot a delta describes, as if its chunks had been received: `base` is the encoded
-/// `VersionedSnapshot` the delta was made against (a proxy's state file). Not verified here: the
-/// apply checks the rebuilt content against `delta.version`, like any received snapshot.
+/// `VersionedSnapshot` the delta was made against (a proxy's state file). Not verified here (see
+/// [`Rebuild::check`]).
 pub fn rebuild(delta: &pb::SnapshotDelta, base: &[u8]) -> Result<Reassembled, String> {
     Ok(Base::of(base, None)?.rebuild(delta)?.snapshot)
 }
@@ -160,6 +160,7 @@ impl<'a> Base<'a> {
                 bytes: chunk::encode_with_pieces(&header, &pieces),
             },
             index,
+            content_xxh3: delta.content_xxh3,
         })
     }
 
@@ -216,11 +217,25 @@ impl<'a> Base<'a> {
     }
 }
 
-/// A snapshot rebuilt from a delta ([`Base::rebuild`]), not verified yet.
+/// A snapshot rebuilt from a delta ([`Base::rebuild`]), not verified yet ([`Rebuild::check`]).
 pub struct Rebuild {
     pub snapshot: Reassembled,
     /// The index of its content, for the next delta's [`Base::of`].
     pub index: Index,
+    /// The delta's quick check of the content, when it carried one.
+    pub content_xxh3: Option<u64>,
+}
+
+impl Rebuild {
+    /// Checks the rebuilt content: against the delta's quick check when it carried one
+    /// ([`chunk::check_quick`]), else against the version ([`chunk::check`]).
+    pub fn check(&self) -> Result<chunk::Checked, String> {
+        let Reassembled { version, bytes } = &self.snapshot;
+        match self.content_xxh3 {
+            Some(quick) => chunk::check_quick(version, quick, bytes),
+            None => chunk::check(version, bytes),
+        }
+    }
 }
 
 /// The top-level fields of a snapshot's content (every router, service, middleware… is one): each

@@ -23,6 +23,14 @@ pub fn encoded_version(encoded: &[u8]) -> String {
     text
 }
 
+/// The quick check of an encoded `Snapshot` a delta carries (`SnapshotDelta.content_xxh3`):
+/// XXH3-64 with seed 0, ~25 GB/s against SHA-256's ~1.8 with the CPU's SHA instructions. It
+/// identifies nothing (the version does); it tells a proxy that the content it rebuilt is the
+/// content the controller hashed the version from.
+pub fn content_check(encoded: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(encoded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +51,13 @@ mod tests {
         let mut c = a.clone();
         c.entry_points[0].address = ":81".into();
         assert_ne!(snapshot_version(&a), snapshot_version(&c));
+    }
+
+    #[test]
+    fn the_content_check_is_xxh3_of_the_bytes() {
+        // The reference values of XXH3-64 (seed 0): proxies and controllers of any build agree.
+        assert_eq!(content_check(b""), 0x2d06_8005_38d3_94c2);
+        assert_eq!(content_check(b"a"), 0xe6c6_32b6_1e96_4e1f);
+        assert_ne!(content_check(b"ab"), content_check(b"ba"));
     }
 }

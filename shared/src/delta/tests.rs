@@ -7,7 +7,7 @@ use crate::{
     chunk::check,
     rule::{Expr, Matcher},
     snapshot::{EntryPoint, LoadBalancer, Router, Server, Service, ServiceKind, Snapshot},
-    version::encoded_version,
+    version::{content_check, encoded_version},
 };
 
 /// Routers `r<i>` (on host `h<v>`) and services `s<i>` (on port `v`) for every present entry.
@@ -288,6 +288,7 @@ fn a_rebuilt_snapshot_is_checked_like_a_received_one() {
         generation: 4,
         created_at_unix_ms: 1_700_000_000_001,
         parts: diff(&old, &new, usize::MAX).expect("both parse"),
+        content_xxh3: None,
     };
     let rebuilt = rebuild(&delta, &base).expect("rebuilds");
     assert_eq!(rebuilt.version, header.version);
@@ -306,6 +307,59 @@ fn a_rebuilt_snapshot_is_checked_like_a_received_one() {
             .unwrap_err()
             .contains("does not match its content")
     );
+}
+
+#[test]
+fn a_rebuild_is_checked_against_the_deltas_quick_check_when_it_has_one() {
+    let versioned = |content: &[u8]| pb::VersionedSnapshot {
+        version: encoded_version(content),
+        generation: 3,
+        created_at_unix_ms: 1_700_000_000_000,
+        snapshot: None,
+    };
+    let old = content(&[Some(0), Some(1), Some(2)], &[Some(0)]);
+    let new = content(&[Some(0), Some(3), Some(2)], &[Some(0)]);
+    let other = content(&[Some(1), Some(1), Some(2)], &[Some(0)]);
+    let delta = pb::SnapshotDelta {
+        base_version: versioned(&old).version,
+        version: versioned(&new).version,
+        generation: 4,
+        created_at_unix_ms: 1_700_000_000_001,
+        parts: diff(&old, &new, usize::MAX).expect("both parse"),
+        content_xxh3: Some(content_check(&new)),
+    };
+    let rebuild_on = |base: &[u8], delta: &pb::SnapshotDelta| {
+        let encoded = chunk::encode_with_content(&versioned(base), base);
+        Base::of(&encoded, None)
+            .and_then(|b| b.rebuild(delta))
+            .expect("fits: same shape")
+    };
+    let rebuilt = rebuild_on(&old, &delta);
+    assert_eq!(rebuilt.content_xxh3, Some(content_check(&new)));
+    let checked = rebuilt.check().expect("matches the quick check");
+    assert_eq!(checked.version, delta.version);
+    assert_eq!(checked.generation, 4);
+    assert_eq!(&rebuilt.snapshot.bytes[checked.content], new.as_slice());
+    // Against another base, the content differs and so does its quick check.
+    let err = rebuild_on(&other, &delta).check().unwrap_err();
+    assert!(err.contains("its quick check is"), "{err}");
+    // A quick check that is not the content's refuses the right content too.
+    let wrong_check = pb::SnapshotDelta {
+        content_xxh3: Some(content_check(&new) ^ 1),
+        ..delta.clone()
+    };
+    let err = rebuild_on(&old, &wrong_check).check().unwrap_err();
+    assert!(err.contains("does not match its content"), "{err}");
+    // Without one, the version is what the content is checked against.
+    let unchecked = pb::SnapshotDelta {
+        content_xxh3: None,
+        ..delta
+    };
+    let err = rebuild_on(&other, &unchecked).check().unwrap_err();
+    assert!(err.contains("hashes to"), "{err}");
+    rebuild_on(&old, &unchecked)
+        .check()
+        .expect("hashes to its version");
 }
 
 #[test]

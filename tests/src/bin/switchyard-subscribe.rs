@@ -1,8 +1,8 @@
 //! `switchyard-subscribe`: N lightweight subscribers on one controller, for `bench/run.sh`'s
 //! propagation section. Each stands for a proxy: it applies every snapshot as a proxy does
 //! (reassemble chunks, verify the content hash, decode into the domain `Snapshot`), every delta
-//! as a proxy does (rebuild from the snapshot held, verify, find the changed routers and
-//! services), and ACKs it.
+//! as a proxy does (rebuild from the snapshot held, check it against the delta's quick check,
+//! find the changed routers and services), and ACKs it.
 //!
 //! A binary of its own, not a `switchyard-bench` command: it runs on the proxy's allocator
 //! (glibc's), where `switchyard-bench` runs on the controller's (mimalloc). On mimalloc every
@@ -136,11 +136,13 @@ async fn subscriber(url: &str, node: &str) -> anyhow::Result<()> {
                 };
                 let base_fields =
                     delta::Base::of(&base.bytes, index.take()).map_err(anyhow::Error::msg)?;
+                let rebuild = base_fields.rebuild(&delta).map_err(anyhow::Error::msg)?;
+                rebuild.check().map_err(anyhow::Error::msg)?;
                 let delta::Rebuild {
                     snapshot: rebuilt,
                     index: rebuilt_index,
-                } = base_fields.rebuild(&delta).map_err(anyhow::Error::msg)?;
-                chunk::check(&rebuilt.version, &rebuilt.bytes).map_err(anyhow::Error::msg)?;
+                    ..
+                } = rebuild;
                 // What a proxy patches its table from (`Table::patch`): the objects that changed,
                 // read from the delta once its snapshot is verified, and decoded.
                 let changes = base_fields
