@@ -22,6 +22,8 @@ use crate::{
     store::Store,
 };
 
+#[cfg(test)]
+mod tests;
 mod threads;
 
 use threads::{BuildThread, DecodeThread};
