@@ -270,14 +270,18 @@ fn a_delta_that_does_not_fit_its_base_is_refused_with_the_part() {
     assert!(err.starts_with("delta part 1 inserts field 1"), "{err}");
 }
 
-#[test]
-fn a_rebuilt_snapshot_is_checked_like_a_received_one() {
-    let versioned = |content: &[u8]| pb::VersionedSnapshot {
+/// The header of `content` as a controller publishes it (generation 3).
+fn versioned(content: &[u8]) -> pb::VersionedSnapshot {
+    pb::VersionedSnapshot {
         version: encoded_version(content),
         generation: 3,
         created_at_unix_ms: 1_700_000_000_000,
         snapshot: None,
-    };
+    }
+}
+
+#[test]
+fn a_rebuilt_snapshot_is_checked_like_a_received_one() {
     let old = content(&[Some(0), Some(1), Some(2)], &[Some(0)]);
     let new = content(&[Some(0), Some(3), Some(2)], &[Some(0)]);
     let base = chunk::encode_with_content(&versioned(&old), &old);
@@ -311,12 +315,6 @@ fn a_rebuilt_snapshot_is_checked_like_a_received_one() {
 
 #[test]
 fn a_rebuild_is_checked_against_the_deltas_quick_check_when_it_has_one() {
-    let versioned = |content: &[u8]| pb::VersionedSnapshot {
-        version: encoded_version(content),
-        generation: 3,
-        created_at_unix_ms: 1_700_000_000_000,
-        snapshot: None,
-    };
     let old = content(&[Some(0), Some(1), Some(2)], &[Some(0)]);
     let new = content(&[Some(0), Some(3), Some(2)], &[Some(0)]);
     let other = content(&[Some(1), Some(1), Some(2)], &[Some(0)]);
