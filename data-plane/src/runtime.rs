@@ -263,8 +263,8 @@ impl Runtime {
             .and_then(|(version, index)| (version == held).then_some(index));
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            // The store checks the file's checksum: the file is what this proxy wrote, and it
-            // wrote only checked content. Its header tells which version it holds.
+            // Not hashed again: this proxy wrote only checked content there, and damage since
+            // then is found by the check of the rebuild. Its header says which version it holds.
             let payload = store
                 .current_payload()
                 .map_err(|e| format!("the snapshot served cannot be read back: {e}"))?;
