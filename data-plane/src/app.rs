@@ -17,7 +17,6 @@ use crate::{
     admin::AdminService,
     join::{ChannelFlags, ChannelSecurity},
     listener::Listeners,
-    proxy::{Handler, Upstreams},
     runtime::Runtime,
     state::Table,
     store::Store,
@@ -66,16 +65,8 @@ impl App {
         let store = Store::open(&config.state_dir)
             .with_context(|| format!("cannot open --state-dir {}", config.state_dir.display()))?;
         let table = Arc::new(ArcSwap::from_pointee(Table::default()));
-        let upstreams = Upstreams::new();
         let (drain, drain_watch) = drain::channel();
-        let handler_table = table.clone();
-        let make_handler = Arc::new(move |entry_point: &str, port: u16| Handler {
-            table: handler_table.clone(),
-            entry_point: Arc::from(entry_point),
-            upstreams: upstreams.clone(),
-            port,
-        });
-        let listeners = Listeners::new(make_handler, drain_watch);
+        let listeners = Listeners::serving(&table, drain_watch);
         let runtime = Arc::new(Runtime::new(
             config.node_id.clone(),
             table,

@@ -12,6 +12,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use http::{Request, Response};
 use hyper::server::conn::http2;
@@ -20,8 +21,9 @@ use switchyard_shared::drain;
 use tokio::{io::AsyncWriteExt, net::TcpListener, sync::watch};
 
 use crate::{
-    proxy::{Body, Handler, Peer},
+    proxy::{Body, Handler, Peer, Upstreams},
     spare::FutureBoxes,
+    state::Table,
     tls::TlsState,
     upstream::{FieldsAs, h1::RawFields},
 };
@@ -81,6 +83,22 @@ impl Listeners {
             make_handler,
             drain: Some(drain),
         }
+    }
+
+    /// Listeners whose handlers serve from `table`, sharing one set of upstream clients (the
+    /// proxy's).
+    pub fn serving(table: &Arc<ArcSwap<Table>>, drain: drain::Watch) -> Self {
+        let table = Arc::clone(table);
+        let upstreams = Upstreams::new();
+        Self::new(
+            Arc::new(move |entry_point: &str, port: u16| Handler {
+                table: Arc::clone(&table),
+                entry_point: Arc::from(entry_point),
+                upstreams: upstreams.clone(),
+                port,
+            }),
+            drain,
+        )
     }
 
     /// Binds what `desired` adds or moves. Nothing live changes.

@@ -10,7 +10,6 @@ use switchyard_shared::{
 };
 
 use super::*;
-use crate::proxy::{Handler, Upstreams};
 
 /// Services `s0..` on the given ports, nothing else: a table needs no listener for them.
 fn content(ports: &[u16]) -> Vec<u8> {
@@ -60,24 +59,10 @@ fn delta_between(old: &[u8], new: &[u8], quick: Option<u64>) -> pb::SnapshotDelt
 
 fn runtime(dir: &std::path::Path) -> Runtime {
     let table = Arc::new(ArcSwap::from_pointee(Table::default()));
-    let handler_table = Arc::clone(&table);
-    let upstreams = Upstreams::new();
-    let make_handler = Arc::new(move |entry_point: &str, port: u16| Handler {
-        table: handler_table.clone(),
-        entry_point: Arc::from(entry_point),
-        upstreams: upstreams.clone(),
-        port,
-    });
     let (_signal, watch) = drain::channel();
+    let listeners = Listeners::serving(&table, watch);
     let store = Store::open(dir).expect("state dir");
-    Runtime::new(
-        "test".into(),
-        table,
-        store,
-        BTreeMap::new(),
-        Listeners::new(make_handler, watch),
-    )
-    .expect("runtime threads")
+    Runtime::new("test".into(), table, store, BTreeMap::new(), listeners).expect("runtime threads")
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
