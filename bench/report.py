@@ -217,6 +217,22 @@ if ir:
             cells.append(f"{v / base:.2f}" if v and base and t != "nginx" else "—")
         p(f"| {t} | " + " | ".join(cells) + " |")
     p("")
+    # IR_CACHE_SIM=1: callgrind's cache simulation ran too.
+    sim = [r for r in ir if r.get("d1_write_misses")]
+    if sim:
+        p("L1 data cache misses per request, simulated (`IR_CACHE_SIM=1`: callgrind's "
+          "`--cache-sim=yes`, the host's cache sizes; every line a copy writes counts as a miss, "
+          "which a real core's string copy may avoid), read / write:\n")
+        misses = {(r["target"], r["mode"]): (int(r["d1_read_misses"]) / int(r["requests"]),
+                                             int(r["d1_write_misses"]) / int(r["requests"]))
+                  for r in sim}
+        p("| proxy | keep-alive | `Connection: close` |")
+        p("|---|---:|---:|")
+        for t in dict.fromkeys(r["target"] for r in sim):
+            cells = [f"{m[0]:.1f} / {m[1]:.1f}" if (m := misses.get((t, mode))) else "—"
+                     for mode in ("keep-alive", "close")]
+            p(f"| {t} | " + " | ".join(cells) + " |")
+        p("")
 
 p("Environment of this run:\n")
 p("```")

@@ -32,6 +32,8 @@
 #
 # Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_ROUNDS=5 SCALE_DURATION=3 PAUSE=0.2 SECTIONS=…
 #        TRAEFIK_SCALE=1 IR_REQUESTS=20000 (instructions: requests counted per mode)
+#        IR_CACHE_SIM=1 (instructions: also callgrind's cache simulation, L1 data misses per
+#        request; the count of instructions is the same either way)
 #        ALT_PROXY=PATH (throughput: also measure this switchyard-proxy build, as switchyard-alt)
 #        TP_TARGETS="nginx switchyard switchyard-alt" TP_SCENARIOS="small" (throughput: a subset,
 #        for quick same-run A/Bs; defaults: every target, "small 16k close h2c")
@@ -52,6 +54,7 @@ SCALE_DURATION=${SCALE_DURATION:-3}
 SECTIONS=${SECTIONS:-"throughput scale propagation coldstart instructions"}
 TRAEFIK_SCALE=${TRAEFIK_SCALE:-1}
 IR_REQUESTS=${IR_REQUESTS:-20000}
+IR_CACHE_SIM=${IR_CACHE_SIM:-0}
 # Between two measured loads. It was 1 s (127 loads: 2.1 minutes of the suite) until 2026-12-07.
 PAUSE=${PAUSE:-0.2}
 WRITE_DOCS=${WRITE_DOCS:-1}
@@ -701,12 +704,13 @@ if has instructions; then
   catch_all "$W/ir-dynamic"
   nginx_proxy "$W/ir" "listen $LO:19121 backlog=4096;" >"$W/ir/nginx.conf"
   callgrind=(valgrind --tool=callgrind)
+  [[ $IR_CACHE_SIM == 1 ]] && callgrind+=(--cache-sim=yes)
   start ir-nginx "$PROXY_CPU" "${callgrind[@]}" --callgrind-out-file="$W/ir/ir-nginx.%p.out" \
     "$NGINX" -e "$W/ir/error.log" -c "$W/ir/nginx.conf" -g 'daemon off; master_process off;'
   sy_fleet ir-switchyard "$W/ir-dynamic" 19720 19820 19125 \
     "${callgrind[@]}" --callgrind-out-file="$W/ir/ir-switchyard.%p.out"
   declare -A IR_PORT=([ir-nginx]=19121 [ir-switchyard]=19125)
-  printf 'target\tmode\trequests\tinstructions\n' >"$IR"
+  printf 'target\tmode\trequests\tinstructions\td1_read_misses\td1_write_misses\n' >"$IR"
   for t in ir-nginx ir-switchyard; do
     wait_http "$t" "$LO:${IR_PORT[$t]}" bench.test / 120
     for mode in keep-alive close; do
@@ -720,10 +724,18 @@ if has instructions; then
       grep -q "^status codes: $IR_REQUESTS 2xx" <<<"$out" || die "$t $mode: not every request answered 2xx: $(grep '^status codes' <<<"$out")"
       callgrind_control -d "${PID_OF[$t]}" >/dev/null 2>&1 || die "callgrind_control -d $t failed"
       dump=$(ls -t "$W/ir/$t.${PID_OF[$t]}.out".* 2>/dev/null | head -1)
-      ir=$(awk '/^summary:/{print $2}' "$dump" 2>/dev/null)
+      # The summary's counts in the order its `events:` line names them (Ir first; D1mr and
+      # D1mw only with the cache simulation).
+      read -r ir d1mr d1mw < <(awk '/^events:/{for (i = 2; i <= NF; i++) at[$i] = i}
+        /^summary:/{print $(at["Ir"]), (at["D1mr"] ? $(at["D1mr"]) : ""), (at["D1mw"] ? $(at["D1mw"]) : "")}' \
+        "$dump" 2>/dev/null)
       [[ -n $ir ]] || die "no callgrind summary for $t $mode in ${dump:-$W/ir}"
-      printf '%s\t%s\t%s\t%s\n' "${t#ir-}" "$mode" "$IR_REQUESTS" "$ir" >>"$IR"
-      log "$(printf 'instructions %-12s %-10s %8.0f per request' "${t#ir-}" "$mode" "$((ir / IR_REQUESTS))")"
+      [[ $IR_CACHE_SIM != 1 || -n $d1mw ]] || die "no cache simulation in $dump"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${t#ir-}" "$mode" "$IR_REQUESTS" "$ir" "$d1mr" "$d1mw" >>"$IR"
+      misses=""
+      [[ -z $d1mw ]] || misses=$(awk -v r="$d1mr" -v w="$d1mw" -v n="$IR_REQUESTS" \
+        'BEGIN { printf ", L1 data misses %.1f read and %.1f write", r / n, w / n }')
+      log "$(printf 'instructions %-12s %-10s %8.0f per request' "${t#ir-}" "$mode" "$((ir / IR_REQUESTS))")$misses"
     done
   done
   for t in ir-switchyard ir-switchyard-ctl ir-nginx; do stop "$t"; done
