@@ -766,26 +766,22 @@ fn compile(expr: &Expr, router: &str, strings: &mut Interner) -> Result<Node, Ro
         Matcher::PathPrefix(p) => Node::PathPrefix(strings.get(p)),
         Matcher::PathRegexp(re) => Node::PathRegexp(Box::new(regex(m.name(), re)?)),
         Matcher::Method(method) => Node::Method(method.as_str().into()),
-        Matcher::Header(key, value) => match header_name(key) {
-            Some(name) => Node::Header(Box::new((name, value.as_str().into()))),
+        Matcher::Header(kv) => match header_name(&kv.0) {
+            Some(name) => Node::Header(Box::new((name, kv.1.as_str().into()))),
             None => Node::Never,
         },
-        Matcher::HeaderRegexp(key, re) => {
-            let re = regex(m.name(), re)?;
-            match header_name(key) {
+        Matcher::HeaderRegexp(kv) => {
+            let re = regex(m.name(), &kv.1)?;
+            match header_name(&kv.0) {
                 Some(name) => Node::HeaderRegexp(Box::new((name, re))),
                 None => Node::Never,
             }
         }
-        Matcher::Query(key, value) | Matcher::QueryRegexp(key, value @ None) => {
-            Node::Query(Box::new((
-                key.as_str().into(),
-                value.as_deref().unwrap_or_default().into(),
-            )))
-        }
-        Matcher::QueryRegexp(key, Some(re)) => {
-            Node::QueryRegexp(Box::new((key.as_str().into(), regex(m.name(), re)?)))
-        }
+        Matcher::Query(kv) => query_node(&kv.0, kv.1.as_deref()),
+        Matcher::QueryRegexp(kv) => match &kv.1 {
+            None => query_node(&kv.0, None),
+            Some(re) => Node::QueryRegexp(Box::new((kv.0.as_str().into(), regex(m.name(), re)?))),
+        },
         Matcher::ClientIp(value) => {
             Node::ClientIp(
                 parse_client_ip(value).map_err(|source| RouterError::ClientIp {
@@ -820,6 +816,12 @@ fn host_expr(host: &str, strings: &mut Interner) -> Node {
         HostExpr::Exact(strings.get(&host))
     };
     Node::Host(expr)
+}
+
+/// ``Query(`k`, `v`)``, and ``QueryRegexp(`k`)`` without a regex: `k` present with the value `v`
+/// (empty when there is none).
+fn query_node(key: &str, value: Option<&str>) -> Node {
+    Node::Query(Box::new((key.into(), value.unwrap_or_default().into())))
 }
 
 /// Go moves `Host` out of the header map (`req.Host`), so in Traefik ``Header(`Host`, …)`` never

@@ -32,14 +32,16 @@ pub enum Matcher {
     PathRegexp(String),
     /// ``Method(`GET`)``: upper-cased.
     Method(String),
-    /// ``Header(`K`, `v`)``: any value equal.
-    Header(String, String),
+    /// ``Header(`K`, `v`)``: any value equal. The matchers of two arguments hold them boxed:
+    /// they are rare, and inline they made every matcher and every rule 56 bytes instead of 32
+    /// (at 50 000 `Host && PathPrefix` routers, 3.6 MB more of a decoded snapshot).
+    Header(Box<(String, String)>),
     /// ``HeaderRegexp(`K`, `re`)``: any value matches.
-    HeaderRegexp(String, String),
+    HeaderRegexp(Box<(String, String)>),
     /// ``Query(`k`, `v`)``; `None` = ``Query(`k`)``: present with an empty value.
-    Query(String, Option<String>),
+    Query(Box<(String, Option<String>)>),
     /// ``QueryRegexp(`k`, `re`)``; `None` behaves as ``Query(`k`)``.
-    QueryRegexp(String, Option<String>),
+    QueryRegexp(Box<(String, Option<String>)>),
     /// ``ClientIP(`10.0.0.0/8`)``: an address or CIDR.
     ClientIp(String),
 }
@@ -72,10 +74,10 @@ impl Matcher {
             | Matcher::PathRegexp(a)
             | Matcher::Method(a)
             | Matcher::ClientIp(a) => vec![a],
-            Matcher::Header(k, v) | Matcher::HeaderRegexp(k, v) => vec![k, v],
-            Matcher::Query(k, v) | Matcher::QueryRegexp(k, v) => {
-                let mut args = vec![k.as_str()];
-                if let Some(v) = v {
+            Matcher::Header(kv) | Matcher::HeaderRegexp(kv) => vec![&kv.0, &kv.1],
+            Matcher::Query(kv) | Matcher::QueryRegexp(kv) => {
+                let mut args = vec![kv.0.as_str()];
+                if let Some(v) = &kv.1 {
                     args.push(v);
                 }
                 args
@@ -132,9 +134,21 @@ mod tests {
     fn display_is_canonical() {
         let e = Expr::All(vec![
             Expr::Matcher(Matcher::Host("a.example".into())),
-            Expr::Not(Box::new(Expr::Matcher(Matcher::Query("k".into(), None)))),
+            Expr::Not(Box::new(Expr::Matcher(Matcher::Query(Box::new((
+                "k".into(),
+                None,
+            )))))),
         ]);
         assert_eq!(e.to_string(), "(Host(`a.example`) && !Query(`k`))");
+    }
+
+    /// A decoded snapshot holds a rule per router, and its `&&` a list of them: a matcher the
+    /// size of one string and its tag keeps 50 000 `Host && PathPrefix` rules 3.6 MB smaller
+    /// than the two-string matchers inline made them.
+    #[test]
+    fn a_rule_is_one_string_and_a_tag() {
+        assert_eq!(std::mem::size_of::<Matcher>(), 32);
+        assert_eq!(std::mem::size_of::<Expr>(), 32);
     }
 
     #[test]

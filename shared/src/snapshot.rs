@@ -893,19 +893,19 @@ fn matcher_from_pb(m: &pb::Matcher) -> Result<Matcher, String> {
         K::Method => Matcher::Method(one("Method")?),
         K::Header => {
             let (k, v) = two("Header")?;
-            Matcher::Header(k, v)
+            Matcher::Header(Box::new((k, v)))
         }
         K::HeaderRegexp => {
             let (k, v) = two("HeaderRegexp")?;
-            Matcher::HeaderRegexp(k, v)
+            Matcher::HeaderRegexp(Box::new((k, v)))
         }
         K::Query => {
             let (k, v) = one_or_two("Query")?;
-            Matcher::Query(k, v)
+            Matcher::Query(Box::new((k, v)))
         }
         K::QueryRegexp => {
             let (k, v) = one_or_two("QueryRegexp")?;
-            Matcher::QueryRegexp(k, v)
+            Matcher::QueryRegexp(Box::new((k, v)))
         }
         K::ClientIp => Matcher::ClientIp(one("ClientIP")?),
     })

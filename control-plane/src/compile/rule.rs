@@ -634,15 +634,19 @@ fn build(name: &'static str, kind: Kind, args: Vec<String>) -> Result<Matcher, R
         // Unlike Path, PathRegexp need not start with `/`.
         Kind::PathRegexp => Matcher::PathRegexp(regex(name, first)?),
         Kind::Method => Matcher::Method(first.to_uppercase()),
-        Kind::Header => Matcher::Header(canonical_header_key(first), second.unwrap_or_default()),
-        Kind::HeaderRegexp => Matcher::HeaderRegexp(
+        Kind::Header => Matcher::Header(Box::new((
+            canonical_header_key(first),
+            second.unwrap_or_default(),
+        ))),
+        Kind::HeaderRegexp => Matcher::HeaderRegexp(Box::new((
             canonical_header_key(first),
             regex(name, second.unwrap_or_default())?,
-        ),
-        Kind::Query => Matcher::Query(first, second),
-        Kind::QueryRegexp => {
-            Matcher::QueryRegexp(first, second.map(|re| regex(name, re)).transpose()?)
-        }
+        ))),
+        Kind::Query => Matcher::Query(Box::new((first, second))),
+        Kind::QueryRegexp => Matcher::QueryRegexp(Box::new((
+            first,
+            second.map(|re| regex(name, re)).transpose()?,
+        ))),
         Kind::ClientIp => Matcher::ClientIp(client_ip(first)?),
     })
 }

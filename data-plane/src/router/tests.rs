@@ -34,16 +34,19 @@ fn method(v: &str) -> Expr {
     m(Matcher::Method(v.into()))
 }
 fn header(k: &str, v: &str) -> Expr {
-    m(Matcher::Header(k.into(), v.into()))
+    m(Matcher::Header(Box::new((k.into(), v.into()))))
 }
 fn header_regexp(k: &str, re: &str) -> Expr {
-    m(Matcher::HeaderRegexp(k.into(), re.into()))
+    m(Matcher::HeaderRegexp(Box::new((k.into(), re.into()))))
 }
 fn query(k: &str, v: Option<&str>) -> Expr {
-    m(Matcher::Query(k.into(), v.map(Into::into)))
+    m(Matcher::Query(Box::new((k.into(), v.map(Into::into)))))
 }
 fn query_regexp(k: &str, re: Option<&str>) -> Expr {
-    m(Matcher::QueryRegexp(k.into(), re.map(Into::into)))
+    m(Matcher::QueryRegexp(Box::new((
+        k.into(),
+        re.map(Into::into),
+    ))))
 }
 fn client_ip(v: &str) -> Expr {
     m(Matcher::ClientIp(v.into()))

@@ -13,10 +13,10 @@ fn arb_matcher() -> impl Strategy<Value = Matcher> {
         s.prop_map(Matcher::PathPrefix),
         s.prop_map(Matcher::PathRegexp),
         s.prop_map(Matcher::Method),
-        (s, s).prop_map(|(k, v)| Matcher::Header(k, v)),
-        (s, s).prop_map(|(k, v)| Matcher::HeaderRegexp(k, v)),
-        (s, proptest::option::of(s)).prop_map(|(k, v)| Matcher::Query(k, v)),
-        (s, proptest::option::of(s)).prop_map(|(k, v)| Matcher::QueryRegexp(k, v)),
+        (s, s).prop_map(|(k, v)| Matcher::Header(Box::new((k, v)))),
+        (s, s).prop_map(|(k, v)| Matcher::HeaderRegexp(Box::new((k, v)))),
+        (s, proptest::option::of(s)).prop_map(|(k, v)| Matcher::Query(Box::new((k, v)))),
+        (s, proptest::option::of(s)).prop_map(|(k, v)| Matcher::QueryRegexp(Box::new((k, v)))),
         s.prop_map(Matcher::ClientIp),
     ]
 }

@@ -51,24 +51,30 @@ fn every_matcher_parses() {
         ("Method(`POST`)", m(Matcher::Method("POST".into()))),
         (
             "Header(`X-A`, `1`)",
-            m(Matcher::Header("X-A".into(), "1".into())),
+            m(Matcher::Header(Box::new(("X-A".into(), "1".into())))),
         ),
         (
             "HeaderRegexp(`X-A`, `^1`)",
-            m(Matcher::HeaderRegexp("X-A".into(), "^1".into())),
+            m(Matcher::HeaderRegexp(Box::new(("X-A".into(), "^1".into())))),
         ),
-        ("Query(`k`)", m(Matcher::Query("k".into(), None))),
+        (
+            "Query(`k`)",
+            m(Matcher::Query(Box::new(("k".into(), None)))),
+        ),
         (
             "Query(`k`, `v`)",
-            m(Matcher::Query("k".into(), Some("v".into()))),
+            m(Matcher::Query(Box::new(("k".into(), Some("v".into()))))),
         ),
         (
             "QueryRegexp(`k`)",
-            m(Matcher::QueryRegexp("k".into(), None)),
+            m(Matcher::QueryRegexp(Box::new(("k".into(), None)))),
         ),
         (
             "QueryRegexp(`k`, `^v`)",
-            m(Matcher::QueryRegexp("k".into(), Some("^v".into()))),
+            m(Matcher::QueryRegexp(Box::new((
+                "k".into(),
+                Some("^v".into()),
+            )))),
         ),
         (
             "ClientIP(`10.0.0.1`)",
