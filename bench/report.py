@@ -217,6 +217,25 @@ if ir:
             cells.append(f"{v / base:.2f}" if v and base and t != "nginx" else "—")
         p(f"| {t} | " + " | ".join(cells) + " |")
     p("")
+    # Older result directories have no footprint columns.
+    code = {(r["target"], r["mode"]): (int(r["code_lines"]), int(r["code_pages"]))
+            for r in ir if r.get("code_lines")}
+    if code:
+        p(f"Code that ran during those {int(ir[0]['requests']):,} requests (`--dump-instr=yes`, "
+          "`bench/code_footprint.py`): distinct 64-byte lines, as KiB, and distinct 4 KiB pages, "
+          "libc included. It is what the instruction cache and TLB hold for a request, or fetch "
+          "again after the kernel's part of it has run:\n")
+        p("| proxy | keep-alive KiB / pages | × nginx | `Connection: close` KiB / pages | × nginx |")
+        p("|---|---:|---:|---:|---:|")
+        for t in dict.fromkeys(r["target"] for r in ir):
+            cells = []
+            for mode in ("keep-alive", "close"):
+                c, base = code.get((t, mode)), code.get(("nginx", mode))
+                cells.append(f"{c[0] * 64 / 1024:.1f} / {c[1]}" if c else "—")
+                cells.append(f"{c[0] / base[0]:.2f} / {c[1] / base[1]:.2f}"
+                             if c and base and t != "nginx" else "—")
+            p(f"| {t} | " + " | ".join(cells) + " |")
+        p("")
     # IR_CACHE_SIM=1: callgrind's cache simulation ran too.
     sim = [r for r in ir if r.get("d1_write_misses")]
     if sim:

@@ -20,7 +20,8 @@
 #   coldstart   proxy start with the controller down and 10 000 (and 50 000) routers on disk →
 #               first correct answer
 #   instructions  nginx and Switchyard each under valgrind's callgrind: user-space instructions
-#               per request, keep-alive and Connection: close. Steady (~1 % between runs), so
+#               per request, keep-alive and Connection: close, and how much code ran (distinct
+#               64-byte lines and 4 KiB pages, bench/code_footprint.py). Steady (~1 % between runs), so
 #               on its own (SECTIONS=instructions WRITE_DOCS=0, under a minute) it judges a
 #               change to the request path that CPU time cannot resolve
 #
@@ -703,14 +704,16 @@ if has instructions; then
   mkdir -p "$W/ir"
   catch_all "$W/ir-dynamic"
   nginx_proxy "$W/ir" "listen $LO:19121 backlog=4096;" >"$W/ir/nginx.conf"
-  callgrind=(valgrind --tool=callgrind)
+  # Instruction-level dumps with absolute addresses: bench/code_footprint.py counts the code
+  # that ran from them.
+  callgrind=(valgrind --tool=callgrind --dump-instr=yes --compress-pos=no --compress-strings=no)
   [[ $IR_CACHE_SIM == 1 ]] && callgrind+=(--cache-sim=yes)
   start ir-nginx "$PROXY_CPU" "${callgrind[@]}" --callgrind-out-file="$W/ir/ir-nginx.%p.out" \
     "$NGINX" -e "$W/ir/error.log" -c "$W/ir/nginx.conf" -g 'daemon off; master_process off;'
   sy_fleet ir-switchyard "$W/ir-dynamic" 19720 19820 19125 \
     "${callgrind[@]}" --callgrind-out-file="$W/ir/ir-switchyard.%p.out"
   declare -A IR_PORT=([ir-nginx]=19121 [ir-switchyard]=19125)
-  printf 'target\tmode\trequests\tinstructions\td1_read_misses\td1_write_misses\n' >"$IR"
+  printf 'target\tmode\trequests\tinstructions\td1_read_misses\td1_write_misses\tcode_lines\tcode_pages\n' >"$IR"
   for t in ir-nginx ir-switchyard; do
     wait_http "$t" "$LO:${IR_PORT[$t]}" bench.test / 120
     for mode in keep-alive close; do
@@ -731,11 +734,15 @@ if has instructions; then
         "$dump" 2>/dev/null)
       [[ -n $ir ]] || die "no callgrind summary for $t $mode in ${dump:-$W/ir}"
       [[ $IR_CACHE_SIM != 1 || -n $d1mw ]] || die "no cache simulation in $dump"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${t#ir-}" "$mode" "$IR_REQUESTS" "$ir" "$d1mr" "$d1mw" >>"$IR"
+      read -r code_lines code_pages < <(python3 "$ROOT/bench/code_footprint.py" "$dump") ||
+        die "cannot read the code footprint of $t $mode from $dump"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${t#ir-}" "$mode" "$IR_REQUESTS" "$ir" "$d1mr" "$d1mw" \
+        "$code_lines" "$code_pages" >>"$IR"
       misses=""
       [[ -z $d1mw ]] || misses=$(awk -v r="$d1mr" -v w="$d1mw" -v n="$IR_REQUESTS" \
         'BEGIN { printf ", L1 data misses %.1f read and %.1f write", r / n, w / n }')
-      log "$(printf 'instructions %-12s %-10s %8.0f per request' "${t#ir-}" "$mode" "$((ir / IR_REQUESTS))")$misses"
+      log "$(printf 'instructions %-12s %-10s %8.0f per request, code %s lines in %s pages' "${t#ir-}" "$mode" \
+        "$((ir / IR_REQUESTS))" "$code_lines" "$code_pages")$misses"
     done
   done
   for t in ir-switchyard ir-switchyard-ctl ir-nginx; do stop "$t"; done
