@@ -206,17 +206,23 @@ if ir:
       "libc included, the kernel not. Nearly deterministic (one build reads within ~1 % from run to "
       "run: how many requests one wakeup serves still varies), so a change to the request path "
       "shows here when CPU time, which moves 10–20 %, cannot resolve it.\n")
+    targets = list(dict.fromkeys(r["target"] for r in ir))
+
+    def by_mode(values, show, ratio):
+        """A row per proxy: each mode's value and its ratio to nginx's."""
+        for t in targets:
+            cells = []
+            for mode in ("keep-alive", "close"):
+                v, base = values.get((t, mode)), values.get(("nginx", mode))
+                cells.append(show(v) if v else "—")
+                cells.append(ratio(v, base) if v and base and t != "nginx" else "—")
+            p(f"| {t} | " + " | ".join(cells) + " |")
+        p("")
+
     per = {(r["target"], r["mode"]): int(r["instructions"]) / int(r["requests"]) for r in ir}
     p("| proxy | keep-alive | × nginx | `Connection: close` | × nginx |")
     p("|---|---:|---:|---:|---:|")
-    for t in dict.fromkeys(r["target"] for r in ir):
-        cells = []
-        for mode in ("keep-alive", "close"):
-            v, base = per.get((t, mode)), per.get(("nginx", mode))
-            cells.append(f"{v:,.0f}" if v else "—")
-            cells.append(f"{v / base:.2f}" if v and base and t != "nginx" else "—")
-        p(f"| {t} | " + " | ".join(cells) + " |")
-    p("")
+    by_mode(per, lambda v: f"{v:,.0f}", lambda v, base: f"{v / base:.2f}")
     # Older result directories have no footprint columns.
     code = {(r["target"], r["mode"]): (int(r["code_lines"]), int(r["code_pages"]))
             for r in ir if r.get("code_lines")}
@@ -227,15 +233,8 @@ if ir:
           "again after the kernel's part of it has run:\n")
         p("| proxy | keep-alive KiB / pages | × nginx | `Connection: close` KiB / pages | × nginx |")
         p("|---|---:|---:|---:|---:|")
-        for t in dict.fromkeys(r["target"] for r in ir):
-            cells = []
-            for mode in ("keep-alive", "close"):
-                c, base = code.get((t, mode)), code.get(("nginx", mode))
-                cells.append(f"{c[0] * 64 / 1024:.1f} / {c[1]}" if c else "—")
-                cells.append(f"{c[0] / base[0]:.2f} / {c[1] / base[1]:.2f}"
-                             if c and base and t != "nginx" else "—")
-            p(f"| {t} | " + " | ".join(cells) + " |")
-        p("")
+        by_mode(code, lambda c: f"{c[0] * 64 / 1024:.1f} / {c[1]}",
+                lambda c, base: f"{c[0] / base[0]:.2f} / {c[1] / base[1]:.2f}")
     # IR_CACHE_SIM=1: callgrind's cache simulation ran too.
     sim = [r for r in ir if r.get("d1_write_misses")]
     if sim:
