@@ -47,19 +47,28 @@ use crate::upstream::h1::{
     chunk_size_line, list_elements, poll_decode, poll_fill_up_to, take, visible_ascii,
 };
 
-/// Room a read for a request head asks for. A connection waiting for its next request holds
-/// this much (a request body is read with the larger reads of the body decoder): 4 KiB, as Go's
-/// server reads, where 16 KiB per idle keep-alive connection added up (10 000 idle clients:
-/// 160 MiB).
+/// Room a read for a request head asks for (a request body is read with the larger reads of the
+/// body decoder): 4 KiB, as Go's server reads. A connection waiting for its next request holds
+/// no read buffer at all (see [`poll_head`]).
 const HEAD_READ: usize = 4 * 1024;
 
-/// Read buffers of finished connections kept per thread for the next ones (a buffer is ~4 KiB:
-/// 64 are 256 KiB at most). A connection per request otherwise took a new one each time, past
-/// `malloc`'s per-thread cache, and its first split made its shared header anew.
+/// Read buffers of finished connections, and of connections waiting for their next request,
+/// kept per thread for the connections that read next (a buffer is ~4 KiB: 64 are 256 KiB at
+/// most). A connection per request otherwise took a new one each time, past `malloc`'s
+/// per-thread cache, and its first split made its shared header anew.
 const SPARE_READ_BUFFERS: usize = 64;
+
+/// Room a response head is written into at once (growing from nothing took a `malloc` and five
+/// `realloc`s per connection).
+const HEAD_WRITE: usize = 1024;
+
+/// Write buffers of connections between two responses, kept per thread like the read buffers
+/// (64 of ~1 KiB), so that an idle connection holds none.
+const SPARE_WRITE_BUFFERS: usize = 64;
 
 thread_local! {
     static SPARE_READ: Spares<BytesMut> = const { RefCell::new(Vec::new()) };
+    static SPARE_WRITE: Spares<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A read buffer for a new connection: a finished connection's, else an empty one.
@@ -301,6 +310,7 @@ pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
             return;
         };
         conn.deadline.at = Instant::now() + timeouts.idle;
+        conn.out.release();
         let head = poll_fn(|cx| {
             poll_head(
                 reader,
@@ -339,6 +349,7 @@ pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
 impl Drop for Conn {
     fn drop(&mut self) {
         recycle_read_buffer(std::mem::take(&mut self.buf));
+        self.out.release();
     }
 }
 
@@ -522,7 +533,9 @@ impl Deadline {
 }
 
 /// Waits for the next request head: `Ok(None)` when the client closed, idled too long, or a
-/// drain started between requests.
+/// drain started between requests. While nothing of the head has arrived, the connection holds
+/// no read buffer: it takes one for each read and gives it back when the read has to wait, so
+/// that an idle keep-alive connection costs its task and its socket, not 4 KiB more.
 fn poll_head<F: Future>(
     reader: &mut ReadSide,
     buf: &mut BytesMut,
@@ -542,9 +555,13 @@ fn poll_head<F: Future>(
                 Err(rejection) => return Poll::Ready(Err(rejection)),
             }
         }
+        if buf.capacity() == 0 {
+            *buf = read_buffer();
+        }
         match poll_fill_up_to(reader, buf, HEAD_READ, cx) {
             Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(None)),
             Poll::Ready(Ok(_)) => continue,
+            Poll::Pending if buf.is_empty() => recycle_read_buffer(std::mem::take(buf)),
             Poll::Pending => {}
         }
         // Draining: a connection between requests closes; a request under way is served.
@@ -850,9 +867,7 @@ where
     };
 
     out.clear();
-    // Room for a usual head at once (growing from nothing took a `malloc` and five `realloc`s
-    // per connection).
-    out.buf.reserve(1024);
+    out.make_room();
     let wbuf = &mut out.buf;
     wbuf.extend_from_slice(if request.http10 {
         b"HTTP/1.0 "
@@ -994,6 +1009,30 @@ impl WriteQueue {
     fn clear(&mut self) {
         self.buf.clear();
         self.large.clear();
+    }
+
+    /// Room for a usual response head: a spare buffer if the queue has given its own back.
+    fn make_room(&mut self) {
+        if self.buf.capacity() == 0
+            && let Some(spare) = spare::take(&SPARE_WRITE)
+        {
+            self.buf = spare;
+        }
+        self.buf.reserve(HEAD_WRITE);
+    }
+
+    /// Between responses (everything written): gives the buffer back to the thread's spares if
+    /// it is of the usual size; a larger one, grown by a chunked body, is freed.
+    fn release(&mut self) {
+        if !self.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        if (HEAD_WRITE..=4 * HEAD_WRITE).contains(&buf.capacity()) {
+            spare::keep(&SPARE_WRITE, buf, SPARE_WRITE_BUFFERS);
+        }
+        // `large` only ever holds anything while a response is being written.
+        self.large = Vec::new();
     }
 
     fn is_empty(&self) -> bool {

@@ -691,6 +691,57 @@ async fn a_finished_connections_read_buffer_goes_to_the_next_one() {
     assert!(kept.capacity() >= HEAD_READ, "{}", kept.capacity());
 }
 
+/// How many buffers of each kind this thread keeps (read, write).
+fn spares_kept() -> (usize, usize) {
+    (
+        SPARE_READ.with_borrow(Vec::len),
+        SPARE_WRITE.with_borrow(Vec::len),
+    )
+}
+
+/// Waits (generously) until this thread keeps `want` spare buffers of each kind.
+async fn spares_become(want: (usize, usize)) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while spares_kept() != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spares kept {:?}, expected {want:?}",
+            spares_kept()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_waiting_for_its_next_request_holds_no_buffers() {
+    let (addr, _signal) = start(QUICK).await;
+    assert_eq!(spares_kept(), (0, 0));
+    let mut stream = connect_sending(addr, b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut got = Vec::new();
+    for (n, path) in ["/one", "/two"].into_iter().enumerate() {
+        if n > 0 {
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+        }
+        let expected = format!("GET {path} body=");
+        while !String::from_utf8_lossy(&got).ends_with(&expected) {
+            let mut piece = [0u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut piece))
+                .await
+                .expect("a response")
+                .expect("read");
+            assert!(read > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&piece[..read]);
+        }
+        // Answered, kept alive and idle: its read and write buffers are the thread's spares
+        // (the test's runtime has one thread), and the next request takes them back.
+        spares_become((1, 1)).await;
+    }
+    assert_eq!(responses(&String::from_utf8_lossy(&got)).len(), 2);
+}
+
 #[test]
 fn a_read_buffer_is_kept_only_when_it_is_whole_and_of_the_usual_size() {
     // Nothing else holds it: kept, and handed out again empty.
