@@ -98,9 +98,9 @@ if any(r["section"] == "tp" for r in runs):
     idle = {r["target"]: r for r in rows("idle_connections.tsv")}
     if idle:
         n = int(next(iter(idle.values()))["connections"])
-        p(f"Idle keep-alive connections (`bench/idle_connections.py`, after the loads above): {n:,} "
-          "connections opened one after another, one small request each, then all held open; "
-          "the proxy's VmRSS before and with them open. The difference per connection is what a "
+        p(f"Idle keep-alive connections (`bench/idle_connections.py`, each proxy started afresh "
+          f"after the loads above): {n:,} connections opened one after another, one small request "
+          "each, then all held open; the proxy's VmRSS before and with them open. The difference per connection is what a "
           "proxy keeps for a client that stays connected between requests (its kernel socket "
           "not included):\n")
         p("| proxy | RSS before MiB | RSS held MiB | bytes per idle connection | × nginx |")

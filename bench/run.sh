@@ -406,18 +406,23 @@ backend origin
     server s1 $LO:$ORIGIN_PORT
 EOF
   catch_all "$W/tp-dynamic"
-  start nginx "$PROXY_CPU" "$NGINX" -e "$W/nginx/error.log" -c "$W/nginx/nginx.conf" -g 'daemon off;'
-  start haproxy "$PROXY_CPU" haproxy -db -f "$W/haproxy/haproxy.cfg"
-  traefik_start traefik "$W/tp-dynamic" 19104 "$PROXY_CPU"
-  sy_fleet switchyard "$W/tp-dynamic" 19700 19800 19105
+  TP_ALL=(nginx haproxy traefik switchyard switchyard-ctl switchyard-alt)
+  tp_start() { # every proxy of this section, fresh
+    start nginx "$PROXY_CPU" "$NGINX" -e "$W/nginx/error.log" -c "$W/nginx/nginx.conf" -g 'daemon off;'
+    start haproxy "$PROXY_CPU" haproxy -db -f "$W/haproxy/haproxy.cfg"
+    traefik_start traefik "$W/tp-dynamic" 19104 "$PROXY_CPU"
+    sy_fleet switchyard "$W/tp-dynamic" 19700 19800 19105
+    # A second proxy build (ALT_PROXY=path), fed by the same controller, measured in the same
+    # interleaved rounds: for A/B comparisons of a change to the proxy (allocator, build flags).
+    [[ -z ${ALT_PROXY:-} ]] ||
+      start switchyard-alt "$PROXY_CPU" env RUST_LOG=warn "$ALT_PROXY" run --controller "http://$LO:19700" \
+        --node-id switchyard-alt --state-dir "$W/switchyard-alt/state" --admin "$LO:19801" --entrypoint "web=$LO:19106"
+  }
+  tp_start
   declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=19101 [haproxy]=19102 [traefik]=19104 [switchyard]=19105)
   declare -A H2PORT=([nginx]=19111 [haproxy]=19112 [traefik]=19104 [switchyard]=19105)
   TARGETS=(direct nginx haproxy traefik switchyard)
   if [[ -n ${ALT_PROXY:-} ]]; then
-    # A second proxy build (ALT_PROXY=path), fed by the same controller, measured in the same
-    # interleaved rounds: for A/B comparisons of a change to the proxy (allocator, build flags).
-    start switchyard-alt "$PROXY_CPU" env RUST_LOG=warn "$ALT_PROXY" run --controller "http://$LO:19700" \
-      --node-id switchyard-alt --state-dir "$W/switchyard-alt/state" --admin "$LO:19801" --entrypoint "web=$LO:19106"
     PORT[switchyard-alt]=19106
     H2PORT[switchyard-alt]=19106
     TARGETS+=(switchyard-alt)
@@ -463,6 +468,11 @@ EOF
   for t in "${TARGETS[@]:1}"; do printf 'tp\t%s\t%s\t%s\n' "$t" "${IDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
   # What each proxy keeps per idle keep-alive connection: IDLE_CONNS connections, one request
   # each, then held open; the proxy's VmRSS (its process tree) before and with all of them open.
+  # On fresh processes: after the loads, what an allocator kept from them (nginx's pools, our
+  # heap) would take the new connections without a page more.
+  for t in "${TP_ALL[@]}"; do stop "$t"; done
+  tp_start
+  for t in "${TARGETS[@]:1}"; do wait_http "$t" "$LO:${PORT[$t]}" bench.test / 30; done
   IDLE_TSV=$R/idle_connections.tsv
   printf 'target\tconnections\trss_before_kb\trss_held_kb\n' >"$IDLE_TSV"
   for t in "${TARGETS[@]:1}"; do
@@ -472,7 +482,7 @@ EOF
     printf '%s\t%s\t%s\t%s\n' "$t" "$IDLE_CONNS" "$before" "$held" >>"$IDLE_TSV"
     log "$(printf 'idle         %-18s %d connections: RSS %d -> %d KiB' "$t" "$IDLE_CONNS" "$before" "$held")"
   done
-  for t in "${TARGETS[@]:1}" switchyard-ctl; do stop "$t"; done
+  for t in "${TP_ALL[@]}"; do stop "$t"; done
 fi
 
 # ---------------------------------------------------------------------------------------------
