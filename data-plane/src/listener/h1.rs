@@ -1031,8 +1031,8 @@ impl WriteQueue {
         if (HEAD_WRITE..=4 * HEAD_WRITE).contains(&buf.capacity()) {
             spare::keep(&SPARE_WRITE, buf, SPARE_WRITE_BUFFERS);
         }
-        // `large` only ever holds anything while a response is being written.
-        self.large = Vec::new();
+        // `large` keeps its room (at most `MAX_LARGE` entries, a few hundred bytes): freed here,
+        // a connection streaming large bodies would allocate it again for every response.
     }
 
     fn is_empty(&self) -> bool {
