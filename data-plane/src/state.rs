@@ -58,7 +58,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// Maximum depth of chains and weighted services (the controller already rejects cycles).
 const MAX_DEPTH: usize = 32;
 
-/// How to reach one upstream server.
+/// How to reach one upstream server. Shared: a request in flight holds the server it was sent to
+/// (for its pool key and its errors) and nothing else of the table.
 #[derive(Debug)]
 pub struct Upstream {
     pub url: String,
@@ -75,7 +76,7 @@ pub struct Upstream {
 #[derive(Debug)]
 pub struct Balancer {
     spec: LoadBalancer,
-    pub servers: Vec<Upstream>,
+    pub servers: Vec<Arc<Upstream>>,
     wrr: Wrr,
     pub pass_host_header: bool,
 }
@@ -92,7 +93,7 @@ pub enum ServiceHandle {
 
 impl ServiceHandle {
     /// Picks a server; `None` when the service has no usable server (→ 503).
-    pub fn pick(&self) -> Option<(&Balancer, &Upstream)> {
+    pub fn pick(&self) -> Option<(&Balancer, &Arc<Upstream>)> {
         let mut current = self;
         for _ in 0..=MAX_DEPTH {
             match current {
@@ -577,7 +578,7 @@ fn build_balancer(lb: &LoadBalancer) -> Result<Balancer, String> {
     let servers = lb
         .servers
         .iter()
-        .map(|s| upstream(&s.url))
+        .map(|s| upstream(&s.url).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     let weights: Vec<u32> = lb.servers.iter().map(|s| s.weight).collect();
     Ok(Balancer {

@@ -159,6 +159,26 @@ struct Failed {
     unanswered: bool,
 }
 
+/// A request written for an HTTP/1.1 server ([`Http1Pool::prepare`]), to be sent with
+/// [`Http1Pool::send_prepared`]. What the wait for the origin holds: the request's parts, fields
+/// and forwarding fields were needed only to write its head, and a request future that kept them
+/// across that wait was ~2 KB larger (it is written once per request and once more per
+/// connection).
+pub(crate) struct Prepared<B> {
+    /// The request head, written into the buffer of the connection taken for it (if any).
+    head: Vec<u8>,
+    framing: RequestFraming,
+    body: Option<B>,
+    method: Method,
+    /// It may be sent again after a connection idle for a while closed it unanswered: no body,
+    /// and an idempotent method or an idempotency key.
+    replayable: bool,
+    /// The response's fields as received ([`FieldsAs::Received`]).
+    raw: bool,
+    /// The idle connection taken when the head was written.
+    first: Option<(Conn, Duration)>,
+}
+
 impl Http1Pool {
     /// Sends `req` (origin-form target, `Host` already set) to the server at `authority`.
     pub async fn send<B>(
@@ -170,68 +190,94 @@ impl Http1Pool {
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
-        self.send_as(authority, req, None, &h1::AddedFields::NONE, FieldsAs::Map)
-            .await
+        let mut prepared =
+            self.prepare(authority, req, None, &h1::AddedFields::NONE, FieldsAs::Map)?;
+        self.send_prepared(authority, &mut prepared).await
     }
 
-    /// [`Self::send`], the request head with the fields `received` (if its map holds none), then
-    /// its map's, then `added`; the response's fields handed over as `fields` asks.
-    pub(crate) async fn send_as<B>(
+    /// Takes an idle connection to `authority` (if there is one) and writes the head of `req`
+    /// into its buffer: the fields `received` (if its map holds none), then its map's, then
+    /// `added`. The response's fields will be handed over as `fields` asks.
+    pub(crate) fn prepare<B: HttpBody>(
         &self,
         authority: &Authority,
         req: Request<B>,
         received: Option<&h1::RawFields>,
         added: &h1::AddedFields,
         fields: FieldsAs,
+    ) -> Result<Prepared<B>, UpstreamError> {
+        let (parts, body) = req.into_parts();
+        let mut first = self.checkout(authority);
+        // The buffer goes on with the connection that carries the request.
+        let mut head = match &mut first {
+            Some((conn, _)) => std::mem::take(&mut conn.out),
+            None => Vec::new(),
+        };
+        let encoded = h1::encode_head_into(
+            &mut head,
+            &parts,
+            received,
+            added,
+            body.is_end_stream(),
+            authority.as_str(),
+        );
+        let Some(framing) = encoded else {
+            // Not written to: it serves the next request (a middleware could set such a
+            // length; the servers refuse one from a client).
+            if let Some((mut conn, _)) = first {
+                head.clear();
+                conn.out = head;
+                self.give_back(authority.clone(), conn);
+            }
+            return Err(UpstreamError::InvalidRequest("invalid Content-Length"));
+        };
+        Ok(Prepared {
+            head,
+            framing,
+            replayable: framing == RequestFraming::None && replayable(&parts, received),
+            body: Some(body),
+            method: parts.method,
+            raw: fields == FieldsAs::Received,
+            first,
+        })
+    }
+
+    /// Sends `prepared` to the server at `authority` on the connection taken for it, else on an
+    /// idle one, else on a new one, and reads the response head.
+    pub(crate) async fn send_prepared<B>(
+        &self,
+        authority: &Authority,
+        prepared: &mut Prepared<B>,
     ) -> Result<Response<UpstreamBody>, UpstreamError>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
-        let raw = fields == FieldsAs::Received;
-        let (parts, body) = req.into_parts();
-        let body_empty = body.is_end_stream();
-        let mut body = Some(body);
-        // Written into the first connection's buffer, which goes on with the connection that
-        // carries the request.
-        let mut head = Vec::new();
-        let mut framing = RequestFraming::None;
         loop {
-            let (mut conn, idle) = match self.checkout(authority) {
+            let (conn, idle) = match prepared.first.take().or_else(|| self.checkout(authority)) {
                 Some((conn, idle)) => (conn, Some(idle)),
                 // Boxed: rare, and the request future is moved once per request.
                 None => (Box::pin(connect(authority)).await?, None),
             };
-            if head.is_empty() {
-                head = std::mem::take(&mut conn.out);
-                let encoded = h1::encode_head_into(
-                    &mut head,
-                    &parts,
-                    received,
-                    added,
-                    body_empty,
-                    authority.as_str(),
-                );
-                match encoded {
-                    Some(encoded) => framing = encoded,
-                    None => {
-                        // Not written to: it serves the next request (a middleware could set
-                        // such a length; the servers refuse one from a client).
-                        self.give_back(authority.clone(), conn);
-                        return Err(UpstreamError::InvalidRequest("invalid Content-Length"));
-                    }
-                }
-            }
-            match exchange(conn, &head, framing, &mut body, &parts.method, raw).await {
+            let exchanged = exchange(
+                conn,
+                &prepared.head,
+                prepared.framing,
+                &mut prepared.body,
+                &prepared.method,
+                prepared.raw,
+            )
+            .await;
+            match exchanged {
                 Ok(Exchanged {
                     head: response,
                     mut reader,
                     upload,
                 }) => {
                     if let Reader::Whole(conn) = &mut reader
-                        && head.capacity() <= h1::KEEP_OUT
+                        && prepared.head.capacity() <= h1::KEEP_OUT
                     {
-                        conn.out = head;
+                        conn.out = std::mem::take(&mut prepared.head);
                     }
                     let head = response;
                     let give_back = head.keep_alive.then(|| GiveBack {
@@ -254,9 +300,7 @@ impl Http1Pool {
                     if failed.unsent {
                         continue;
                     }
-                    let replayable =
-                        framing == RequestFraming::None && replayable(&parts, received);
-                    if failed.unanswered && replayable && idle >= REPLAY_AFTER_IDLE {
+                    if failed.unanswered && prepared.replayable && idle >= REPLAY_AFTER_IDLE {
                         tracing::debug!(%authority, error = %failed.error, "replaying a request an idle connection closed");
                         continue;
                     }

@@ -83,18 +83,32 @@ async fn a_connection_is_reused_once_its_response_was_read() {
     assert_eq!(pool.idle_count(&origin.authority), 1);
 }
 
-/// A request whose `Content-Length` is not a length (a middleware could set one) is refused,
-/// and the connection taken for it, not written to, serves the next request.
+/// A request whose `Content-Length` is not a length (a middleware could set one) is refused
+/// before anything is written: no connection is made for it, and an idle one taken for it
+/// serves the next request.
 #[tokio::test]
 async fn a_request_with_a_bad_length_is_refused_and_its_connection_kept() {
     let origin = origin(OK, false).await;
     let pool = Http1Pool::default();
-    let mut bad = get();
-    bad.headers_mut().insert(
-        http::header::CONTENT_LENGTH,
-        http::HeaderValue::from_static("x"),
+    let bad = || {
+        let mut bad = get();
+        bad.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from_static("x"),
+        );
+        bad
+    };
+    let error = pool.send(&origin.authority, bad()).await.unwrap_err();
+    assert!(
+        error.to_string().contains("invalid Content-Length"),
+        "{error}"
     );
-    let error = pool.send(&origin.authority, bad).await.unwrap_err();
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 0);
+    let response = pool.send(&origin.authority, get()).await.unwrap();
+    assert_eq!(body_text(response).await, "ok");
+    assert_eq!(pool.idle_count(&origin.authority), 1);
+
+    let error = pool.send(&origin.authority, bad()).await.unwrap_err();
     assert!(
         error.to_string().contains("invalid Content-Length"),
         "{error}"
