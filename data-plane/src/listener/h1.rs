@@ -329,7 +329,23 @@ pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
                 return;
             }
         };
-        match conn.exchange(parsed, writer, service, drain).await {
+        // The request is made and the response started in plain code, and the request is
+        // moved, never borrowed, here: the connection's future, which every connection writes
+        // into its box, holds neither across a wait.
+        let Call {
+            request,
+            fields,
+            slot,
+            asked,
+            expects_continue,
+        } = conn.call(parsed);
+        if expects_continue && let Err(e) = writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await
+        {
+            tracing::debug!(error = %e, "connection ended while writing a response");
+            return;
+        }
+        let response = service.call(request, fields).await;
+        match conn.respond(response, slot, asked, writer, drain).await {
             Ok(true) => {}
             Ok(false) if conn.unread_body => {
                 if let Some(reader) = &mut conn.reader {
@@ -366,14 +382,8 @@ struct Conn {
 }
 
 impl Conn {
-    /// One request and its response; `Ok(true)`: the connection can take another request.
-    async fn exchange<S: Service, W: AsyncWrite + Unpin>(
-        &mut self,
-        parsed: Parsed,
-        writer: &mut W,
-        service: &S,
-        drain: &drain::Watch,
-    ) -> io::Result<bool> {
+    /// The handler's request made from `parsed`, lent the read side if it has a body.
+    fn call(&mut self, parsed: Parsed) -> Call {
         let Parsed {
             parts,
             fields,
@@ -397,15 +407,31 @@ impl Conn {
             };
             (RequestBody::H1(body), Some(slot))
         };
-        if expects_continue && slot.is_some() {
-            writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        }
         let asked = Asked {
             method_head: parts.method == Method::HEAD,
             http10: parts.version == Version::HTTP_10,
             keep_alive,
         };
-        let response = service.call(Request::from_parts(parts, body), fields).await;
+        Call {
+            expects_continue: expects_continue && slot.is_some(),
+            request: Request::from_parts(parts, body),
+            fields,
+            slot,
+            asked,
+        }
+    }
+
+    /// Writes the handler's `response` to the request `asked`, whose body (if any) was lent
+    /// through `slot`; `Ok(true)`: the connection can take another request. The head is written
+    /// into the queue before the future is made, which holds the response's body only.
+    fn respond<'a, W: AsyncWrite + Unpin, B: ResponseBody + 'a>(
+        &'a mut self,
+        response: Response<B>,
+        slot: Option<Arc<Mutex<Option<Lent>>>>,
+        asked: Asked,
+        writer: &'a mut W,
+        drain: &drain::Watch,
+    ) -> impl Future<Output = io::Result<bool>> + 'a {
         // A body the handler is done with is taken back now, so that the response can say
         // whether the connection goes on; one still held (an upload going on next to the
         // response) is taken back after it.
@@ -414,15 +440,24 @@ impl Conn {
             keep_alive: asked.keep_alive && !drain.is_signaled() && taken_back != Some(false),
             ..asked
         };
-        let reusable = write_response(writer, &mut self.out, response, asked).await?;
-        if let Some(slot) = &slot
-            && taken_back.is_none()
-        {
-            // Dropped by now, unless something still holds it (then the connection is not
-            // reused).
-            taken_back = Some(self.take_back(slot).unwrap_or(false));
+        let (mut body, framing, keep_alive) = write_head(&mut self.out, response, asked);
+        async move {
+            let reusable = if framing == Framing::Nothing {
+                drop(body);
+                self.out.flush(writer).await?;
+                keep_alive
+            } else {
+                write_body(writer, &mut self.out, &mut body, framing, keep_alive).await?
+            };
+            if let Some(slot) = &slot
+                && taken_back.is_none()
+            {
+                // Dropped by now, unless something still holds it (then the connection is not
+                // reused).
+                taken_back = Some(self.take_back(slot).unwrap_or(false));
+            }
+            Ok(reusable && taken_back != Some(false))
         }
-        Ok(reusable && taken_back != Some(false))
     }
 
     /// Takes the read side back from a request body that ended or was dropped; `None` while the
@@ -811,6 +846,17 @@ struct Asked {
     keep_alive: bool,
 }
 
+/// A request for the handler ([`Conn::call`]).
+struct Call {
+    request: Request<RequestBody>,
+    fields: Option<Box<RawFields>>,
+    /// Where the request's body gives the read side back (`None`: no body).
+    slot: Option<Arc<Mutex<Option<Lent>>>>,
+    asked: Asked,
+    /// The client waits for `100 Continue` before it sends the body.
+    expects_continue: bool,
+}
+
 /// How a response body goes on the wire.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -822,16 +868,13 @@ enum Framing {
     UntilClose,
 }
 
-/// Writes `response`; `Ok(true)`: it ended cleanly and the connection may take another request.
-async fn write_response<W: AsyncWrite + Unpin, B>(
-    writer: &mut W,
+/// Writes the head of `response` into `out`; returns its body, how the body goes on the wire and
+/// whether the connection may take another request after it.
+fn write_head<B: ResponseBody>(
     out: &mut WriteQueue,
     response: Response<B>,
     request: Asked,
-) -> io::Result<bool>
-where
-    B: ResponseBody,
-{
+) -> (B, Framing, bool) {
     let (parts, mut body) = response.into_parts();
     let fields = body.take_fields();
     let status = parts.status;
@@ -916,23 +959,29 @@ where
     if let Some(fields) = fields {
         fields.recycle();
     }
-    if framing == Framing::Nothing {
-        drop(body);
-        out.flush(writer).await?;
-        return Ok(keep_alive);
-    }
+    (body, framing, keep_alive)
+}
 
+/// Writes `body` after its head (in `out`) as `framing` says; `Ok(true)`: it ended cleanly and
+/// the connection may take another request (`keep_alive`).
+async fn write_body<W: AsyncWrite + Unpin, B: ResponseBody>(
+    writer: &mut W,
+    out: &mut WriteQueue,
+    body: &mut B,
+    framing: Framing,
+    mut keep_alive: bool,
+) -> io::Result<bool> {
     let mut sent = 0u64;
     loop {
         // What the body has ready joins what is waiting to be written, in one write; the
         // writing waits for the body only when there is nothing else to write.
         let frame = if out.is_empty() {
-            poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
         } else if out.is_full() {
             out.flush(writer).await?;
             continue;
         } else {
-            match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     out.flush(writer).await?;
@@ -1052,47 +1101,68 @@ impl WriteQueue {
         }
     }
 
+    /// Writes everything queued and empties the queue. The future holds a count, not the
+    /// pieces: it is part of every connection's.
     async fn flush<W: AsyncWrite + Unpin>(&mut self, writer: &mut W) -> io::Result<()> {
-        if self.large.is_empty() {
-            writer.write_all(&self.buf).await?;
-            self.clear();
-            return Ok(());
-        }
-        // The pieces in order: buffer up to the first large piece, that piece, and so on.
-        let mut pieces: [&[u8]; 2 * MAX_LARGE + 1] = [&[]; 2 * MAX_LARGE + 1];
-        let mut count = 0;
-        let mut from = 0;
-        for (at, data) in &self.large {
-            pieces[count] = &self.buf[from..*at];
-            pieces[count + 1] = data;
-            count += 2;
-            from = *at;
-        }
-        pieces[count] = &self.buf[from..];
-        count += 1;
-        let mut pieces = &mut pieces[..count];
-        while !pieces.is_empty() {
-            let slices: [IoSlice<'_>; 2 * MAX_LARGE + 1] =
-                std::array::from_fn(|i| IoSlice::new(pieces.get(i).copied().unwrap_or(&[])));
-            let n = poll_fn(|cx| {
-                Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..pieces.len()])
-            })
-            .await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            let mut n = n;
-            while let Some(first) = pieces.first_mut() {
-                if n < first.len() {
-                    *first = &first[n..];
-                    break;
-                }
-                n -= first.len();
-                pieces = &mut pieces[1..];
-            }
-        }
+        let mut written = 0;
+        poll_fn(|cx| self.poll_write_out(writer, &mut written, cx)).await?;
         self.clear();
         Ok(())
+    }
+
+    /// Writes what is queued from `written` bytes on, in as few writes as the socket takes.
+    fn poll_write_out<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+        written: &mut usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let n = if self.large.is_empty() {
+                let Some(rest) = self.buf.get(*written..).filter(|rest| !rest.is_empty()) else {
+                    return Poll::Ready(Ok(()));
+                };
+                ready!(Pin::new(&mut *writer).poll_write(cx, rest))?
+            } else {
+                let mut slices = [IoSlice::new(&[]); 2 * MAX_LARGE + 1];
+                let count = self.slices_from(*written, &mut slices);
+                if count == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+    }
+
+    /// The queued bytes in order, the first `skip` of them left out: the buffer up to the first
+    /// large piece, that piece, and so on. Returns how many slices it filled.
+    fn slices_from<'a>(
+        &'a self,
+        mut skip: usize,
+        slices: &mut [IoSlice<'a>; 2 * MAX_LARGE + 1],
+    ) -> usize {
+        let mut count = 0;
+        let mut add = |piece: &'a [u8]| {
+            if skip >= piece.len() {
+                skip -= piece.len();
+            } else {
+                slices[count] = IoSlice::new(&piece[skip..]);
+                skip = 0;
+                count += 1;
+            }
+        };
+        let mut from = 0;
+        for (at, data) in &self.large {
+            add(&self.buf[from..*at]);
+            add(data);
+            from = *at;
+        }
+        add(&self.buf[from..]);
+        count
     }
 }
 

@@ -530,6 +530,15 @@ async fn queued_pieces_go_out_in_order_through_short_writes() {
     queue.flush(&mut writer).await.expect("flush");
     assert!(writer.0 == expected, "the bytes differ");
     assert!(queue.is_empty());
+
+    // No large piece: the buffer alone, through the same short writes.
+    queue.push(Bytes::from_static(
+        b"only a small piece, longer than one write",
+    ));
+    let mut writer = Trickle(Vec::new());
+    queue.flush(&mut writer).await.expect("flush");
+    assert_eq!(writer.0, b"only a small piece, longer than one write");
+    assert!(queue.is_empty());
 }
 
 #[tokio::test]
