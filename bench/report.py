@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns bench/run.sh's raw results (TSV files in one directory) into markdown tables.
 
-usage: report.py RESULTS_DIR CONNS DURATION SCALE_DURATION ROUNDS SCALE_ROUNDS
+usage: report.py RESULTS_DIR CONNS DURATION SCALE_DURATION ROUNDS SCALE_ROUNDS [RATE]
 """
 import csv
 import os
@@ -9,6 +9,7 @@ import statistics
 import sys
 
 res, conns, dur, sdur, rounds, srounds = sys.argv[1:7]
+rate = int(sys.argv[7]) if len(sys.argv) > 7 else None
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -58,6 +59,7 @@ LABEL = {
     "16k": "16 KiB, keep-alive",
     "close": "small, `Connection: close`",
     "h2c": "HTTP/2 h2c, 16 conns × 10 streams",
+    "rate": f"small, keep-alive, {rate:,} req/s offered" if rate else "small, keep-alive, fixed rate",
 }
 if any(r["section"] == "tp" for r in runs):
     p(f"### 1. Throughput and latency\n")
@@ -67,10 +69,14 @@ if any(r["section"] == "tp" for r in runs):
       f"(a run after a light one reads faster on this machine). Proxy on one core, "
       f"wrk + origin on the other. × nginx: ratio of medians in this run. CPU µs/req: the proxy's "
       f"utime+stime (all threads, /proc/PID/stat) ÷ requests; kernel: its stime part (the "
-      f"socket work every proxy does: on loopback a write also runs the peer's receive path).\n")
+      f"socket work every proxy does: on loopback a write also runs the peer's receive path). "
+      f"The fixed-rate rows (`h2load --h1 -c{conns} --rps`, each connection sending on its own "
+      f"clock for the same count of requests; percentiles from its per-request log) offer every "
+      f"proxy the same load, below what each takes: their latency and CPU per request compare "
+      f"without the closed loop's tie to throughput (Traefik's ceiling is below that rate).\n")
     p("| target | scenario | req/s | min–max | × nginx | p50 ms | p99 ms | proxy CPU µs/req | of it kernel | CPU × nginx | errors / non-2xx |")
     p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for scen in ["small", "16k", "close", "h2c"]:
+    for scen in ["small", "16k", "close", "h2c", "rate"]:
         base = agg("tp", "nginx", scen)
         for t in ["direct", "nginx", "haproxy", "traefik", "switchyard", "switchyard-alt"]:
             a = agg("tp", t, scen)

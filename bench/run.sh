@@ -8,8 +8,9 @@
 # Sections (docs/benchmarks.md explains the method and reads the numbers):
 #   throughput  wrk/h2load against an nginx origin through nginx, HAProxy, Traefik and Switchyard:
 #               small keep-alive (64 conns), 16 KiB, Connection: close, HTTP/2 (h2c) — req/s, p50,
-#               p99, proxy CPU µs/request (/proc/PID/stat), peak RSS (VmHWM); memory per idle
-#               keep-alive connection (IDLE_CONNS held open at once)
+#               p99, proxy CPU µs/request (/proc/PID/stat), peak RSS (VmHWM); small keep-alive at
+#               one fixed rate for every proxy (RATE, h2load --rps): p50, p99, CPU µs/request;
+#               memory per idle keep-alive connection (IDLE_CONNS held open at once)
 #   scale       10 / 1 000 / 10 000 / 50 000 Host routers, 50 000 Host && PathPrefix, 10 000
 #               PathPrefix under one host (+ Traefik at 10 000): req/s matching and not, RSS,
 #               compile time, snapshot size raw / gzip / zstd, largest gRPC message,
@@ -39,7 +40,8 @@
 #        request; the count of instructions is the same either way)
 #        ALT_PROXY=PATH (throughput: also measure this switchyard-proxy build, as switchyard-alt)
 #        TP_TARGETS="nginx switchyard switchyard-alt" TP_SCENARIOS="small" (throughput: a subset,
-#        for quick same-run A/Bs; defaults: every target, "small 16k close h2c")
+#        for quick same-run A/Bs; defaults: every target, "small 16k close h2c rate")
+#        RATE=57600 (throughput: requests/s offered in the fixed-rate scenario, a multiple of CONNS)
 #        KEEP=1 (keep the work dir) WRITE_DOCS=1 (replace the results block in docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +63,10 @@ IR_CACHE_SIM=${IR_CACHE_SIM:-0}
 # Throughput: idle keep-alive connections held open at once per proxy, for its memory per
 # connection (bench/idle_connections.py).
 IDLE_CONNS=${IDLE_CONNS:-2000}
+# Throughput: the offered rate of the equal-rate latency scenario (`rate`), requests/s over
+# CONNS keep-alive connections (h2load --rps; about 0.6× nginx's closed-loop rate here).
+RATE=${RATE:-57600}
+((RATE >= CONNS && RATE % CONNS == 0)) || { echo "RATE must be a multiple of CONNS ($CONNS)" >&2; exit 1; }
 # Between two measured loads. It was 1 s (127 loads: 2.1 minutes of the suite) until 2026-12-07.
 PAUSE=${PAUSE:-0.2}
 WRITE_DOCS=${WRITE_DOCS:-1}
@@ -232,10 +238,31 @@ load() { # SECTION TARGET(process name or -) SCENARIO ROUND SECONDS TOOL URL [HO
       timeout $((secs + 30)) taskset -c "$GEN_CPU" h2load -t1 -c16 -m10 -D "$secs" \
         ${host:+-H "host: $host"} "$@" "$url" >"$out" 2>&1 ||
         die "h2load failed: $section $target $scen: $(tail -3 "$out")" ;;
+    h2rate)
+      # HTTP/1.1 at RATE requests/s, each connection sending on its own clock: a count, not -D,
+      # which this h2load never ends in rate mode. Every request's latency goes to a log.
+      timeout $((secs + 30)) taskset -c "$GEN_CPU" h2load --h1 -t1 -c"$CONNS" \
+        --rps=$((RATE / CONNS)) -n $((RATE * secs)) --log-file="$out.log" \
+        ${host:+-H ":authority: $host"} "$@" "$url" >"$out" 2>&1 ||
+        die "h2load failed: $section $target $scen: $(tail -3 "$out")" ;;
   esac
   [[ $target == direct ]] || read -r t1 k1 < <(ticks "$target")
   ((round > 0)) || return 0
-  if [[ $tool == wrk ]]; then
+  if [[ $tool == h2rate ]]; then
+    # Requests done and failed from its summary; the percentiles from the log (microseconds to
+    # the end of each response, third column).
+    local done_n ok fin failed p50 p99
+    done_n=$(awk '/^requests:/{print $6}' "$out"); ok=$(awk '/^requests:/{print $8}' "$out")
+    failed=$(awk '/^requests:/{print $10 + $12 + $14}' "$out")
+    fin=$(awk '/^finished in/{gsub(/s,/, "", $3); print $3}' "$out")
+    read -r p50 p99 < <(cut -f3 "$out.log" | sort -n | awk '{v[NR]=$1} END{
+      if (NR == 0) {print 0, 0; exit}
+      i50 = int(NR * 0.50) + 1; i99 = int(NR * 0.99) + 1; if (i99 > NR) i99 = NR
+      print v[i50], v[i99]}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$target" "$scen" "$round" \
+      "${done_n:-0}" "${fin:-$secs}" "$p50" "$p99" "${failed:-0}" "$(( ${done_n:-0} - ${ok:-0} ))" \
+      "$((t1 - t0))" "$((k1 - k0))" >>"$RUNS"
+  elif [[ $tool == wrk ]]; then
     line=$(grep '^WRK ' "$out") || die "no WRK line in $out"
     local -A kv=(); local f
     for f in ${line#WRK }; do kv[${f%%=*}]=${f#*=}; done
@@ -433,7 +460,7 @@ EOF
     [[ ${wanted[0]:-} == direct ]] || wanted=(direct "${wanted[@]}")
     TARGETS=("${wanted[@]}")
   fi
-  TP_SCENARIOS=${TP_SCENARIOS:-"small 16k close h2c"}
+  TP_SCENARIOS=${TP_SCENARIOS:-"small 16k close h2c rate"}
   scen() { [[ " $TP_SCENARIOS " == *" $1 "* ]]; }
   for t in "${TARGETS[@]:1}"; do
     wait_http "$t" "$LO:${PORT[$t]}" bench.test / 30
@@ -464,6 +491,10 @@ EOF
     ! scen 16k || for t in direct "${ORDER[@]}"; do load tp "$t" 16k "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/16k" bench.test; done
     ! scen close || for t in direct "${ORDER[@]}"; do load tp "$t" close "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test -H 'Connection: close'; done
     ! scen h2c || for t in "${ORDER[@]}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" ""; done
+    # The same offered rate for every proxy, below what each can take: latency without the
+    # closed loop's tie to throughput (wrk's p99 rises with the rate a proxy reaches, and wrk
+    # shares its core with the origin). Traefik's ceiling is below the rate.
+    ! scen rate || for t in direct "${COMPARED[@]:$k}" "${COMPARED[@]:0:$k}"; do load tp "$t" rate "$r" "$DURATION" h2rate "http://$LO:${PORT[$t]}/" bench.test; done
   done
   for t in "${TARGETS[@]:1}"; do printf 'tp\t%s\t%s\t%s\n' "$t" "${IDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
   # What each proxy keeps per idle keep-alive connection: IDLE_CONNS connections, one request
@@ -785,7 +816,7 @@ stop_all
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-python3 "$ROOT/bench/report.py" "$R" "$CONNS" "$DURATION" "$SCALE_DURATION" "$ROUNDS" "$SCALE_ROUNDS" >"$R/results.md"
+python3 "$ROOT/bench/report.py" "$R" "$CONNS" "$DURATION" "$SCALE_DURATION" "$ROUNDS" "$SCALE_ROUNDS" "$RATE" >"$R/results.md"
 cat "$R/results.md"
 mkdir -p "$ROOT/target/bench"
 cp "$R/results.md" "$ROOT/target/bench/latest.md"
