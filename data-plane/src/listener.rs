@@ -217,7 +217,7 @@ async fn accept_loop(
         // Each connection is its own task. tokio moves a task's future whole when spawning it
         // and again when it ends, so what is spawned is a box (the TLS handshake and stream,
         // with rustls inline, and the HTTP connections are several KB): see
-        // `the_connection_task_is_small`.
+        // `the_connection_future_and_task_are_small`.
         match tls_to_sniff(&handler) {
             None => {
                 let served = plain.boxed(serve_plain(stream, handler, peer, drain));
@@ -622,30 +622,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_connection_task_is_small() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
-        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (stream, peer) = listener.accept().await.expect("accept");
-        let (_signal, drain) = drain::channel();
-        let boxes = Arc::new(FutureBoxes::new(1));
-        let served = boxes.boxed(serve_plain(stream, empty_handler(addr.port()), peer, drain));
-        let task = plain_connection(served, boxes);
-        // 10 400 bytes when the TLS states and hyper's connection were inline (every connection
-        // then copied that much when spawned and again when it ended), 792 with the TLS sniff's
-        // peek and timer inline, 136 with the TLS decision in the task, two pointers' worth since.
-        let size = std::mem::size_of_val(&task);
-        assert!(size <= 64, "the connection task is {size} bytes");
-    }
-
     /// A plain connection's future, which every connection writes into its box and idles in
-    /// between requests: the request and the response are made in plain code and only what a
-    /// wait needs is held across it. 5 008 bytes in a test build when the handler's request
-    /// future held the request in its several forms and the response was written by an `async`
-    /// function holding the response and its pieces, 2 024 since.
+    /// between requests, and the task that holds the box. The future: the request and the
+    /// response are made in plain code and only what a wait needs is held across it (5 008
+    /// bytes in a test build when the handler's request future held the request in its several
+    /// forms and the response was written by an `async` function holding the response and its
+    /// pieces, 2 024 since).
     #[tokio::test]
-    async fn the_connection_future_is_small() {
+    async fn the_connection_future_and_task_are_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -654,6 +638,13 @@ mod tests {
         let served = serve_plain(stream, empty_handler(addr.port()), peer, drain);
         let size = std::mem::size_of_val(&served);
         assert!(size <= 2_300, "the connection future is {size} bytes");
+        let boxes = Arc::new(FutureBoxes::new(1));
+        let task = plain_connection(boxes.boxed(served), boxes);
+        // 10 400 bytes when the TLS states and hyper's connection were inline (every connection
+        // then copied that much when spawned and again when it ended), 792 with the TLS sniff's
+        // peek and timer inline, 136 with the TLS decision in the task, two pointers' worth since.
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 64, "the connection task is {size} bytes");
     }
 
     #[test]
