@@ -306,28 +306,8 @@ pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
         seen: false,
     };
     loop {
-        let Some(reader) = conn.reader.as_mut() else {
+        let Some(parsed) = next_head(&mut conn, &mut draining, timeouts, writer).await else {
             return;
-        };
-        conn.deadline.at = Instant::now() + timeouts.idle;
-        conn.out.release();
-        let head = poll_fn(|cx| {
-            poll_head(
-                reader,
-                &mut conn.buf,
-                &mut conn.deadline,
-                &mut draining,
-                timeouts,
-                cx,
-            )
-        });
-        let parsed = match head.await {
-            Ok(Some(parsed)) => parsed,
-            Ok(None) => return,
-            Err(rejection) => {
-                let _ = writer.write_all(rejection.response().as_bytes()).await;
-                return;
-            }
         };
         // The request is made and the response started in plain code, and the request is
         // moved, never borrowed, here: the connection's future, which every connection writes
@@ -358,6 +338,38 @@ pub async fn serve<S: Service, W: AsyncWrite + Unpin>(
                 tracing::debug!(error = %e, "connection ended while writing a response");
                 return;
             }
+        }
+    }
+}
+
+/// The connection's next request head; `None` when the connection is to end: closed, idle too
+/// long, draining, or its head refused (answered here, as Go's server answers it). A function of
+/// its own, so that the head's result, which the refusal's write would hold, is not part of the
+/// connection's future at every wait.
+async fn next_head<F: Future, W: AsyncWrite + Unpin>(
+    conn: &mut Conn,
+    draining: &mut Draining<'_, F>,
+    timeouts: Timeouts,
+    writer: &mut W,
+) -> Option<Parsed> {
+    let reader = conn.reader.as_mut()?;
+    conn.deadline.at = Instant::now() + timeouts.idle;
+    conn.out.release();
+    let head = poll_fn(|cx| {
+        poll_head(
+            reader,
+            &mut conn.buf,
+            &mut conn.deadline,
+            draining,
+            timeouts,
+            cx,
+        )
+    });
+    match head.await {
+        Ok(parsed) => parsed,
+        Err(rejection) => {
+            let _ = writer.write_all(rejection.response().as_bytes()).await;
+            None
         }
     }
 }
