@@ -572,6 +572,44 @@ async fn weights_split_traffic() {
     }
 }
 
+/// A server whose URL is `h2c://` is spoken to in HTTP/2 with prior knowledge, whatever the
+/// client spoke: the request reaches it as HTTP/2, with its path, its host and the proxy's
+/// forwarding headers (which go into the request's map on that path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_server_is_sent_requests_in_http2() {
+    let fleet = Fleet::new("reload-h2c-upstream");
+    let a = fleet.echo("a").await;
+    fleet.write_dynamic("app.yml", &app_routed_to(&a.h2c_url()));
+    let _controller = fleet.controller();
+    let p = fleet.proxy("p");
+    fleet.converged(&["p"], DEADLINE).await;
+    fleet
+        .eventually(
+            "an HTTP/1.1 request reaches a in HTTP/2",
+            DEADLINE,
+            || async {
+                let reply = client::get(p.web, "app.test", "/over/h2c?x=1").await?;
+                reply.expect_backend("a")?;
+                let echoed = reply.echo()?;
+                let seen = (
+                    echoed.version.as_deref(),
+                    echoed.path.as_str(),
+                    echoed.query.as_deref(),
+                    echoed.host.as_deref(),
+                );
+                if seen != (Some("HTTP/2.0"), "/over/h2c", Some("x=1"), Some("app.test")) {
+                    return Err(format!("backend saw {seen:?}"));
+                }
+                let forwarded_host = echoed.headers.get("x-forwarded-host");
+                if forwarded_host != Some(&vec!["app.test".to_owned()]) {
+                    return Err(format!("x-forwarded-host {forwarded_host:?}"));
+                }
+                Ok(())
+            },
+        )
+        .await;
+}
+
 /// A plain entry point speaks HTTP/1.1 and, to a client that opens with the HTTP/2 preface, h2c
 /// (as Traefik's entry points do), on the same port; the request reaches the backend either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,7 @@ fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
     let body = serde_json::json!({
         "backend": name,
+        "version": format!("{:?}", req.version()),
         "method": req.method().as_str(),
         "path": req.uri().path(),
         "query": req.uri().query(),

@@ -368,4 +368,9 @@ impl Echo {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// `h2c://ADDR`: the same backend spoken to in HTTP/2 without TLS.
+    pub fn h2c_url(&self) -> String {
+        format!("h2c://{}", self.addr)
+    }
 }

@@ -81,6 +81,8 @@ impl std::fmt::Display for Reply {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Echoed {
     pub backend: String,
+    /// The HTTP version the request reached the backend in (`HTTP/1.1`, `HTTP/2.0`).
+    pub version: Option<String>,
     pub method: String,
     /// The raw path as received (no normalisation).
     pub path: String,
@@ -115,6 +117,7 @@ impl Echoed {
             .collect();
         Ok(Self {
             backend: text("backend").ok_or("echo JSON without `backend`")?,
+            version: text("version"),
             method: text("method").ok_or("echo JSON without `method`")?,
             path: text("path").ok_or("echo JSON without `path`")?,
             query: text("query"),
