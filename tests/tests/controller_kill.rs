@@ -149,12 +149,21 @@ async fn killing_the_controller_costs_no_request_and_proxies_come_back() {
             "{node} already held {version} and was sent it again: {entry:?}"
         );
     }
+    // The controller counts a proxy in when its hello arrives, the proxy itself once the
+    // stream's response has begun: a moment later.
+    fleet
+        .eventually("both proxies see their stream up", DEADLINE, || async {
+            let s1 = p1.status().await?;
+            let s2 = p2.status().await?;
+            if s1.controller_connected && s2.controller_connected {
+                Ok(())
+            } else {
+                Err(format!("{s1:?}\n{s2:?}"))
+            }
+        })
+        .await;
     let s1 = p1.status().await.unwrap();
     let s2 = p2.status().await.unwrap();
-    assert!(
-        s1.controller_connected && s2.controller_connected,
-        "{s1:?}\n{s2:?}"
-    );
     assert_eq!(s1.snapshots_received, 0, "{s1:?}");
     assert_eq!(s2.snapshots_received, p2_received, "{s2:?}");
     p1.serves("app.test", "a").await.unwrap();
