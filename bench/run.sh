@@ -33,7 +33,7 @@
 # Everything listens on 127.0.0.1; every load run is bounded (-d / -D and `timeout`); every
 # process this script starts is stopped by its PID on exit.
 #
-# Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_ROUNDS=5 SCALE_DURATION=3 PAUSE=0.2 SECTIONS=…
+# Knobs: ROUNDS=3 DURATION=5 WARMUP=2 CONNS=64 SCALE_ROUNDS=5 SCALE_DURATION=2 PAUSE=0.2 SECTIONS=…
 #        TRAEFIK_SCALE=1 IR_REQUESTS=20000 (instructions: requests counted per mode)
 #        IDLE_CONNS=2000 (throughput: idle keep-alive connections held at once per proxy)
 #        IR_CACHE_SIM=1 (instructions: also callgrind's cache simulation, L1 data misses per
@@ -53,9 +53,10 @@ WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 # Route scale: more, shorter rounds. Its rows are compared with each other, and a slow spell of
 # a shared machine (a minute or so) can cover two of three interleaved rounds of one proxy; the
-# median of five does not keep it.
+# median of five does not keep it. 2 s a run (3 s until 2026-12-07): ~200 000 requests at the
+# rates these rows reach, and the section takes ~2.5 minutes instead of ~3.5.
 SCALE_ROUNDS=${SCALE_ROUNDS:-5}
-SCALE_DURATION=${SCALE_DURATION:-3}
+SCALE_DURATION=${SCALE_DURATION:-2}
 SECTIONS=${SECTIONS:-"throughput scale propagation coldstart instructions"}
 TRAEFIK_SCALE=${TRAEFIK_SCALE:-1}
 IR_REQUESTS=${IR_REQUESTS:-20000}
@@ -111,7 +112,7 @@ ulimit -n "$nofile"
 (($(nproc --all) > PROXY_CPU && $(nproc --all) > GEN_CPU)) || die "need CPUs $GEN_CPU and $PROXY_CPU"
 
 log "building Switchyard (release)"
-cargo build --release -q -p switchyard-proxy -p switchyard-controller -p switchyard-tests \
+cargo build --release -q -p switchyard-proxy -p switchyard-controller -p switchyard-tests -p switchyard-apply \
   --bin switchyard-proxy --bin switchyard-controller --bin switchyard-bench --bin switchyard-apply \
   --bin switchyard-subscribe
 BIN=$ROOT/target/release
