@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh — Switchyard's benchmark suite, side by side with nginx, HAProxy and Traefik.
 #
-#   ./bench/run.sh                      # everything, ~12.5 minutes once built; writes docs/benchmarks.md
+#   ./bench/run.sh                      # everything, ~11.5 minutes once built; writes docs/benchmarks.md
 #   SECTIONS="throughput" ./bench/run.sh   # a subset: throughput scale propagation coldstart
 #                                          # instructions
 #
