@@ -73,12 +73,16 @@ if any(r["section"] == "tp" for r in runs):
       f"The fixed-rate rows (`h2load --h1 -c{conns} --rps`, each connection sending on its own "
       f"clock for the same count of requests; percentiles from its per-request log) offer every "
       f"proxy the same load, below what each takes: their latency and CPU per request compare "
-      f"without the closed loop's tie to throughput (Traefik's ceiling is below that rate).\n")
+      f"without the closed loop's tie to throughput (Traefik's ceiling is below that rate). "
+      f"`nginx-fwd`: the same nginx also sending the client's Host and Traefik's six forwarding "
+      f"headers upstream, as Switchyard and Traefik do (plain nginx and HAProxy send none), "
+      f"measured right after nginx in the keep-alive, close and fixed-rate scenarios; every "
+      f"× nginx is against plain nginx, the issue's reference.\n")
     p("| target | scenario | req/s | min–max | × nginx | p50 ms | p99 ms | proxy CPU µs/req | of it kernel | CPU × nginx | errors / non-2xx |")
     p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scen in ["small", "16k", "close", "h2c", "rate"]:
         base = agg("tp", "nginx", scen)
-        for t in ["direct", "nginx", "haproxy", "traefik", "switchyard", "switchyard-alt"]:
+        for t in ["direct", "nginx", "nginx-fwd", "haproxy", "traefik", "switchyard", "switchyard-alt"]:
             a = agg("tp", t, scen)
             if not a:
                 continue
@@ -91,6 +95,20 @@ if any(r["section"] == "tp" for r in runs):
             p(f"| {name} | {LABEL[scen]} | {a['rps']:,.0f} | {a['lo']:,.0f}–{a['hi']:,.0f} | {ratio} | "
               f"{a['p50']:.2f} | {p99} | {cpu} | {kernel} | {cpur} | {a['errors']} / {a['non2xx']} |")
     p("")
+    fwd_rows = [(scen, agg("tp", "switchyard", scen), agg("tp", "nginx-fwd", scen))
+                for scen in ["small", "close", "rate"]]
+    fwd_rows = [(scen, a, b) for scen, a, b in fwd_rows if a and b]
+    if fwd_rows:
+        p("Like for like: Switchyard against `nginx-fwd`, both sending the same headers upstream "
+          "(medians of the rows above):\n")
+        p("| scenario | req/s × nginx-fwd | p50 ms | p99 ms | CPU µs/req | CPU × nginx-fwd |")
+        p("|---|---:|---|---|---|---:|")
+        for scen, a, b in fwd_rows:
+            cpu = (f"{a['cpu']:.1f} vs {b['cpu']:.1f}", f"{a['cpu'] / b['cpu']:.2f}") \
+                if a["cpu"] is not None and b["cpu"] else ("—", "—")
+            p(f"| {LABEL[scen]} | {a['rps'] / b['rps']:.2f} | {a['p50']:.2f} vs {b['p50']:.2f} | "
+              f"{a['p99']:.2f} vs {b['p99']:.2f} | {cpu[0]} | {cpu[1]} |")
+        p("")
     p("| proxy | idle RSS MiB | peak RSS MiB (VmHWM, whole run) | × nginx |")
     p("|---|---:|---:|---:|")
     base = mem.get(("tp", "nginx"))

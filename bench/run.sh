@@ -10,7 +10,9 @@
 #               small keep-alive (64 conns), 16 KiB, Connection: close, HTTP/2 (h2c) — req/s, p50,
 #               p99, proxy CPU µs/request (/proc/PID/stat), peak RSS (VmHWM); small keep-alive at
 #               one fixed rate for every proxy (RATE, h2load --rps): p50, p99, CPU µs/request;
-#               memory per idle keep-alive connection (IDLE_CONNS held open at once)
+#               memory per idle keep-alive connection (IDLE_CONNS held open at once); nginx
+#               again as nginx-fwd, sending upstream the headers Switchyard sends (small, close,
+#               fixed rate), for like-for-like figures
 #   scale       10 / 1 000 / 10 000 / 50 000 Host routers, 50 000 Host && PathPrefix, 10 000
 #               PathPrefix under one host (+ Traefik at 10 000): req/s matching and not, RSS,
 #               compile time, snapshot size raw / gzip / zstd, largest gRPC message,
@@ -311,15 +313,22 @@ http {
     keepalive_timeout 75s;
 EOF
 }
-# nginx as the reference proxy: 1 worker, upstream keep-alive to the origin.
+# nginx as the reference proxy: 1 worker, upstream keep-alive to the origin; with FORWARDED=1 it
+# also sends what Switchyard and Traefik send upstream: the client's Host and Traefik's six
+# forwarding headers.
 nginx_proxy() { # DIR LISTEN_DIRECTIVE…
-  local dir=$1 listen
+  local dir=$1 listen headers=''
   shift
+  ((${FORWARDED:-0})) && headers=' proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host $http_host; proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Server $hostname;
+            proxy_set_header X-Real-Ip $remote_addr;'
   nginx_head "$dir"
   echo "    upstream origin { server $LO:$ORIGIN_PORT; keepalive 64; keepalive_requests 1000000; keepalive_timeout 60s; }"
   echo "    server {"
   for listen in "$@"; do echo "        $listen"; done
-  echo '        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+  echo "        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\";$headers }"
   echo "    }"
   echo "}"
 }
@@ -412,9 +421,12 @@ EOF
 # ---------------------------------------------------------------------------------------------
 if has throughput; then
   log "== throughput"
-  mkdir -p "$W/nginx" "$W/haproxy"
+  mkdir -p "$W/nginx" "$W/nginx-fwd" "$W/haproxy"
   nginx_proxy "$W/nginx" "listen $LO:19101 backlog=4096;" "listen $LO:19111 http2 backlog=4096;" \
     >"$W/nginx/nginx.conf"
+  # nginx doing the header work Switchyard does (`nginx-fwd`): a second reference, for like-for-like
+  # figures next to the issue's (plain nginx, against which every ratio is taken).
+  FORWARDED=1 nginx_proxy "$W/nginx-fwd" "listen $LO:19103 backlog=4096;" >"$W/nginx-fwd/nginx.conf"
   cat >"$W/haproxy/haproxy.cfg" <<EOF
 global
     nbthread 1
@@ -434,9 +446,10 @@ backend origin
     server s1 $LO:$ORIGIN_PORT
 EOF
   catch_all "$W/tp-dynamic"
-  TP_ALL=(nginx haproxy traefik switchyard switchyard-ctl switchyard-alt)
+  TP_ALL=(nginx nginx-fwd haproxy traefik switchyard switchyard-ctl switchyard-alt)
   tp_start() { # every proxy of this section, fresh
     start nginx "$PROXY_CPU" "$NGINX" -e "$W/nginx/error.log" -c "$W/nginx/nginx.conf" -g 'daemon off;'
+    start nginx-fwd "$PROXY_CPU" "$NGINX" -e "$W/nginx-fwd/error.log" -c "$W/nginx-fwd/nginx.conf" -g 'daemon off;'
     start haproxy "$PROXY_CPU" haproxy -db -f "$W/haproxy/haproxy.cfg"
     traefik_start traefik "$W/tp-dynamic" 19104 "$PROXY_CPU"
     sy_fleet switchyard "$W/tp-dynamic" 19700 19800 19105
@@ -447,9 +460,9 @@ EOF
         --node-id switchyard-alt --state-dir "$W/switchyard-alt/state" --admin "$LO:19801" --entrypoint "web=$LO:19106"
   }
   tp_start
-  declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=19101 [haproxy]=19102 [traefik]=19104 [switchyard]=19105)
+  declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=19101 [nginx-fwd]=19103 [haproxy]=19102 [traefik]=19104 [switchyard]=19105)
   declare -A H2PORT=([nginx]=19111 [haproxy]=19112 [traefik]=19104 [switchyard]=19105)
-  TARGETS=(direct nginx haproxy traefik switchyard)
+  TARGETS=(direct nginx nginx-fwd haproxy traefik switchyard)
   if [[ -n ${ALT_PROXY:-} ]]; then
     PORT[switchyard-alt]=19106
     H2PORT[switchyard-alt]=19106
@@ -481,21 +494,30 @@ EOF
   # ~15 % faster than one that follows a full load (docs/benchmarks.md, "Order within a round").
   # So `direct` and Traefik go first, and the proxies compared with nginx take turns right
   # after them: round r starts the rotation r - 1 places on.
-  LIGHT=(); COMPARED=()
+  LIGHT=(); COMPARED=(); FWD=()
   for t in "${TARGETS[@]:1}"; do
-    if [[ $t == traefik ]]; then LIGHT+=("$t"); else COMPARED+=("$t"); fi
+    case $t in
+      traefik) LIGHT+=("$t") ;;
+      nginx-fwd) FWD=("$t") ;;
+      *) COMPARED+=("$t") ;;
+    esac
   done
+  # nginx-fwd runs right after nginx, in the scenarios that have a target on CPU or latency
+  # (small, close, rate): the rotation of the others stays what it was without it.
+  with_fwd() { local t; for t in "$@"; do echo "$t"; [[ $t == nginx ]] && ((${#FWD[@]})) && echo "${FWD[0]}"; done; }
   for ((r = 1; r <= ROUNDS; r++)); do
     k=$(((r - 1) % ${#COMPARED[@]}))
     ORDER=("${LIGHT[@]}" "${COMPARED[@]:$k}" "${COMPARED[@]:0:$k}")
-    ! scen small || for t in direct "${ORDER[@]}"; do load tp "$t" small "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test; done
+    mapfile -t ORDER_FWD < <(with_fwd "${ORDER[@]}")
+    mapfile -t RATE_ORDER < <(with_fwd "${COMPARED[@]:$k}" "${COMPARED[@]:0:$k}")
+    ! scen small || for t in direct "${ORDER_FWD[@]}"; do load tp "$t" small "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test; done
     ! scen 16k || for t in direct "${ORDER[@]}"; do load tp "$t" 16k "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/16k" bench.test; done
-    ! scen close || for t in direct "${ORDER[@]}"; do load tp "$t" close "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test -H 'Connection: close'; done
+    ! scen close || for t in direct "${ORDER_FWD[@]}"; do load tp "$t" close "$r" "$DURATION" wrk "http://$LO:${PORT[$t]}/" bench.test -H 'Connection: close'; done
     ! scen h2c || for t in "${ORDER[@]}"; do load tp "$t" h2c "$r" "$DURATION" h2load "http://$LO:${H2PORT[$t]}/" ""; done
     # The same offered rate for every proxy, below what each can take: latency without the
     # closed loop's tie to throughput (wrk's p99 rises with the rate a proxy reaches, and wrk
     # shares its core with the origin). Traefik's ceiling is below the rate.
-    ! scen rate || for t in direct "${COMPARED[@]:$k}" "${COMPARED[@]:0:$k}"; do load tp "$t" rate "$r" "$DURATION" h2rate "http://$LO:${PORT[$t]}/" bench.test; done
+    ! scen rate || for t in direct "${RATE_ORDER[@]}"; do load tp "$t" rate "$r" "$DURATION" h2rate "http://$LO:${PORT[$t]}/" bench.test; done
   done
   for t in "${TARGETS[@]:1}"; do printf 'tp\t%s\t%s\t%s\n' "$t" "${IDLE[$t]}" "$(mem_kb "$t")" >>"$MEM"; done
   # What each proxy keeps per idle keep-alive connection: IDLE_CONNS connections, one request
@@ -508,6 +530,7 @@ EOF
   IDLE_TSV=$R/idle_connections.tsv
   printf 'target\tconnections\trss_before_kb\trss_held_kb\n' >"$IDLE_TSV"
   for t in "${TARGETS[@]:1}"; do
+    [[ $t != nginx-fwd ]] || continue # nginx's own figure
     read -r before held < <(taskset -c "$GEN_CPU" timeout 120 python3 "$ROOT/bench/idle_connections.py" \
       "$LO:${PORT[$t]}" "$IDLE_CONNS" $(tree_pids "${PID_OF[$t]}")) ||
       die "$t: could not hold $IDLE_CONNS idle connections"
