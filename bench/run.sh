@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh — Switchyard's benchmark suite, side by side with nginx, HAProxy and Traefik.
 #
-#   ./bench/run.sh                      # everything, ~11.5 minutes once built; writes docs/benchmarks.md
+#   ./bench/run.sh                      # everything, ~12.3 minutes once built; writes docs/benchmarks.md
 #   SECTIONS="throughput" ./bench/run.sh   # a subset: throughput scale propagation coldstart
 #                                          # instructions
 #
@@ -56,7 +56,7 @@ CONNS=${CONNS:-64}
 # Route scale: more, shorter rounds. Its rows are compared with each other, and a slow spell of
 # a shared machine (a minute or so) can cover two of three interleaved rounds of one proxy; the
 # median of five does not keep it. 2 s a run (3 s until 2026-12-07): ~200 000 requests at the
-# rates these rows reach, and the section takes ~2.5 minutes instead of ~3.5.
+# rates these rows reach, and the section takes ~2.9 minutes instead of ~4.
 SCALE_ROUNDS=${SCALE_ROUNDS:-5}
 SCALE_DURATION=${SCALE_DURATION:-2}
 SECTIONS=${SECTIONS:-"throughput scale propagation coldstart instructions"}
